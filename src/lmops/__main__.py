@@ -1,0 +1,3 @@
+from lmops.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Thin HTTP routers: parse, call a service, serialize."""

@@ -1,0 +1,49 @@
+"""The OpenAI-compatible inference routes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from lmops.api.deps import new_context, parse_tracked, services
+from lmops.protocol.chat import ChatCompletionRequest
+from lmops.protocol.completions import CompletionRequest
+from lmops.protocol.embeddings import EmbeddingRequest
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+@router.post("/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    svc = services(request)
+    ctx = new_context(request, "chat.completions")
+    req = await parse_tracked(request, ChatCompletionRequest, ctx)
+    return await svc.inference.chat(req, request, ctx)
+
+
+@router.post("/completions")
+async def completions(request: Request) -> Response:
+    svc = services(request)
+    ctx = new_context(request, "completions")
+    req = await parse_tracked(request, CompletionRequest, ctx)
+    return await svc.inference.completion(req, request, ctx)
+
+
+@router.post("/embeddings")
+async def embeddings(request: Request) -> Response:
+    svc = services(request)
+    ctx = new_context(request, "embeddings")
+    req = await parse_tracked(request, EmbeddingRequest, ctx)
+    return await svc.inference.embeddings(req, request, ctx)
+
+
+@router.get("/models")
+async def list_models(request: Request) -> Response:
+    svc = services(request)
+    return svc.json({"object": "list", "data": svc.model_cards()})
+
+
+@router.get("/models/{model:path}")
+async def get_model(model: str, request: Request) -> Response:
+    svc = services(request)
+    return svc.json(svc.model_card(model))

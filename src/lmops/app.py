@@ -1,0 +1,41 @@
+"""Build the ASGI app: mount the routers, start and stop the services with the app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from lmops import __version__
+from lmops.api import errors, openai, system
+from lmops.api.middleware import RequestIdMiddleware
+from lmops.config import Settings, load_settings
+from lmops.services import Services
+
+
+def create_app(settings: Settings | None = None, *, services: Services | None = None,
+               migrate: bool = True) -> FastAPI:
+    settings = settings or (services.settings if services else load_settings())
+    svc = services or Services.build(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await svc.start(migrate=migrate)
+        try:
+            yield
+        finally:
+            await svc.stop()
+
+    app = FastAPI(title="lmops", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.services = svc
+    errors.install(app)
+    app.include_router(system.router)
+    app.include_router(openai.router)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory lmops.app:app_from_env`` (used by multi-worker serve)."""
+    return create_app()

@@ -1,0 +1,140 @@
+"""The ``lmops`` command line: serve, models, chat, config check, db upgrade."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lmops.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(help="lmops: run large language models in production.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
+db_app = typer.Typer(help="Manage the database schema.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(db_app, name="db")
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML file (default: $LMOPS_CONFIG or ./lmops.yaml)")
+
+
+def _console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr)
+
+
+def _settings(config: Optional[str], **overrides: object) -> Settings:
+    try:
+        return load_settings(config, **overrides)
+    except ConfigError as exc:
+        err = _console(stderr=True)
+        err.print(f"[bold red]Invalid configuration[/] in {exc.source}:")
+        for problem in exc.problems:
+            err.print(f"  - {problem}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    host: Optional[str] = typer.Option(None, help="Interface to listen on (default 127.0.0.1)"),
+    port: Optional[int] = typer.Option(None, help="Port (default 8000)"),
+    workers: Optional[int] = typer.Option(None, help="Worker processes"),
+    config: Optional[str] = ConfigOpt,
+) -> None:
+    """Start the gateway (and the embedded model when configured)."""
+    import uvicorn
+
+    from lmops.app import create_app
+    from lmops.observability.logging import configure_logging
+
+    settings = _settings(config)
+    server = settings.server.model_copy(update={k: v for k, v in
+                                                 {"host": host, "port": port, "workers": workers}.items()
+                                                 if v is not None})
+    settings = settings.model_copy(update={"server": server})
+    configure_logging(server.log_level, server.log_json)
+    url = f"http://{server.host}:{server.port}"
+    console = _console(stderr=True)
+    console.print(f"[bold green]lmops[/] serving {', '.join(m.name for m in settings.models)} on [bold]{url}[/]")
+    first = settings.models[0].name if settings.models else "MODEL"
+    console.print(f"  curl {url}/v1/chat/completions -H 'content-type: application/json' "
+                  f"-d '{{\"model\": \"{first}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'")
+    console.print(f"  python -c \"from openai import OpenAI; c = OpenAI(base_url='{url}/v1', api_key='-'); "
+                  f"print(c.chat.completions.create(model='{first}', "
+                  f"messages=[{{'role': 'user', 'content': 'Hello'}}]).choices[0].message.content)\"")
+    common = dict(host=server.host, port=server.port, log_level=server.log_level, access_log=False,
+                  loop="uvloop", http="httptools", timeout_graceful_shutdown=10)
+    if server.workers > 1:
+        if settings.config:
+            os.environ["LMOPS_CONFIG"] = settings.config
+        uvicorn.run("lmops.app:app_from_env", factory=True, workers=server.workers, **common)  # type: ignore[arg-type]
+    else:
+        uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
+
+
+@app.command()
+def models(config: Optional[str] = ConfigOpt) -> None:
+    """List the configured models and their engines."""
+    settings = _settings(config)
+    table = Table("model", "engine", "upstream", "replicas", "context")
+    for m in settings.models:
+        where = ", ".join(m.replicas) or (m.model_path or "built-in")
+        table.add_row(m.name, m.engine.value, m.upstream_name, where, str(m.context_length))
+    _console().print(table)
+
+
+@app.command()
+def chat(
+    prompt: str = typer.Argument(..., help="What to ask"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name (default: the first configured)"),
+    url: Optional[str] = typer.Option(None, help="A running lmops (default: $LMOPS_URL, else run in-process)"),
+    api_key: Optional[str] = typer.Option(None, envvar="LMOPS_API_KEY", help="API key for a running lmops"),
+    max_tokens: int = typer.Option(256, help="Most tokens to generate"),
+    temperature: Optional[float] = typer.Option(None, help="Sampling temperature"),
+    system: Optional[str] = typer.Option(None, help="System prompt"),
+    config: Optional[str] = ConfigOpt,
+) -> None:
+    """Ask a model and stream its answer to the terminal."""
+    from lmops.chat_cli import stream_answer
+
+    settings = _settings(config)
+    url = url or os.environ.get("LMOPS_URL")
+    name = model or next((m.name for m in settings.models if m.engine.value != "sentence-transformers"), None)
+    if not name:
+        _console(stderr=True).print("[red]No chat model is configured.[/]")
+        raise typer.Exit(2)
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    body = {"model": name, "messages": messages, "max_tokens": max_tokens}
+    if temperature is not None:
+        body["temperature"] = temperature
+    try:
+        asyncio.run(stream_answer(settings, body, url, api_key, sys.stdout))
+    except RuntimeError as exc:
+        _console(stderr=True).print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+
+
+@config_app.command("check")
+def config_check(config: Optional[str] = ConfigOpt) -> None:
+    """Validate the configuration; report every problem with its location."""
+    settings = _settings(config)
+    _console().print(f"[green]OK[/]: {settings.config or 'built-in defaults'} declares "
+                     f"{len(settings.models)} model(s): {', '.join(m.name for m in settings.models)}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head"), config: Optional[str] = ConfigOpt) -> None:
+    """Apply database migrations."""
+    from lmops.store.database import current_revision, upgrade
+
+    settings = _settings(config)
+    upgrade(settings.database_url, revision)
+    _console().print(f"[green]database at revision[/] {current_revision(settings.database_url)}")
+
+
+def main() -> None:
+    app()

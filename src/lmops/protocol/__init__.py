@@ -1,0 +1,1 @@
+"""Pydantic models of the OpenAI wire format, the contract everywhere in lmops."""

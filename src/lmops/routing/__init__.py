@@ -1,0 +1,1 @@
+"""Model registry, replica balancing, health checks and retries."""

@@ -1,0 +1,165 @@
+"""Send a request for a public model to one of its replicas, retrying elsewhere before the first byte.
+
+A failure is retried on another healthy replica while nothing has reached the client:
+for a plain call, any retryable engine error; for a stream, an error before its first chunk.
+Each failure counts against the replica's health (passive checks); health.HealthChecker
+brings ejected replicas back (active checks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from lmops.config import HealthConfig
+from lmops.engines.base import Body, Engine, EngineBusy, EngineError, EngineRejected, EngineTimeout, Unsupported
+from lmops.protocol.errors import (
+    APIError,
+    InvalidRequest,
+    ModelNotFound,
+    NoHealthyReplica,
+    Overloaded,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from lmops.routing.replicas import Deployment, Replica
+
+CallOp = Callable[[Engine, Body], Awaitable[Body]]
+StreamOp = Callable[[Engine, Body], AsyncIterator[Body]]
+
+
+@dataclass
+class Routed:
+    """Where a request went: filled in by the router, read by request records and metrics."""
+
+    replica: str | None = None
+    attempts: int = 0
+
+
+class Router:
+    def __init__(self, deployments: list[Deployment], health: HealthConfig):
+        self._deployments = {d.name: d for d in deployments}
+        self._health = health
+
+    @property
+    def deployments(self) -> list[Deployment]:
+        return list(self._deployments.values())
+
+    def deployment(self, model: str) -> Deployment:
+        try:
+            return self._deployments[model]
+        except KeyError:
+            raise ModelNotFound(model) from None
+
+    async def call(self, model: str, op: CallOp, body: Body, routed: Routed) -> Body:
+        dep = self.deployment(model)
+        tried: set[int] = set()
+        last: EngineError | None = None
+        for _ in range(dep.max_attempts()):
+            replica = dep.pick(tried)
+            if replica is None:
+                break
+            tried.add(id(replica))
+            routed.replica, routed.attempts = replica.endpoint, routed.attempts + 1
+            replica.outstanding += 1
+            try:
+                result = await op(replica.engine, body)
+            except EngineError as exc:
+                self._failed(replica, exc)
+                if not exc.retryable:
+                    raise to_api_error(exc) from exc
+                last = exc
+                continue
+            finally:
+                replica.outstanding -= 1
+            replica.record_success()
+            return result
+        raise _exhausted(dep, last)
+
+    async def stream(self, model: str, op: StreamOp, body: Body, routed: Routed) -> AsyncIterator[Body]:
+        """Open a stream; errors before its first chunk are retried, later ones end the stream."""
+        dep = self.deployment(model)
+        tried: set[int] = set()
+        last: EngineError | None = None
+        for _ in range(dep.max_attempts()):
+            replica = dep.pick(tried)
+            if replica is None:
+                break
+            tried.add(id(replica))
+            routed.replica, routed.attempts = replica.endpoint, routed.attempts + 1
+            replica.outstanding += 1
+            agen = op(replica.engine, body)
+            try:
+                first = await agen.__anext__()
+            except StopAsyncIteration:
+                replica.outstanding -= 1
+                replica.record_success()
+                return _empty()
+            except EngineError as exc:
+                replica.outstanding -= 1
+                self._failed(replica, exc)
+                await _aclose(agen)
+                if not exc.retryable:
+                    raise to_api_error(exc) from exc
+                last = exc
+                continue
+            except BaseException:
+                replica.outstanding -= 1
+                await _aclose(agen)
+                raise
+            return self._relay(replica, first, agen)
+        raise _exhausted(dep, last)
+
+    async def _relay(self, replica: Replica, first: Body, agen: AsyncIterator[Body]) -> AsyncIterator[Body]:
+        try:
+            yield first
+            async for chunk in agen:
+                yield chunk
+        except EngineError as exc:
+            self._failed(replica, exc)
+            raise to_api_error(exc) from exc
+        else:
+            replica.record_success()
+        finally:
+            replica.outstanding -= 1
+            await _aclose(agen)
+
+    def _failed(self, replica: Replica, exc: EngineError) -> None:
+        if exc.retryable:
+            replica.record_failure(self._health.failure_threshold)
+
+
+async def _empty() -> AsyncIterator[Body]:
+    return
+    yield  # pragma: no cover
+
+
+async def _aclose(agen: Any) -> None:
+    close = getattr(agen, "aclose", None)
+    if close is not None:
+        try:
+            await asyncio.shield(close())
+        except Exception:  # noqa: BLE001 - closing a broken stream must not mask the real error
+            pass
+
+
+def _exhausted(dep: Deployment, last: EngineError | None) -> APIError:
+    if last is None:
+        return NoHealthyReplica(f"No healthy replica is available for model '{dep.name}'.")
+    return to_api_error(last)
+
+
+def to_api_error(exc: EngineError) -> APIError:
+    if isinstance(exc, EngineBusy):
+        return Overloaded(exc.message, retry_after=exc.retry_after)
+    if isinstance(exc, EngineTimeout):
+        return UpstreamTimeout(f"The upstream engine did not answer in time: {exc.message}")
+    if isinstance(exc, Unsupported):
+        return InvalidRequest(exc.message, param="model", code="unsupported_model_capability")
+    if isinstance(exc, EngineRejected):
+        err = InvalidRequest(f"The upstream engine rejected the request: {exc.message}")
+        err.status_code = exc.status if 400 <= exc.status < 500 else 400
+        return err
+    return UpstreamError(f"The upstream engine failed: {exc.message}")

@@ -1,0 +1,96 @@
+"""Everything one running lmops app holds, built from Settings and started/stopped together.
+
+No module-level state: each app (and each test) gets its own Services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.responses import Response
+
+from lmops.config import Settings
+from lmops.engines.factory import build_engines
+from lmops.observability.metrics import Metrics
+from lmops.protocol.errors import ModelNotFound
+from lmops.protocol.responses import model_card
+from lmops.routing.health import HealthChecker
+from lmops.routing.replicas import Deployment, Replica
+from lmops.routing.router import Router
+from lmops.serving.context import Guard, OpenGuard
+from lmops.serving.inference import InferenceService
+from lmops.store.database import create_engine, upgrade_async
+from lmops.usage.batch_writer import BatchWriter
+from lmops.usage.records import RequestRecord
+
+log = logging.getLogger("lmops")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    router: Router
+    metrics: Metrics
+    db: AsyncEngine
+    records: BatchWriter
+    health: HealthChecker
+    inference: InferenceService
+    guard: Guard
+    extras: dict[str, Any] = field(default_factory=dict)  # capability services (access, batch, ...)
+
+    @classmethod
+    def build(cls, settings: Settings, *, guard: Guard | None = None) -> "Services":
+        deployments = [
+            Deployment(m, [Replica(e) for e in build_engines(m, settings)]) for m in settings.models
+        ]
+        router = Router(deployments, settings.health)
+        metrics = Metrics()
+        metrics.watch_router(router)
+        db = create_engine(settings.database_url)
+        records = BatchWriter(
+            db, RequestRecord.__table__,  # type: ignore[arg-type]
+            flush_interval=settings.usage.flush_interval, batch_size=settings.usage.batch_size,
+            max_pending=settings.usage.max_pending, on_drop=metrics.records_dropped.inc,
+        )
+        guard = guard or OpenGuard()
+        return cls(
+            settings=settings, router=router, metrics=metrics, db=db, records=records,
+            health=HealthChecker(router, settings.health),
+            inference=InferenceService(router, metrics, records, guard), guard=guard,
+        )
+
+    async def start(self, *, migrate: bool = True) -> None:
+        if migrate:
+            await upgrade_async(self.settings.database_url)
+        await asyncio.gather(*(r.engine.start() for d in self.router.deployments for r in d.replicas))
+        self.records.start()
+        self.health.start()
+
+    async def stop(self) -> None:
+        await self.health.stop()
+        try:
+            await self.records.stop()
+        except Exception:  # noqa: BLE001 - report, but still release everything else
+            log.exception("could not flush request records at shutdown")
+        await asyncio.gather(*(r.engine.close() for d in self.router.deployments for r in d.replicas),
+                             return_exceptions=True)
+        await self.db.dispose()
+
+    # -- small helpers the routers share -------------------------------------------------------
+    def model_cards(self) -> list[dict[str, Any]]:
+        return [model_card(d.name, owned_by=d.config.engine.value) for d in self.router.deployments]
+
+    def model_card(self, name: str) -> dict[str, Any]:
+        for d in self.router.deployments:
+            if d.name == name:
+                return model_card(d.name, owned_by=d.config.engine.value)
+        raise ModelNotFound(name)
+
+    @staticmethod
+    def json(payload: Any, status: int = 200) -> Response:
+        return Response(orjson.dumps(payload), status_code=status, media_type="application/json")

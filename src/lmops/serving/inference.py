@@ -1,0 +1,216 @@
+"""Carry out chat, text-completion and embeddings requests through the router.
+
+Applies the model's configured defaults, rewrites the model name for the upstream and
+back, streams chunks as they arrive, and leaves one request record, metrics and a
+settled cost for every request, whatever its outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from lmops.config import ModelConfig
+from lmops.engines.base import Body, Engine
+from lmops.observability.metrics import Metrics
+from lmops.protocol.chat import ChatCompletionRequest
+from lmops.protocol.completions import CompletionRequest
+from lmops.protocol.embeddings import EmbeddingRequest
+from lmops.protocol.errors import APIError, InvalidRequest, UpstreamError
+from lmops.routing.router import Routed, Router
+from lmops.serving.context import Guard, RequestContext
+from lmops.serving.sse import EventStreamResponse
+from lmops.usage.batch_writer import BatchWriter
+
+log = logging.getLogger("lmops.serving")
+
+JSON = "application/json"
+_DONE = b"data: [DONE]\n\n"
+
+
+class InferenceService:
+    def __init__(self, router: Router, metrics: Metrics, records: BatchWriter | None, guard: Guard):
+        self.router = router
+        self.metrics = metrics
+        self.records = records
+        self.guard = guard
+
+    # -- entry points (one per API resource) ---------------------------------------------------
+    async def chat(self, req: ChatCompletionRequest, http: Request, ctx: RequestContext) -> Response:
+        return await self._generate(req, http, ctx, _chat_call, _chat_stream, req.token_limit())
+
+    async def completion(self, req: CompletionRequest, http: Request, ctx: RequestContext) -> Response:
+        return await self._generate(req, http, ctx, _completion_call, _completion_stream, req.token_limit())
+
+    async def embeddings(self, req: EmbeddingRequest, http: Request, ctx: RequestContext) -> Response:
+        ctx.model = req.model
+        try:
+            await self.guard.admit(http, ctx)
+            dep = self.router.deployment(req.model)
+            body = req.to_wire()
+            body["model"] = dep.config.upstream_name
+            routed = Routed()
+            try:
+                result = await self.router.call(req.model, _embeddings_call, body, routed)
+            finally:
+                ctx.replica = routed.replica
+        except APIError as exc:
+            self.finish(ctx, exc)
+            raise
+        result["model"] = req.model
+        usage = result.get("usage") or {}
+        ctx.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        self.finish(ctx)
+        return Response(orjson.dumps(result), media_type=JSON)
+
+    # -- shared generation path ----------------------------------------------------------------
+    async def _generate(self, req: ChatCompletionRequest | CompletionRequest, http: Request, ctx: RequestContext,
+                        call: Any, stream: Any, limit: int | None) -> Response:
+        ctx.model, ctx.stream = req.model, req.stream
+        try:
+            dep = self.router.deployment(req.model)
+            ctx.max_tokens = limit or dep.config.defaults.max_tokens
+            await self.guard.admit(http, ctx)
+            body = upstream_body(req, dep.config)
+            routed = Routed()
+            try:
+                if req.stream:
+                    chunks = await self.router.stream(req.model, stream, body, routed)
+                else:
+                    result = await self.router.call(req.model, call, body, routed)
+            finally:
+                ctx.replica = routed.replica
+        except APIError as exc:
+            self.finish(ctx, exc)
+            raise
+        if req.stream:
+            events = self._events(ctx, chunks, req.model, req.wants_usage_chunk())
+            return EventStreamResponse(events, headers={"x-request-id": ctx.request_id})
+        result["model"] = req.model
+        usage = result.get("usage") or {}
+        ctx.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        ctx.completion_tokens = int(usage.get("completion_tokens") or 0)
+        self.finish(ctx)
+        return Response(orjson.dumps(result), media_type=JSON)
+
+    async def _events(self, ctx: RequestContext, chunks: AsyncIterator[Body], model: str,
+                      include_usage: bool) -> AsyncIterator[bytes]:
+        """Relay engine chunks as SSE events; count usage from the engine's final usage chunk."""
+        content_chunks = 0
+        got_usage = False
+        failure: APIError | None = None
+        try:
+            async for chunk in chunks:
+                usage = chunk.get("usage")
+                if usage:
+                    ctx.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+                    ctx.completion_tokens = int(usage.get("completion_tokens") or 0)
+                    got_usage = True
+                choices = chunk.get("choices")
+                if choices:
+                    content_chunks += 1
+                    if ctx.ttft is None:
+                        ctx.ttft = ctx.elapsed()
+                    if usage and not include_usage:
+                        chunk = {k: v for k, v in chunk.items() if k != "usage"}
+                elif not include_usage:
+                    continue
+                chunk["model"] = model
+                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+            yield _DONE
+        except APIError as exc:
+            failure = exc
+            yield b"data: " + orjson.dumps(exc.envelope()) + b"\n\n"
+        except Exception as exc:  # noqa: BLE001 - a broken stream ends with an error event, never a crash
+            log.exception("stream failed")
+            failure = UpstreamError(f"The stream failed: {type(exc).__name__}")
+            yield b"data: " + orjson.dumps(failure.envelope()) + b"\n\n"
+        finally:
+            if not got_usage:
+                # Cancelled or broken before the engine reported usage: count what was delivered.
+                ctx.completion_tokens = max(ctx.completion_tokens, content_chunks)
+                if failure is None:
+                    ctx.extra["cancelled"] = True
+                    failure = _ClientClosed()
+            self.finish(ctx, failure)
+
+    # -- accounting ----------------------------------------------------------------------------
+    def finish(self, ctx: RequestContext, error: APIError | None = None) -> None:
+        """Record a finished request: metrics, request record and the guard's settlement."""
+        if error is not None:
+            ctx.status = error.status_code
+            ctx.error = error.message
+        latency = ctx.elapsed()
+        model = ctx.model or "-"
+        self.metrics.observe(model, ctx.endpoint, ctx.status, latency, ctx.ttft, ctx.prompt_tokens,
+                             ctx.completion_tokens)
+        if self.records is not None:
+            self.records.add({
+                "id": ctx.request_id,
+                "created_at": datetime.now(timezone.utc),
+                "endpoint": ctx.endpoint,
+                "model": ctx.model,
+                "replica": ctx.replica,
+                "stream": ctx.stream,
+                "prompt_tokens": ctx.prompt_tokens,
+                "completion_tokens": ctx.completion_tokens,
+                "latency_ms": latency * 1000.0,
+                "ttft_ms": ctx.ttft * 1000.0 if ctx.ttft is not None else None,
+                "status": ctx.status,
+                "error": ctx.error,
+            })
+        try:
+            self.guard.settle(ctx)
+        except Exception:  # noqa: BLE001 - settlement must never fail a served request
+            log.exception("settling the request failed")
+
+
+class _ClientClosed(APIError):
+    status_code = 499
+    error_type = "client_closed_request"
+
+    def __init__(self) -> None:
+        super().__init__("The client closed the connection before the stream ended.")
+
+
+def upstream_body(req: ChatCompletionRequest | CompletionRequest, model: ModelConfig) -> Body:
+    """The request as the upstream should see it: its model name, configured defaults applied."""
+    body = req.to_wire()
+    body["model"] = model.upstream_name
+    for key, value in model.defaults.model_dump(exclude_none=True).items():
+        body.setdefault(key, value)
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    if limit is not None and limit > model.context_length:
+        raise InvalidRequest(
+            f"max_tokens ({limit}) exceeds the context length of model '{req.model}' ({model.context_length}).",
+            param="max_tokens", code="context_length_exceeded")
+    return body
+
+
+def _chat_call(engine: Engine, body: Body) -> Any:
+    return engine.chat_completion(body)
+
+
+def _chat_stream(engine: Engine, body: Body) -> AsyncIterator[Body]:
+    return engine.stream_chat_completion(body)
+
+
+def _completion_call(engine: Engine, body: Body) -> Any:
+    return engine.completion(body)
+
+
+def _completion_stream(engine: Engine, body: Body) -> AsyncIterator[Body]:
+    return engine.stream_completion(body)
+
+
+def _embeddings_call(engine: Engine, body: Body) -> Any:
+    return engine.embeddings(body)
+
+

@@ -1,0 +1,1 @@
+"""Test and benchmark helpers that speak real wire formats."""

@@ -1,0 +1,158 @@
+"""A fast fake OpenAI-compatible upstream (follows the OpenAI API as of openai-python 1.x / vLLM 0.6+).
+
+It answers /v1/chat/completions, /v1/completions, /v1/embeddings and /v1/models with a
+fixed answer, streamed or not, exactly in the wire format a vLLM server uses, including the
+final usage chunk when ``stream_options.include_usage`` is set. Behaviour switches let
+tests simulate faults: ``fail`` (answer 500), ``hang`` (never answer), ``delay`` (seconds
+before answering), ``chunk_delay`` (seconds between stream chunks).
+
+Run: ``python -m lmops.testing.fake_openai --port 9000 [--fail|--hang|--delay S]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from dataclasses import dataclass
+
+import orjson
+
+WORDS = ["The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", "."]
+
+
+@dataclass
+class Behaviour:
+    fail: bool = False
+    hang: bool = False
+    delay: float = 0.0
+    chunk_delay: float = 0.0
+    words: int = len(WORDS)
+
+
+class FakeOpenAI:
+    """A bare ASGI app: no framework, so that it costs as little CPU as possible."""
+
+    def __init__(self, behaviour: Behaviour | None = None):
+        self.behaviour = behaviour or Behaviour()
+        self.requests = 0
+        self.cancelled_streams = 0
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif msg["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        path = scope["path"]
+        body = b""
+        while True:
+            msg = await receive()
+            body += msg.get("body", b"")
+            if not msg.get("more_body"):
+                break
+        b = self.behaviour
+        if path.endswith("/models") or path == "/health":
+            await _json(send, 200, {"object": "list", "data": [{"id": "fake", "object": "model", "created": 0,
+                                                                  "owned_by": "fake"}]})
+            return
+        self.requests += 1
+        if b.hang:
+            await asyncio.sleep(3600)
+        if b.delay:
+            await asyncio.sleep(b.delay)
+        if b.fail:
+            await _json(send, 500, {"error": {"message": "fake upstream failure", "type": "server_error",
+                                              "param": None, "code": None}})
+            return
+        try:
+            req = orjson.loads(body) if body else {}
+        except orjson.JSONDecodeError:
+            await _json(send, 400, {"error": {"message": "bad json", "type": "invalid_request_error",
+                                              "param": None, "code": None}})
+            return
+        model = req.get("model", "fake")
+        words = WORDS[: b.words] if b.words <= len(WORDS) else (WORDS * (b.words // len(WORDS) + 1))[: b.words]
+        if path.endswith("/embeddings"):
+            inputs = req.get("input")
+            n = len(inputs) if isinstance(inputs, list) else 1
+            await _json(send, 200, {"object": "list", "model": model,
+                                    "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
+                                             for i in range(n)],
+                                    "usage": {"prompt_tokens": 3 * n, "total_tokens": 3 * n}})
+            return
+        chat = path.endswith("/chat/completions")
+        if not chat and not path.endswith("/completions"):
+            await _json(send, 404, {"error": {"message": "not found", "type": "invalid_request_error",
+                                              "param": None, "code": None}})
+            return
+        usage = {"prompt_tokens": 7, "completion_tokens": len(words), "total_tokens": 7 + len(words)}
+        rid, created = "cmpl-fake", int(time.time())
+        if not req.get("stream"):
+            text = "".join(words)
+            choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop",
+                       "logprobs": None} if chat else
+                      {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None})
+            await _json(send, 200, {"id": rid, "object": "chat.completion" if chat else "text_completion",
+                                    "created": created, "model": model, "choices": [choice], "usage": usage})
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
+        try:
+            for i, word in enumerate(words + [None]):
+                if chat:
+                    delta = {} if word is None else ({"role": "assistant", "content": word} if i == 0
+                                                     else {"content": word})
+                    choice = {"index": 0, "delta": delta, "finish_reason": "stop" if word is None else None,
+                              "logprobs": None}
+                else:
+                    choice = {"index": 0, "text": word or "", "finish_reason": "stop" if word is None else None,
+                              "logprobs": None}
+                chunk = {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice]}
+                if include_usage:
+                    chunk["usage"] = None
+                await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(chunk) + b"\n\n",
+                            "more_body": True})
+                if b.chunk_delay:
+                    await asyncio.sleep(b.chunk_delay)
+            if include_usage:
+                chunk = {"id": rid, "object": obj, "created": created, "model": model, "choices": [],
+                         "usage": usage}
+                await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(chunk) + b"\n\n",
+                            "more_body": True})
+            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+        except (OSError, asyncio.CancelledError):
+            self.cancelled_streams += 1
+            raise
+
+
+async def _json(send, status: int, payload: dict) -> None:  # type: ignore[no-untyped-def]
+    body = orjson.dumps(payload)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def main() -> None:
+    import uvicorn
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9000)
+    p.add_argument("--fail", action="store_true")
+    p.add_argument("--hang", action="store_true")
+    p.add_argument("--delay", type=float, default=0.0)
+    p.add_argument("--chunk-delay", type=float, default=0.0)
+    a = p.parse_args()
+    app = FakeOpenAI(Behaviour(fail=a.fail, hang=a.hang, delay=a.delay, chunk_delay=a.chunk_delay))
+    uvicorn.run(app, host=a.host, port=a.port, log_level="warning", access_log=False, loop="uvloop",
+                http="httptools")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Request records, the usage ledger, pricing and reports."""

@@ -1,0 +1,98 @@
+"""Write rows to a table in batches, off the request path.
+
+``add`` only appends to an in-memory list; a background task inserts whatever has
+accumulated every ``flush_interval`` seconds (or sooner once ``batch_size`` rows wait).
+A database outage never blocks or fails a request: rows wait, are retried, and beyond
+``max_pending`` the oldest are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Table, insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+log = logging.getLogger("lmops.usage")
+
+
+class BatchWriter:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        table: Table,
+        *,
+        flush_interval: float = 0.5,
+        batch_size: int = 500,
+        max_pending: int = 100_000,
+        on_drop: Callable[[int], None] | None = None,
+    ):
+        self._engine = engine
+        self._table = table
+        self._interval = flush_interval
+        self._batch_size = batch_size
+        self._max_pending = max_pending
+        self._on_drop = on_drop
+        self._pending: list[dict[str, Any]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._flush_lock = asyncio.Lock()
+        self.written = 0
+        self.dropped = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def add(self, row: dict[str, Any]) -> None:
+        self._pending.append(row)
+        overflow = len(self._pending) - self._max_pending
+        if overflow > 0:
+            del self._pending[:overflow]
+            self.dropped += overflow
+            if self._on_drop:
+                self._on_drop(overflow)
+        if len(self._pending) >= self._batch_size:
+            self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name=f"lmops-writer-{self._table.name}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write everything pending now (waits for a flush already running)."""
+        async with self._flush_lock:
+            while self._pending:
+                batch = self._pending[: self._batch_size * 4]
+                try:
+                    async with self._engine.begin() as conn:
+                        await conn.execute(insert(self._table), batch)
+                except Exception:
+                    log.exception("could not write %d %s rows; will retry", len(batch), self._table.name)
+                    raise
+                del self._pending[: len(batch)]
+                self.written += len(batch)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception:  # noqa: BLE001 - keep rows and retry on the next tick
+                await asyncio.sleep(self._interval)
