@@ -263,7 +263,12 @@ class EmbeddedLlamaEngine(Engine):
         vocab = llm._model.vocab
         started = time.monotonic()
         try:
-            llm.set_seed(job.seed if job.seed is not None else secrets.randbits(31))
+            if job.seed is not None:
+                # Reusing a cached prefix changes the numerics slightly; a seeded request must be repeatable.
+                llm.reset()
+                llm.set_seed(job.seed)
+            else:
+                llm.set_seed(secrets.randbits(31))
             decoder = codecs.getincrementaldecoder("utf-8")("replace")
             stops = StopMatcher(job.stops)
             parts: list[str] = []

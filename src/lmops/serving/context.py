@@ -9,6 +9,23 @@ from typing import Any, Protocol
 from starlette.requests import Request
 
 
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the team (tenant) owns what the call creates; scopes say what it may do."""
+
+    team_id: str
+    user_id: str | None = None
+    key_id: str | None = None
+    role: str = "member"  # admin | team_admin | member
+    scopes: frozenset[str] = frozenset({"inference", "batch"})
+
+    def can(self, scope: str) -> bool:
+        return scope in self.scopes
+
+
+ANONYMOUS = Principal(team_id="default", role="admin", scopes=frozenset({"inference", "batch", "admin"}))
+
+
 @dataclass
 class RequestContext:
     """What one API request is and how it went; filled as it is served."""
@@ -19,7 +36,7 @@ class RequestContext:
     stream: bool = False
     max_tokens: int | None = None
     started: float = field(default_factory=time.perf_counter)
-    principal: Any = None  # set by the guard (access control)
+    principal: Principal | None = None  # set by the guard (access control)
     reservation: Any = None  # set by the guard (budget reserved before the call)
     replica: str | None = None
     ttft: float | None = None
@@ -28,6 +45,7 @@ class RequestContext:
     status: int = 200
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    record_fields: dict[str, Any] = field(default_factory=dict)  # extra request-record columns (e.g. team, cost)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -36,16 +54,25 @@ class RequestContext:
 class Guard(Protocol):
     """Admits a request before it runs (raise an APIError to refuse) and settles it after."""
 
-    async def admit(self, request: Request, ctx: RequestContext) -> None: ...
+    async def authenticate(self, request: Request, scope: str) -> Principal:
+        """Who calls, for routes that are not inference (files, batches, admin); raise 401/403."""
+        ...
+
+    async def admit(self, request: Request, ctx: RequestContext) -> None:
+        """Authenticate and admit an inference request for ``ctx.model``; set ``ctx.principal``."""
+        ...
 
     def settle(self, ctx: RequestContext) -> None: ...
 
 
 class OpenGuard:
-    """No access control: every request is admitted (the laptop default before keys exist)."""
+    """No access control: every request is admitted as the anonymous admin of team "default"."""
+
+    async def authenticate(self, request: Request, scope: str) -> Principal:
+        return ANONYMOUS
 
     async def admit(self, request: Request, ctx: RequestContext) -> None:
-        return None
+        ctx.principal = ANONYMOUS
 
     def settle(self, ctx: RequestContext) -> None:
         return None

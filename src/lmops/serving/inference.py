@@ -165,6 +165,7 @@ class InferenceService:
                 "ttft_ms": ctx.ttft * 1000.0 if ctx.ttft is not None else None,
                 "status": ctx.status,
                 "error": ctx.error,
+                **ctx.record_fields,
             })
         try:
             self.guard.settle(ctx)

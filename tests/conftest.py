@@ -1,0 +1,89 @@
+"""Shared fixtures: settings, real servers on real sockets, PostgreSQL and Redis databases.
+
+Tests that need a service skip when it is absent, except under CI (CI=true), where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lmops.config import Settings
+from lmops.testing.server import ServerThread
+from lmops.testing.settings import make_settings
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+PG_ADMIN_URL = os.environ.get("LMOPS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("LMOPS_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def need_service(name: str, reason: str) -> None:
+    """Skip (locally) or fail (under CI) when a service is missing."""
+    if IN_CI:
+        pytest.fail(f"{name} is required under CI: {reason}")
+    pytest.skip(f"{name} not available: {reason}")
+
+
+@pytest.fixture
+def settings_factory(tmp_path: Path):
+    def factory(models: list[dict[str, Any]] | None = None, **overrides: Any) -> Settings:
+        return make_settings(tmp_path, models, **overrides)
+
+    return factory
+
+
+@pytest.fixture
+def serve():
+    """Start lmops (or any ASGI app) on a real socket: ``srv = serve(app)``; stopped after the test."""
+    servers: list[ServerThread] = []
+
+    def start(app: Any) -> ServerThread:
+        srv = ServerThread(app).start()
+        servers.append(srv)
+        return srv
+
+    yield start
+    for srv in reversed(servers):
+        srv.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> str:
+    import psycopg
+
+    url = PG_ADMIN_URL
+    try:
+        psycopg.connect(url, connect_timeout=3).close()
+    except Exception as exc:  # noqa: BLE001
+        need_service("PostgreSQL", f"{url}: {exc}")
+    return url
+
+
+@pytest.fixture
+def pg_url(pg_admin_url: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test (dropped afterwards)."""
+    import psycopg
+
+    name = f"lmops_t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = pg_admin_url.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def redis_url() -> str:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except Exception as exc:  # noqa: BLE001
+        need_service("Redis", f"{REDIS_URL}: {exc}")
+    return REDIS_URL

@@ -1,0 +1,149 @@
+"""The OpenAI API served by the embedded llama.cpp model, through a real socket and the official client."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+
+from lmops.app import create_app
+from lmops.testing.server import ServerThread
+from lmops.testing.settings import make_settings
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory):
+    settings = make_settings(tmp_path_factory.mktemp("embedded"),
+                             [{"name": "smollm2", "engine": "embedded", "context_length": 1024, "queue_size": 2}])
+    srv = ServerThread(create_app(settings)).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def client(embedded) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{embedded.url}/v1", api_key="unused", max_retries=0)
+
+
+def test_models_lists_the_embedded_model(client):
+    ids = [m.id for m in client.models.list().data]
+    assert "smollm2" in ids
+    assert client.models.retrieve("smollm2").id == "smollm2"
+
+
+@pytest.fixture(scope="module")
+def direct_llama():
+    """llama-cpp-python used directly on the same GGUF: the reference answers must match."""
+    from llama_cpp import Llama
+
+    from lmops.engines.embedded_llamacpp import default_model_path
+
+    return Llama(default_model_path(), n_ctx=1024, verbose=False)
+
+
+def test_chat_completion_matches_llama_cpp_directly(client, direct_llama):
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    resp = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=30, temperature=0)
+    ref = direct_llama.create_chat_completion(messages, max_tokens=30, temperature=0)
+    text = resp.choices[0].message.content
+    assert resp.model == "smollm2"
+    assert text == ref["choices"][0]["message"]["content"]
+    assert resp.usage.prompt_tokens == ref["usage"]["prompt_tokens"]
+    assert resp.usage.completion_tokens == ref["usage"]["completion_tokens"]
+
+
+def test_chat_completion_answers_with_usage(client):
+    resp = client.chat.completions.create(
+        model="smollm2", messages=[{"role": "system", "content": "Answer in one short sentence."},
+                                   {"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=30, temperature=0)
+    text = resp.choices[0].message.content
+    assert "Paris" in text
+    assert resp.usage.prompt_tokens > 5
+    assert 0 < resp.usage.completion_tokens <= 30
+    assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
+    assert resp.choices[0].finish_reason in ("stop", "length")
+
+
+def test_chat_stream_with_usage_chunk(client):
+    stream = client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Count from one to five."}],
+        max_tokens=12, temperature=0, stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip()
+    usage_chunks = [c for c in chunks if c.usage is not None]
+    assert len(usage_chunks) == 1 and usage_chunks[0] is chunks[-1]
+    assert usage_chunks[0].choices == []
+    assert usage_chunks[0].usage.completion_tokens == 12  # max_tokens reached: exactly 12 generated
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["length"]
+
+
+def test_stream_without_include_usage_has_no_usage_chunk(client):
+    chunks = list(client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Hi"}], max_tokens=5, stream=True))
+    assert all(c.usage is None for c in chunks)
+    assert all(c.choices for c in chunks)
+
+
+def test_same_seed_same_answer(client):
+    kwargs = dict(model="smollm2", messages=[{"role": "user", "content": "Write a word."}], max_tokens=8,
+                  temperature=1.0, seed=1234)
+    a = client.chat.completions.create(**kwargs).choices[0].message.content
+    b = client.chat.completions.create(**kwargs).choices[0].message.content
+    assert a == b
+
+
+def test_stop_sequence_cuts_the_answer(client):
+    resp = client.completions.create(model="smollm2", prompt="1, 2, 3, 4, 5, 6,", max_tokens=20, temperature=0,
+                                     stop=[" 9"])
+    assert " 9" not in resp.choices[0].text
+    assert resp.choices[0].finish_reason in ("stop", "length")
+
+
+def test_text_completion_and_stream(client):
+    resp = client.completions.create(model="smollm2", prompt="The sky is", max_tokens=8, temperature=0)
+    assert resp.object == "text_completion"
+    assert resp.usage.completion_tokens == 8
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model="smollm2", prompt="The sky is", max_tokens=8, temperature=0, stream=True) if c.choices)
+    assert streamed == resp.choices[0].text
+
+
+def test_json_schema_response_format_is_enforced(client):
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+              "required": ["city", "population"]}
+    resp = client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Describe Paris as JSON."}], max_tokens=80,
+        temperature=0, response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema}})
+    data = json.loads(resp.choices[0].message.content)
+    assert set(data) >= {"city", "population"}
+    assert isinstance(data["city"], str) and isinstance(data["population"], int)
+
+
+def test_sampling_parameters_are_accepted(client):
+    resp = client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Say something."}], max_tokens=6, temperature=0.5,
+        top_p=0.9, presence_penalty=0.5, frequency_penalty=0.5, extra_body={"repetition_penalty": 1.1})
+    assert resp.usage.completion_tokens <= 6
+
+
+def test_full_queue_answers_429_with_retry_after(embedded):
+    """queue_size=2: with 1 running and 2 waiting, further requests are refused at once."""
+    import concurrent.futures
+
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": "Tell a long story."}],
+            "max_tokens": 120, "temperature": 0}
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: httpx.post(f"{embedded.url}/v1/chat/completions", json=body,
+                                                     timeout=120), range(8)))
+    codes = sorted(r.status_code for r in results)
+    assert codes.count(200) >= 3
+    refused = [r for r in results if r.status_code == 429]
+    assert refused, codes
+    for r in refused:
+        assert int(r.headers["retry-after"]) >= 1
+        assert r.json()["error"]["type"] == "rate_limit_error"
