@@ -133,6 +133,7 @@ class InferenceService:
             failure = UpstreamError(f"The stream failed: {type(exc).__name__}")
             yield b"data: " + orjson.dumps(failure.envelope()) + b"\n\n"
         finally:
+            await chunks.aclose()  # type: ignore[attr-defined]  # stop the engine now, not at GC
             if not got_usage:
                 # Cancelled or broken before the engine reported usage: count what was delivered.
                 ctx.completion_tokens = max(ctx.completion_tokens, content_chunks)
