@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -174,3 +175,15 @@ def test_client_disconnect_mid_stream_stops_upstream(serve, settings_factory):
     while fake.cancelled_streams == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert fake.cancelled_streams == 1
+
+
+def test_stream_cut_by_the_upstream_ends_with_an_error_event(serve, settings_factory):
+    up = serve(FakeOpenAI(Behaviour(truncate_after=3)))
+    srv, _ = gateway(serve, settings_factory, [f"{up.url}/v1"])
+    with httpx.stream("POST", f"{srv.url}/v1/chat/completions", timeout=10,
+                      json={"model": "m", "messages": MESSAGES, "stream": True}) as resp:
+        lines = [line for line in resp.iter_lines() if line.startswith("data: ")]
+    assert resp.status_code == 200  # headers were already sent with the first chunk
+    assert len(lines) == 4
+    last = json.loads(lines[-1][6:])
+    assert last["error"]["type"] == "upstream_error" and "[DONE]" in last["error"]["message"]

@@ -92,6 +92,7 @@ class EmbeddedLlamaEngine(Engine):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         self._pending = 0  # waiting + running
         self._recent_seconds = 1.0  # last generation's duration, for Retry-After
+        self.last_generation: tuple[str, int] = ("", 0)  # finish reason and tokens of the latest generation
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -296,6 +297,7 @@ class EmbeddedLlamaEngine(Engine):
                 if tail:
                     parts.append(tail)
                     job.emit("text", tail)
+            self.last_generation = (finish, n)
             job.finish("".join(parts), finish, n)
         except BaseException as exc:  # noqa: BLE001 - any failure goes back to the waiting request
             job.fail(EngineError(f"generation failed: {exc}", status=500))

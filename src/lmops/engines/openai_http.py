@@ -102,11 +102,13 @@ class OpenAIHTTPEngine(Engine):
         try:
             if resp.status_code >= 400:
                 raise _status_error(self.endpoint, resp.status_code, await resp.aread())
+            done = False
             async for line in resp.aiter_lines():
                 if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
                 if data == "[DONE]":
+                    done = True
                     break
                 try:
                     chunk = orjson.loads(data)
@@ -116,6 +118,8 @@ class OpenAIHTTPEngine(Engine):
                     err = chunk["error"]
                     raise EngineError(f"{self.endpoint}: {err.get('message', err) if isinstance(err, dict) else err}")
                 yield chunk
+            if not done:
+                raise EngineError(f"{self.endpoint} ended the stream without [DONE]")
         except httpx.TimeoutException as exc:
             raise EngineTimeout(f"{self.endpoint} timed out mid-stream", status=504) from exc
         except httpx.HTTPError as exc:

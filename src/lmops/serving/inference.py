@@ -18,7 +18,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from lmops.config import ModelConfig
+from lmops.config import EngineKind, ModelConfig
 from lmops.engines.base import Body, Engine
 from lmops.observability.metrics import Metrics
 from lmops.protocol import responses as R
@@ -28,6 +28,7 @@ from lmops.protocol.embeddings import EmbeddingRequest
 from lmops.protocol.errors import APIError, InvalidRequest, UpstreamError
 from lmops.routing.router import Routed, Router
 from lmops.serving.context import Guard, RequestContext
+from lmops.serving.disconnect import ClientGone, unless_disconnected
 from lmops.serving.sse import EventStreamResponse
 from lmops.usage.batch_writer import BatchWriter
 
@@ -85,6 +86,8 @@ class InferenceService:
             try:
                 if req.stream:
                     chunks = await self.router.stream(req.model, stream, body, routed)
+                elif dep.config.engine is EngineKind.embedded:
+                    result = await unless_disconnected(http, self.router.call(req.model, call, body, routed))
                 else:
                     result = await self.router.call(req.model, call, body, routed)
             finally:
@@ -92,6 +95,9 @@ class InferenceService:
         except APIError as exc:
             self.finish(ctx, exc)
             raise
+        except ClientGone:
+            self.finish(ctx, _ClientClosed())
+            return Response(status_code=499)
         if req.stream:
             events = self._events(ctx, chunks, req.model, req.wants_usage_chunk())
             return EventStreamResponse(events, headers={"x-request-id": ctx.request_id})

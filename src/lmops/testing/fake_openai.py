@@ -28,6 +28,7 @@ class Behaviour:
     delay: float = 0.0
     chunk_delay: float = 0.0
     words: int = len(WORDS)
+    truncate_after: int | None = None  # end a stream after this many chunks, without [DONE]
 
 
 class FakeOpenAI:
@@ -109,6 +110,9 @@ class FakeOpenAI:
             for i, word in enumerate(words + [None]):
                 if gone.is_set():  # the client went away: stop generating, as vLLM does
                     self.cancelled_streams += 1
+                    return
+                if b.truncate_after is not None and i >= b.truncate_after:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
                     return
                 if chat:
                     delta = {} if word is None else ({"role": "assistant", "content": word} if i == 0

@@ -22,7 +22,7 @@ class ServerThread:
     def __init__(self, app: Any, port: int | None = None, **config: Any):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        options = {"log_level": "warning", "access_log": False, "lifespan": "on", "timeout_graceful_shutdown": 5}
+        options = {"log_level": "warning", "access_log": False, "lifespan": "on", "timeout_graceful_shutdown": 2}
         options.update(config)
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, **options))
         self._thread = threading.Thread(target=self.server.run, daemon=True, name=f"uvicorn-{self.port}")
