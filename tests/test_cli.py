@@ -119,22 +119,45 @@ def test_chat_in_process_streams_the_embedded_model(tmp_path):
     assert len(result.stdout.strip()) > 0
 
 
+def start_serve(cfg: Path, port: int, *extra: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([*LMOPS, "serve", "--config", str(cfg), "--port", str(port), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"lmops serve did not start: {proc.communicate()[1][-2000:]}")
+
+
+def test_serve_with_two_workers(serve, tmp_path):
+    up = serve(FakeOpenAI())
+    port = free_port()
+    cfg = tmp_path / "lmops.yaml"
+    cfg.write_text(GOOD.format(db=tmp_path / "w.db", url=f"{up.url}/v1"))
+    proc = start_serve(cfg, port, "--workers", "2")
+    try:
+        for _ in range(10):
+            resp = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=10,
+                              json={"model": "fake", "messages": [{"role": "user", "content": "hi"}]})
+            assert resp.status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert err.count("Application startup complete") == 2
+
+
 def test_chat_against_a_running_server(serve, tmp_path):
     up = serve(FakeOpenAI())
     port = free_port()
     cfg = tmp_path / "lmops.yaml"
     cfg.write_text(GOOD.format(db=tmp_path / "s.db", url=f"{up.url}/v1"))
-    proc = subprocess.Popen([*LMOPS, "serve", "--config", str(cfg), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_serve(cfg, port)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         result = run("chat", "hi", "--url", url, "--config", str(cfg))
         assert result.returncode == 0, result.stderr
         assert "The quick brown fox jumps over the lazy dog." in result.stdout

@@ -37,5 +37,5 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
 
 
 def app_from_env() -> FastAPI:
-    """Factory for ``uvicorn --factory lmops.app:app_from_env`` (used by multi-worker serve)."""
-    return create_app()
+    """Factory for ``uvicorn --factory lmops.app:app_from_env`` (multi-worker serve; the parent migrated)."""
+    return create_app(migrate=False)

@@ -66,6 +66,9 @@ def serve(
     console.print(f"  python -c \"from openai import OpenAI; c = OpenAI(base_url='{url}/v1', api_key='-'); "
                   f"print(c.chat.completions.create(model='{first}', "
                   f"messages=[{{'role': 'user', 'content': 'Hello'}}]).choices[0].message.content)\"")
+    from lmops.store.database import upgrade
+
+    upgrade(settings.database_url)  # once, here, before any worker starts
     common = dict(host=server.host, port=server.port, log_level=server.log_level, access_log=False,
                   loop="uvloop", http="httptools", timeout_graceful_shutdown=10)
     if server.workers > 1:
@@ -73,7 +76,7 @@ def serve(
             os.environ["LMOPS_CONFIG"] = settings.config
         uvicorn.run("lmops.app:app_from_env", factory=True, workers=server.workers, **common)  # type: ignore[arg-type]
     else:
-        uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
+        uvicorn.run(create_app(settings, migrate=False), **common)  # type: ignore[arg-type]
 
 
 @app.command()

@@ -13,7 +13,12 @@ from lmops.store.schema import metadata
 config = context.config
 
 
+MIGRATION_LOCK = 0x6C6D6F7073  # "lmops": serializes replicas that start (and migrate) at the same time
+
+
 def _run(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
     context.configure(
         connection=connection,
         target_metadata=metadata,
