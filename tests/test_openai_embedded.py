@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import time
 
 import httpx
 import openai
@@ -136,7 +138,7 @@ def test_full_queue_answers_429_with_retry_after(embedded):
     import concurrent.futures
 
     body = {"model": "smollm2", "messages": [{"role": "user", "content": "Tell a long story."}],
-            "max_tokens": 120, "temperature": 0}
+            "max_tokens": 40, "temperature": 0}
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda _: httpx.post(f"{embedded.url}/v1/chat/completions", json=body,
                                                      timeout=120), range(8)))
@@ -149,47 +151,44 @@ def test_full_queue_answers_429_with_retry_after(embedded):
         assert r.json()["error"]["type"] == "rate_limit_error"
 
 
+LONG_ESSAY = {"model": "smollm2", "messages": [{"role": "user", "content": "Write a very long essay."}],
+              "max_tokens": 400, "temperature": 0}
+
+
+def engine_of(server):
+    return server.server.config.app.state.services.router.deployment("smollm2").replicas[0].engine
+
+
+def wait_for_pending(engine, count: int, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while engine._pending != count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine._pending == count
+
+
 def test_client_disconnect_stops_the_generation(embedded):
     """A client that leaves mid-stream frees the model at once instead of generating 400 tokens."""
-    import time
-
-    services = embedded.server.config.app.state.services
-    engine = services.router.deployment("smollm2").replicas[0].engine
-    body = {"model": "smollm2", "messages": [{"role": "user", "content": "Write a very long essay."}],
-            "max_tokens": 400, "temperature": 0, "stream": True}
-    with httpx.stream("POST", f"{embedded.url}/v1/chat/completions", json=body, timeout=60) as resp:
+    engine = engine_of(embedded)
+    with httpx.stream("POST", f"{embedded.url}/v1/chat/completions", json={**LONG_ESSAY, "stream": True},
+                      timeout=60) as resp:
         for i, _ in enumerate(resp.iter_lines()):
             if i >= 6:
                 break
-    deadline = time.monotonic() + 10
-    while engine._pending and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert engine._pending == 0
+    wait_for_pending(engine, 0)
     finish, generated = engine.last_generation
     assert finish == "cancelled" and generated < 100
 
 
 def test_client_disconnect_stops_a_non_streamed_generation(embedded):
-    import socket
-    import time
-
-    services = embedded.server.config.app.state.services
-    engine = services.router.deployment("smollm2").replicas[0].engine
-    body = json.dumps({"model": "smollm2", "messages": [{"role": "user", "content": "Write a very long essay."}],
-                       "max_tokens": 400, "temperature": 0}).encode()
+    engine = engine_of(embedded)
+    body = json.dumps(LONG_ESSAY).encode()
     host, port = embedded.url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)))
     sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                  b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-    deadline = time.monotonic() + 5
-    while not engine._pending and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert engine._pending == 1
+    wait_for_pending(engine, 1, 5)
     time.sleep(0.5)
     sock.close()
-    deadline = time.monotonic() + 10
-    while engine._pending and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert engine._pending == 0
+    wait_for_pending(engine, 0)
     finish, generated = engine.last_generation
     assert finish == "cancelled" and generated < 400
