@@ -147,3 +147,22 @@ def test_full_queue_answers_429_with_retry_after(embedded):
     for r in refused:
         assert int(r.headers["retry-after"]) >= 1
         assert r.json()["error"]["type"] == "rate_limit_error"
+
+
+def test_client_disconnect_stops_the_generation(embedded):
+    """A client that leaves mid-stream frees the model at once instead of generating 400 more tokens."""
+    import time
+
+    services = embedded.server.config.app.state.services
+    engine = services.router.deployment("smollm2").replicas[0].engine
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": "Write a very long essay."}],
+            "max_tokens": 400, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{embedded.url}/v1/chat/completions", json=body, timeout=60) as resp:
+        for i, _ in enumerate(resp.iter_lines()):
+            if i >= 6:
+                break
+        left_at = time.monotonic()
+    while engine._pending and time.monotonic() - left_at < 3:
+        time.sleep(0.01)
+    assert engine._pending == 0
+    assert time.monotonic() - left_at < 1.0  # 400 tokens would take ~3 s on this model

@@ -99,6 +99,7 @@ class HealthConfig(_Strict):
     interval: float = Field(5.0, gt=0, description="seconds between active checks")
     failure_threshold: int = Field(1, ge=1, description="consecutive failures that eject a replica")
     timeout: float = Field(2.0, gt=0)
+    cooldown: float = Field(5.0, ge=0, description="seconds an ejected replica stays out before checks may return it")
 
 
 class UsageConfig(_Strict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from lmops.config import HealthConfig
 from lmops.routing.replicas import Replica
@@ -32,7 +33,11 @@ class HealthChecker:
     async def check_once(self) -> None:
         replicas = [r for d in self._router.deployments for r in d.replicas]
         results = await asyncio.gather(*(self._probe(r) for r in replicas))
+        now = time.monotonic()
         for replica, ok in zip(replicas, results):
+            cooling = replica.ejected_at is not None and now - replica.ejected_at < self._config.cooldown
+            if ok and cooling:
+                continue
             if ok:
                 if not replica.healthy:
                     log.info("replica back in the pool", extra={"replica": replica.endpoint})

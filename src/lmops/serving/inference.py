@@ -8,6 +8,7 @@ settled cost for every request, whatever its outcome.
 from __future__ import annotations
 
 import logging
+import time
 
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
@@ -20,6 +21,7 @@ from starlette.responses import Response
 from lmops.config import ModelConfig
 from lmops.engines.base import Body, Engine
 from lmops.observability.metrics import Metrics
+from lmops.protocol import responses as R
 from lmops.protocol.chat import ChatCompletionRequest
 from lmops.protocol.completions import CompletionRequest
 from lmops.protocol.embeddings import EmbeddingRequest
@@ -102,9 +104,13 @@ class InferenceService:
 
     async def _events(self, ctx: RequestContext, chunks: AsyncIterator[Body], model: str,
                       include_usage: bool) -> AsyncIterator[bytes]:
-        """Relay engine chunks as SSE events; count usage from the engine's final usage chunk."""
-        content_chunks = 0
-        got_usage = False
+        """Relay engine chunks as SSE events; count usage from the engine's final usage chunk.
+
+        Without one (an upstream that ignores ``include_usage``, or a stream cut short), the
+        completion is counted as the number of content chunks delivered.
+        """
+        delivered = 0
+        got_usage = completed = False
         failure: APIError | None = None
         try:
             async for chunk in chunks:
@@ -115,15 +121,21 @@ class InferenceService:
                     got_usage = True
                 choices = chunk.get("choices")
                 if choices:
-                    content_chunks += 1
-                    if ctx.ttft is None:
-                        ctx.ttft = ctx.elapsed()
+                    if _has_text(choices[0]):
+                        delivered += 1
+                        if ctx.ttft is None:
+                            ctx.ttft = ctx.elapsed()
                     if usage and not include_usage:
                         chunk = {k: v for k, v in chunk.items() if k != "usage"}
                 elif not include_usage:
                     continue
                 chunk["model"] = model
                 yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+            completed = True
+            if include_usage and not got_usage:
+                ctx.completion_tokens = delivered
+                yield b"data: " + orjson.dumps(R.usage_chunk(ctx.request_id, int(time.time()), model,
+                                                             _chunk_object(ctx), 0, delivered)) + b"\n\n"
             yield _DONE
         except APIError as exc:
             failure = exc
@@ -133,12 +145,12 @@ class InferenceService:
             failure = UpstreamError(f"The stream failed: {type(exc).__name__}")
             yield b"data: " + orjson.dumps(failure.envelope()) + b"\n\n"
         finally:
+            await chunks.aclose()  # type: ignore[attr-defined]  # stop the engine now, not at GC
             if not got_usage:
-                # Cancelled or broken before the engine reported usage: count what was delivered.
-                ctx.completion_tokens = max(ctx.completion_tokens, content_chunks)
-                if failure is None:
-                    ctx.extra["cancelled"] = True
-                    failure = _ClientClosed()
+                ctx.completion_tokens = max(ctx.completion_tokens, delivered)
+            if not completed and failure is None:
+                ctx.extra["cancelled"] = True
+                failure = _ClientClosed()
             self.finish(ctx, failure)
 
     # -- accounting ----------------------------------------------------------------------------
@@ -179,6 +191,15 @@ class _ClientClosed(APIError):
 
     def __init__(self) -> None:
         super().__init__("The client closed the connection before the stream ended.")
+
+
+def _has_text(choice: Body) -> bool:
+    delta = choice.get("delta")
+    return bool(delta.get("content") if delta is not None else choice.get("text"))
+
+
+def _chunk_object(ctx: RequestContext) -> str:
+    return "chat.completion.chunk" if ctx.endpoint == "chat.completions" else "text_completion"
 
 
 def upstream_body(req: ChatCompletionRequest | CompletionRequest, model: ModelConfig) -> Body:

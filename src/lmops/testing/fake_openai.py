@@ -55,7 +55,7 @@ class FakeOpenAI:
             if not msg.get("more_body"):
                 break
         b = self.behaviour
-        if path.endswith("/models") or path == "/health":
+        if (path.endswith("/models") or path == "/health") and not b.fail:
             await _json(send, 200, {"object": "list", "data": [{"id": "fake", "object": "model", "created": 0,
                                                                   "owned_by": "fake"}]})
             return
@@ -103,8 +103,13 @@ class FakeOpenAI:
                     "headers": [(b"content-type", b"text/event-stream")]})
         obj = "chat.completion.chunk" if chat else "text_completion"
         include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
+        gone = asyncio.Event()
+        watcher = asyncio.ensure_future(_watch_disconnect(receive, gone))
         try:
             for i, word in enumerate(words + [None]):
+                if gone.is_set():  # the client went away: stop generating, as vLLM does
+                    self.cancelled_streams += 1
+                    return
                 if chat:
                     delta = {} if word is None else ({"role": "assistant", "content": word} if i == 0
                                                      else {"content": word})
@@ -129,6 +134,14 @@ class FakeOpenAI:
         except (OSError, asyncio.CancelledError):
             self.cancelled_streams += 1
             raise
+        finally:
+            watcher.cancel()
+
+
+async def _watch_disconnect(receive, gone: asyncio.Event) -> None:  # type: ignore[no-untyped-def]
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    gone.set()
 
 
 async def _json(send, status: int, payload: dict) -> None:  # type: ignore[no-untyped-def]

@@ -12,7 +12,7 @@ def make_settings(tmp_path: Path, models: list[dict[str, Any]] | None = None, **
     """Settings for a test: its own SQLite file, fast health checks, the given models (default: embedded)."""
     data: dict[str, Any] = {
         "database_url": f"sqlite+aiosqlite:///{tmp_path / 'lmops.db'}",
-        "health": {"interval": 0.2, "timeout": 1.0, "failure_threshold": 1},
+        "health": {"interval": 0.2, "timeout": 1.0, "failure_threshold": 1, "cooldown": 0.5},
         "usage": {"flush_interval": 0.05},
         "server": {"log_json": True},
     }

@@ -1,0 +1,78 @@
+"""A second real engine process — llama-cpp-python's own OpenAI-compatible server — as an `openai` upstream."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+
+from lmops.app import create_app
+from lmops.engines.embedded_llamacpp import default_model_path
+from lmops.testing.server import free_port
+
+pytest.importorskip("sse_starlette", reason="llama_cpp.server needs llama-cpp-python[server]")
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory):
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("llama-server") / "stderr.log"
+    log = open(log_path, "wb")  # a file, not a pipe: llama.cpp logs more than a pipe buffer holds
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", default_model_path(), "--model_alias", "smol",
+         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024", "--n_threads", "1"],
+        stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"llama_cpp.server exited: {log_path.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/v1/models", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("llama_cpp.server did not start")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture
+def client(llama_server, serve, settings_factory):
+    settings = settings_factory([{"name": "remote-smol", "engine": "openai", "upstream_model": "smol",
+                                  "replicas": [f"{llama_server}/v1"], "timeout": 60}])
+    srv = serve(create_app(settings))
+    return openai.OpenAI(base_url=f"{srv.url}/v1", api_key="x", max_retries=0)
+
+
+def test_chat_through_the_llama_cpp_server(client, llama_server):
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    resp = client.chat.completions.create(model="remote-smol", messages=messages, max_tokens=16, temperature=0)
+    direct = openai.OpenAI(base_url=f"{llama_server}/v1", api_key="x").chat.completions.create(
+        model="smol", messages=messages, max_tokens=16, temperature=0)
+    assert resp.model == "remote-smol"
+    assert resp.choices[0].message.content == direct.choices[0].message.content
+    assert resp.usage.completion_tokens == direct.usage.completion_tokens > 0
+
+
+def test_stream_and_completion_through_the_llama_cpp_server(client):
+    chunks = list(client.chat.completions.create(
+        model="remote-smol", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8, temperature=0,
+        stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip()
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    comp = client.completions.create(model="remote-smol", prompt="The sky is", max_tokens=5, temperature=0)
+    assert comp.choices[0].text and comp.usage.completion_tokens == 5
