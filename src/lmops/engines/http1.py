@@ -65,6 +65,7 @@ class _Connection(asyncio.Protocol):
         self.body: list[bytes] = []
         self.headers_done = False
         self.complete = False
+        self.keep_alive = False
         self.received = False
         self.error: HTTPError | None = None
         self._until_close = False
@@ -105,6 +106,7 @@ class _Connection(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
+        self.keep_alive = self.parser.should_keep_alive()  # only meaningful inside the parser's callbacks
         self.complete = True
 
     # -- used by the pool and the response ------------------------------------------------------
@@ -114,7 +116,7 @@ class _Connection(asyncio.Protocol):
         self.transport.write(data)
 
     def reusable(self) -> bool:
-        return self.complete and not self.closed and self.error is None and self.parser.should_keep_alive()
+        return self.complete and self.keep_alive and not self.closed and self.error is None
 
     def close(self) -> None:
         self.closed = True
