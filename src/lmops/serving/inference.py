@@ -161,6 +161,12 @@ class InferenceService:
             ctx.error = error.message
         latency = ctx.elapsed()
         model = ctx.model or "-"
+        level = logging.WARNING if ctx.status >= 500 else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(level, "request finished", extra={
+                "endpoint": ctx.endpoint, "model": ctx.model, "replica": ctx.replica, "status": ctx.status,
+                "latency_ms": round(latency * 1000, 3), "prompt_tokens": ctx.prompt_tokens,
+                "completion_tokens": ctx.completion_tokens, "error": ctx.error})
         self.metrics.observe(model, ctx.endpoint, ctx.status, latency, ctx.ttft, ctx.prompt_tokens,
                              ctx.completion_tokens)
         if self.records is not None:

@@ -1,0 +1,87 @@
+"""Request records on SQLite and PostgreSQL: migrations, batched writes off the request path."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import openai
+import pytest
+from sqlalchemy import select
+
+from lmops.app import create_app
+from lmops.store.database import create_engine, current_revision, upgrade
+from lmops.testing.fake_openai import FakeOpenAI
+from lmops.usage.records import RequestRecord
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'records.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+def read_records(url: str) -> list[RequestRecord]:
+    async def go() -> list[RequestRecord]:
+        engine = create_engine(url)
+        try:
+            async with engine.connect() as conn:
+                rows = (await conn.execute(select(RequestRecord.__table__).order_by("created_at"))).all()
+                return list(rows)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
+def test_migrations_upgrade_to_head(database_url):
+    upgrade(database_url)
+    assert current_revision(database_url) is not None
+    upgrade(database_url)  # idempotent
+
+
+def test_every_request_leaves_a_record(database_url, serve, settings_factory):
+    up = serve(FakeOpenAI())
+    settings = settings_factory([{"name": "m", "engine": "openai", "replicas": [f"{up.url}/v1"]}],
+                                database_url=database_url)
+    srv = serve(create_app(settings))
+    client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="x", max_retries=0)
+    ok = client.chat.completions.with_raw_response.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    list(client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True))
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="missing", messages=[{"role": "user", "content": "hi"}])
+    services = srv.server.config.app.state.services
+    deadline = time.monotonic() + 5
+    while services.records.written < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rows = read_records(database_url)
+    assert len(rows) == 3
+    plain, streamed, missing = rows
+    assert plain.id == ok.headers["x-request-id"]
+    assert (plain.model, plain.status, plain.prompt_tokens, plain.completion_tokens) == ("m", 200, 7, 10)
+    assert plain.replica == f"{up.url}/v1" and plain.latency_ms > 0 and plain.ttft_ms is None
+    assert streamed.stream and streamed.status == 200 and streamed.completion_tokens == 10
+    assert streamed.prompt_tokens == 7  # from the upstream's usage chunk, requested even though the client did not
+    assert streamed.ttft_ms is not None and streamed.ttft_ms <= streamed.latency_ms
+    assert missing.status == 404 and "missing" in missing.error
+
+
+def test_database_outage_never_fails_requests(serve, settings_factory, tmp_path):
+    """Rows wait in memory while the database is unwritable; requests are not slowed or failed."""
+    up = serve(FakeOpenAI())
+    settings = settings_factory([{"name": "m", "engine": "openai", "replicas": [f"{up.url}/v1"]}])
+    srv = serve(create_app(settings))
+    services = srv.server.config.app.state.services
+    original = services.records._table
+    services.records._table = original.to_metadata(__import__("sqlalchemy").MetaData(), name="no_such_table")
+    client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="x", max_retries=0)
+    for _ in range(5):
+        assert client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}]).choices
+    time.sleep(0.3)
+    assert services.records.pending == 5 and services.records.written == 0
+    services.records._table = original
+    deadline = time.monotonic() + 5
+    while services.records.written < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert services.records.written == 5
