@@ -67,7 +67,9 @@ def start_litellm(tmp: Path, upstream: str, litellm: str) -> Server:
         "model_list": [{"model_name": MODEL,
                         "litellm_params": {"model": f"openai/{MODEL}", "api_base": upstream, "api_key": "x"}}],
         "litellm_settings": {"set_verbose": False, "json_logs": False, "turn_off_message_logging": True},
-        "general_settings": {"disable_spend_logs": True, "disable_error_logs": True},
+        "general_settings": {"disable_spend_logs": True, "disable_error_logs": True,
+                             # no key, like the lmops side (no auth); else 1.106 refuses to start
+                             "dangerously_permit_weak_or_unset_master_key": True},
     }))
     env = {"LITELLM_LOG": "ERROR", "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False"}
     return Server("litellm", [litellm, "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
