@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import Server, free_port, machine_line, post_json
+from harness import Server, free_port, machine_line, post_json, stop_children_on_sigterm
 
 PROMPTS = [
     "Write a short story about a lighthouse keeper.",
@@ -106,6 +106,7 @@ def main() -> None:
     p.add_argument("--context", type=int, default=2048, help="n_ctx, both sides")
     p.add_argument("--stream", action="store_true", help="stream the lmops side (server-sent events)")
     a = p.parse_args()
+    stop_children_on_sigterm()
 
     from llama_cpp import Llama
 

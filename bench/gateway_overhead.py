@@ -28,7 +28,8 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from harness import LoadResult, Server, free_port, machine_line, median_result, run_wrk, wrk_available
+from harness import (LoadResult, Server, free_port, machine_line, median_result, run_wrk, stop_children_on_sigterm,
+                     wrk_available)
 
 MODEL = "fake"
 PATH = "/v1/chat/completions"
@@ -151,6 +152,7 @@ def main() -> None:
     p.add_argument("--connections", type=int, default=32, help="connections for the saturation runs")
     p.add_argument("--json", type=Path, help="also write every run as JSON here")
     a = p.parse_args()
+    stop_children_on_sigterm()
     if not wrk_available():
         sys.exit("wrk is needed as the load generator: apt-get install wrk")
 

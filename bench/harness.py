@@ -16,6 +16,7 @@ import signal
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -52,6 +53,11 @@ def machine_info() -> dict[str, str]:
         pass
     return {"nproc": str(os.cpu_count()), "cpu": model, "python": platform.python_version(),
             "os": f"{platform.system()} {platform.release()}"}
+
+
+def stop_children_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so that ``finally`` blocks stop the servers this script started."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def free_port() -> int:
