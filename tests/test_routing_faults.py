@@ -113,7 +113,7 @@ def test_two_replicas_one_bad_every_request_succeeds(serve, settings_factory, fa
 
 
 def test_ejected_replica_returns_when_healthy(serve, settings_factory):
-    behaviour = Behaviour(fail=True)
+    behaviour = Behaviour(fail=True, fail_health=True)
     flaky = FakeOpenAI(behaviour)
     flaky_srv = serve(flaky)
     good = FakeOpenAI()
@@ -126,7 +126,7 @@ def test_ejected_replica_returns_when_healthy(serve, settings_factory):
     assert services is not None
     dep = services.router.deployment("m")
     assert [r.healthy for r in dep.replicas] == [False, True]
-    behaviour.fail = False  # the replica recovers; active checks (every 0.2 s) bring it back
+    behaviour.fail = behaviour.fail_health = False  # the replica recovers; active checks (every 0.2 s) bring it back
     deadline = time.monotonic() + 5
     while not dep.replicas[0].healthy and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from lmops import __version__
 from lmops.api import errors, openai, system
+from lmops.api.direct import DirectRoutes
 from lmops.api.middleware import RequestIdMiddleware
 from lmops.config import Settings, load_settings
 from lmops.services import Services
@@ -32,6 +33,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     errors.install(app)
     app.include_router(system.router)
     app.include_router(openai.router)
+    app.add_middleware(DirectRoutes, routes=openai.DIRECT_ROUTES)  # innermost: what is added later wraps it
     app.add_middleware(RequestIdMiddleware)
     return app
 

@@ -47,3 +47,12 @@ async def list_models(request: Request) -> Response:
 async def get_model(model: str, request: Request) -> Response:
     svc = services(request)
     return svc.json(svc.model_card(model))
+
+
+# Served straight from the ASGI call by api/direct.py, skipping FastAPI's routing per request:
+# keep these endpoints free of FastAPI dependencies (access control is the Guard's job).
+DIRECT_ROUTES = {
+    ("POST", "/v1/chat/completions"): chat_completions,
+    ("POST", "/v1/completions"): completions,
+    ("POST", "/v1/embeddings"): embeddings,
+}

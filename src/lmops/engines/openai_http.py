@@ -1,8 +1,9 @@
 """Any OpenAI-compatible HTTP server as an engine: vLLM, lmdeploy, TGI, llama.cpp server, Ollama, providers.
 
-One pooled httpx.AsyncClient per upstream. Streams are forwarded chunk by chunk as they
-arrive, and usage is always requested (``stream_options.include_usage``) so accounting
-uses the engine's own numbers.
+One pool of keep-alive connections per upstream (``engines.http1``, a lean HTTP/1.1 client:
+httpx cost more CPU per request than the rest of the gateway together). Streams are forwarded
+chunk by chunk as they arrive, and usage is always requested (``stream_options.include_usage``)
+so accounting uses the engine's own numbers.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import orjson
 
+from lmops.engines import http1
 from lmops.engines.base import (
     Body,
     Engine,
@@ -37,27 +38,21 @@ class OpenAIHTTPEngine(Engine):
         max_connections: int = 1000,
     ):
         self.endpoint = base_url.rstrip("/")
-        headers = {"content-type": "application/json"}
-        if api_key:
-            headers["authorization"] = f"Bearer {api_key}"
-        self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self._health_timeout = health_timeout
-        self._client = httpx.AsyncClient(
-            base_url=self.endpoint,
-            headers=headers,
-            timeout=self._timeout,
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-        )
+        self._pool = http1.Pool(self.endpoint, headers=headers, timeout=timeout, connect_timeout=connect_timeout,
+                                max_connections=max_connections)
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._pool.close()
 
     async def health(self) -> bool:
         try:
-            resp = await self._client.get("/models", timeout=self._health_timeout)
-        except httpx.HTTPError:
+            resp = await self._pool.request("GET", "/models", timeout=self._health_timeout)
+            await resp.read()
+        except http1.HTTPError:
             return False
-        return resp.status_code < 500
+        return resp.status < 500
 
     async def chat_completion(self, body: Body) -> Body:
         return await self._post("/chat/completions", body)
@@ -76,15 +71,16 @@ class OpenAIHTTPEngine(Engine):
 
     async def _post(self, path: str, body: Body) -> Body:
         try:
-            resp = await self._client.post(path, content=orjson.dumps(body))
-        except httpx.TimeoutException as exc:
+            resp = await self._pool.request("POST", path, orjson.dumps(body))
+            content = await resp.read()
+        except http1.Timeout as exc:
             raise EngineTimeout(f"{self.endpoint} timed out", status=504) from exc
-        except httpx.HTTPError as exc:
+        except http1.HTTPError as exc:
             raise EngineUnavailable(f"{self.endpoint} unreachable: {type(exc).__name__}") from exc
-        if resp.status_code >= 400:
-            raise _status_error(self.endpoint, resp.status_code, resp.content)
+        if resp.status >= 400:
+            raise _status_error(self.endpoint, resp.status, content)
         try:
-            return orjson.loads(resp.content)
+            return orjson.loads(content)
         except orjson.JSONDecodeError as exc:
             raise EngineError(f"{self.endpoint} answered with invalid JSON") from exc
 
@@ -92,40 +88,44 @@ class OpenAIHTTPEngine(Engine):
         body = dict(body)
         body["stream"] = True
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        request = self._client.build_request("POST", path, content=orjson.dumps(body))
         try:
-            resp = await self._client.send(request, stream=True)
-        except httpx.TimeoutException as exc:
+            resp = await self._pool.request("POST", path, orjson.dumps(body))
+        except http1.Timeout as exc:
             raise EngineTimeout(f"{self.endpoint} timed out", status=504) from exc
-        except httpx.HTTPError as exc:
+        except http1.HTTPError as exc:
             raise EngineUnavailable(f"{self.endpoint} unreachable: {type(exc).__name__}") from exc
         try:
-            if resp.status_code >= 400:
-                raise _status_error(self.endpoint, resp.status_code, await resp.aread())
-            done = False
-            async for line in resp.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    done = True
-                    break
-                try:
-                    chunk = orjson.loads(data)
-                except orjson.JSONDecodeError as exc:
-                    raise EngineError(f"{self.endpoint} sent an invalid stream event") from exc
-                if "error" in chunk and "choices" not in chunk:
-                    err = chunk["error"]
-                    raise EngineError(f"{self.endpoint}: {err.get('message', err) if isinstance(err, dict) else err}")
-                yield chunk
-            if not done:
-                raise EngineError(f"{self.endpoint} ended the stream without [DONE]")
-        except httpx.TimeoutException as exc:
+            if resp.status >= 400:
+                raise _status_error(self.endpoint, resp.status, await resp.read())
+            pending = b""
+            while (piece := await resp.next_bytes()) is not None:
+                events, pending = _sse_data(pending + piece)
+                for data in events:
+                    if data == b"[DONE]":
+                        return
+                    try:
+                        chunk = orjson.loads(data)
+                    except orjson.JSONDecodeError as exc:
+                        raise EngineError(f"{self.endpoint} sent an invalid stream event") from exc
+                    if "error" in chunk and "choices" not in chunk:
+                        err = chunk["error"]
+                        raise EngineError(
+                            f"{self.endpoint}: {err.get('message', err) if isinstance(err, dict) else err}")
+                    yield chunk
+            raise EngineError(f"{self.endpoint} ended the stream without [DONE]")
+        except http1.Timeout as exc:
             raise EngineTimeout(f"{self.endpoint} timed out mid-stream", status=504) from exc
-        except httpx.HTTPError as exc:
+        except http1.HTTPError as exc:
             raise EngineUnavailable(f"{self.endpoint} broke the stream: {type(exc).__name__}") from exc
         finally:
-            await resp.aclose()
+            resp.release()
+
+
+def _sse_data(buffer: bytes) -> tuple[list[bytes], bytes]:
+    """The payloads of the complete ``data:`` lines in ``buffer``, and the incomplete rest."""
+    lines = buffer.split(b"\n")
+    rest = lines.pop()
+    return [line[5:].strip() for line in lines if line.startswith(b"data:")], rest
 
 
 def _status_error(endpoint: str, status: int, content: bytes) -> EngineError:

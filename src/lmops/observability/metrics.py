@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -27,6 +28,7 @@ class Metrics:
                               buckets=LATENCY_BUCKETS, registry=r)
         self.records_dropped = Counter("lmops_request_records_dropped", "Request records dropped (backlog full)",
                                        registry=r)
+        self._series: dict[tuple[str, str, int], _RequestSeries] = {}
 
     def watch_router(self, router: Router) -> None:
         self.registry.register(_ReplicaCollector(router))
@@ -37,20 +39,48 @@ class Metrics:
 
     def observe(self, model: str, endpoint: str, status: int, latency: float, ttft: float | None,
                 prompt_tokens: int, completion_tokens: int) -> None:
-        code = str(status)
-        self.requests.labels(model, endpoint, code).inc()
-        if status >= 400:
-            self.errors.labels(model, endpoint, code).inc()
-        self.latency.labels(model, endpoint).observe(latency)
+        key = (model, endpoint, status)
+        series = self._series.get(key)
+        if series is None:  # .labels() costs a lock and a few dict look-ups: once per label set, not per request
+            series = self._series[key] = _RequestSeries(self, model, endpoint, status)
+        series.requests.inc()
+        if series.errors is not None:
+            series.errors.inc()
+        series.latency.observe(latency)
         if ttft is not None:
-            self.ttft.labels(model).observe(ttft)
+            series.child("ttft").observe(ttft)
         if prompt_tokens:
-            self.tokens.labels(model, "in").inc(prompt_tokens)
+            series.child("tokens_in").inc(prompt_tokens)
         if completion_tokens:
-            self.tokens.labels(model, "out").inc(completion_tokens)
+            series.child("tokens_out").inc(completion_tokens)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _RequestSeries:
+    """The labelled children that one (model, endpoint, status) touches, looked up once.
+
+    The optional ones are created on first use, so that no series appears before it has a value.
+    """
+
+    def __init__(self, m: Metrics, model: str, endpoint: str, status: int):
+        code = str(status)
+        self.requests = m.requests.labels(model, endpoint, code)
+        self.errors = m.errors.labels(model, endpoint, code) if status >= 400 else None
+        self.latency = m.latency.labels(model, endpoint)
+        self._lazy: dict[str, Callable[[], Any]] = {
+            "ttft": lambda: m.ttft.labels(model),
+            "tokens_in": lambda: m.tokens.labels(model, "in"),
+            "tokens_out": lambda: m.tokens.labels(model, "out"),
+        }
+        self._made: dict[str, Any] = {}
+
+    def child(self, name: str) -> Any:
+        made = self._made.get(name)
+        if made is None:
+            made = self._made[name] = self._lazy[name]()
+        return made
 
 
 class _ReplicaCollector(Collector):

@@ -23,7 +23,8 @@ WORDS = ["The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", 
 
 @dataclass
 class Behaviour:
-    fail: bool = False
+    fail: bool = False  # completions answer 500
+    fail_health: bool = False  # /models and /health answer 500 too (a broken server, not just a bad request)
     hang: bool = False
     delay: float = 0.0
     chunk_delay: float = 0.0
@@ -56,7 +57,7 @@ class FakeOpenAI:
             if not msg.get("more_body"):
                 break
         b = self.behaviour
-        if (path.endswith("/models") or path == "/health") and not b.fail:
+        if (path.endswith("/models") or path == "/health") and not b.fail_health:
             await _json(send, 200, {"object": "list", "data": [{"id": "fake", "object": "model", "created": 0,
                                                                   "owned_by": "fake"}]})
             return
