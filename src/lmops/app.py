@@ -8,8 +8,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from lmops import __version__
-from lmops.api import errors, openai, system
+from lmops.api import admin, errors, openai, system
 from lmops.api.middleware import RequestIdMiddleware
+from lmops.api.ratelimit_headers import RateLimitHeadersMiddleware
 from lmops.config import Settings, load_settings
 from lmops.services import Services
 
@@ -32,6 +33,9 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     errors.install(app)
     app.include_router(system.router)
     app.include_router(openai.router)
+    app.include_router(admin.router)
+    if "access" in svc.extras:
+        app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(RequestIdMiddleware)
     return app
 

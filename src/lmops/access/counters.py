@@ -1,0 +1,241 @@
+"""Limit counters: in memory for one replica, in Redis when several replicas share limits.
+
+Both backends give the same answers. ``admit`` tests every check of a request and, only
+if all pass, applies them — atomically (a single event-loop step in memory, one Lua script
+in Redis, so one round trip). ``apply`` adds deltas after the request (releases, real usage)
+without blocking the caller.
+
+Check kinds:
+- ``add``: refuse when ``value + amount > limit``, else add ``amount`` (requests in a window, parallel requests)
+- ``below``: refuse when ``value >= limit``; nothing is added (tokens in a window, booked after the request)
+- ``reserve``: refuse when ``value(key) + value(key2) + amount > limit``, else add ``amount`` to ``key2``
+  (a budget: ``key`` holds what was spent, ``key2`` what running requests reserved)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+log = logging.getLogger("lmops.access")
+
+
+@dataclass(frozen=True)
+class Check:
+    kind: str  # add | below | reserve
+    key: str
+    limit: float
+    amount: float = 0.0
+    ttl: int = 0  # seconds the written key lives; 0 = forever
+    key2: str = ""
+
+
+@dataclass(frozen=True)
+class Delta:
+    key: str
+    amount: float
+    ttl: int = 0
+
+
+@dataclass(frozen=True)
+class Admission:
+    ok: bool
+    values: tuple[float, ...]  # per check: the usage counted against its limit
+    failed: int = -1  # index of the first check that refused
+
+
+class Counters(Protocol):
+    async def admit(self, checks: Sequence[Check]) -> Admission: ...
+
+    def apply(self, deltas: Sequence[Delta]) -> None: ...
+
+    async def seed(self, key: str, value: float, ttl: int) -> None:
+        """Set ``key`` to ``value`` unless it exists (load what the ledger says was spent)."""
+        ...
+
+    async def exists(self, key: str) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+def _verdict(check: Check, value: float, other: float) -> tuple[float, bool]:
+    """The usage a check counts and whether it passes."""
+    if check.kind == "add":
+        used = value + check.amount
+        return used, used <= check.limit
+    if check.kind == "below":
+        return value, value < check.limit
+    used = value + other + check.amount
+    return used, used <= check.limit
+
+
+class MemoryCounters:
+    """Counters of one process."""
+
+    def __init__(self, clock: Any = time.time):
+        self._clock = clock
+        self._values: dict[str, tuple[float, float]] = {}  # key -> (value, expires at; 0 = never)
+        self._next_purge = 0.0
+
+    def _get(self, key: str, now: float) -> float:
+        hit = self._values.get(key)
+        if hit is None:
+            return 0.0
+        if hit[1] and hit[1] <= now:
+            del self._values[key]
+            return 0.0
+        return hit[0]
+
+    def _add(self, key: str, amount: float, ttl: int, now: float) -> None:
+        self._values[key] = (self._get(key, now) + amount, now + ttl if ttl else 0.0)
+
+    async def admit(self, checks: Sequence[Check]) -> Admission:
+        return self.admit_now(checks)
+
+    def admit_now(self, checks: Sequence[Check]) -> Admission:
+        now = self._clock()
+        if now >= self._next_purge:
+            self._purge(now)
+        values: list[float] = []
+        failed = -1
+        for i, c in enumerate(checks):
+            used, ok = _verdict(c, self._get(c.key, now), self._get(c.key2, now) if c.key2 else 0.0)
+            values.append(used)
+            if not ok and failed < 0:
+                failed = i
+        if failed >= 0:
+            return Admission(False, tuple(values), failed)
+        for c in checks:
+            if c.kind == "add":
+                self._add(c.key, c.amount, c.ttl, now)
+            elif c.kind == "reserve":
+                self._add(c.key2, c.amount, c.ttl, now)
+        return Admission(True, tuple(values))
+
+    def apply(self, deltas: Sequence[Delta]) -> None:
+        now = self._clock()
+        for d in deltas:
+            self._add(d.key, d.amount, d.ttl, now)
+
+    async def seed(self, key: str, value: float, ttl: int) -> None:
+        now = self._clock()
+        if not self._live(key, now):
+            self._values[key] = (value, now + ttl if ttl else 0.0)
+
+    async def exists(self, key: str) -> bool:
+        return self._live(key, self._clock())
+
+    def _live(self, key: str, now: float) -> bool:
+        hit = self._values.get(key)
+        return hit is not None and (not hit[1] or hit[1] > now)
+
+    async def close(self) -> None:
+        self._values.clear()
+
+    def _purge(self, now: float) -> None:
+        self._values = {k: v for k, v in self._values.items() if not v[1] or v[1] > now}
+        self._next_purge = now + 30.0
+
+
+# KEYS: key, key2 per check. ARGV: per check kind, limit, amount, ttl.
+_ADMIT = """
+local n = #ARGV / 4
+local values = {}
+local failed = -1
+for i = 1, n do
+  local kind, limit, amount = ARGV[4*i-3], tonumber(ARGV[4*i-2]), tonumber(ARGV[4*i-1])
+  local value = tonumber(redis.call('GET', KEYS[2*i-1]) or '0')
+  local ok
+  if kind == 'add' then
+    value = value + amount
+    ok = value <= limit
+  elseif kind == 'below' then
+    ok = value < limit
+  else
+    value = value + tonumber(redis.call('GET', KEYS[2*i]) or '0') + amount
+    ok = value <= limit
+  end
+  values[i] = tostring(value)
+  if not ok and failed < 0 then failed = i - 1 end
+end
+if failed < 0 then
+  for i = 1, n do
+    local kind, amount, ttl = ARGV[4*i-3], ARGV[4*i-1], tonumber(ARGV[4*i])
+    local key = nil
+    if kind == 'add' then key = KEYS[2*i-1] elseif kind == 'reserve' then key = KEYS[2*i] end
+    if key then
+      redis.call('INCRBYFLOAT', key, amount)
+      if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+    end
+  end
+end
+table.insert(values, 1, tostring(failed))
+return values
+"""
+
+# KEYS: keys. ARGV: per key amount, ttl.
+_APPLY = """
+for i = 1, #KEYS do
+  redis.call('INCRBYFLOAT', KEYS[i], ARGV[2*i-1])
+  local ttl = tonumber(ARGV[2*i])
+  if ttl > 0 then redis.call('EXPIRE', KEYS[i], ttl) end
+end
+return #KEYS
+"""
+
+_SEED = "if redis.call('SET', KEYS[1], ARGV[1], 'NX') and tonumber(ARGV[2]) > 0 then " \
+        "redis.call('EXPIRE', KEYS[1], ARGV[2]) end return 1"
+
+
+class RedisCounters:
+    """Counters shared by every replica through one Redis (one round trip per admission)."""
+
+    def __init__(self, url: str):
+        import redis.asyncio as redis
+
+        self._redis = redis.Redis.from_url(url, decode_responses=True)
+        self._admit = self._redis.register_script(_ADMIT)
+        self._apply = self._redis.register_script(_APPLY)
+        self._seed = self._redis.register_script(_SEED)
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def admit(self, checks: Sequence[Check]) -> Admission:
+        keys: list[str] = []
+        args: list[Any] = []
+        for c in checks:
+            keys += [c.key, c.key2 or c.key]
+            args += [c.kind, repr(float(c.limit)), repr(float(c.amount)), c.ttl]
+        result = await self._admit(keys=keys, args=args)
+        failed = int(result[0])
+        return Admission(failed < 0, tuple(float(v) for v in result[1:]), failed)
+
+    def apply(self, deltas: Sequence[Delta]) -> None:
+        if not deltas:
+            return
+        task = asyncio.get_running_loop().create_task(self._apply_now(deltas))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _apply_now(self, deltas: Sequence[Delta]) -> None:
+        args: list[Any] = []
+        for d in deltas:
+            args += [repr(float(d.amount)), d.ttl]
+        try:
+            await self._apply(keys=[d.key for d in deltas], args=args)
+        except Exception:  # noqa: BLE001 - a lost release must not break serving; it expires with its key
+            log.exception("could not apply %d counter updates in Redis", len(deltas))
+
+    async def seed(self, key: str, value: float, ttl: int) -> None:
+        await self._seed(keys=[key], args=[repr(float(value)), ttl])
+
+    async def exists(self, key: str) -> bool:
+        return bool(await self._redis.exists(key))
+
+    async def close(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._redis.aclose()
