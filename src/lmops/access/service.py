@@ -44,10 +44,11 @@ class AccessService:
         self.admin: AdminService | None = None  # ready after start
 
     async def start(self, *, bootstrap: bool | None = None, announce: TextIO | None = None) -> None:
-        hasher = KeyHasher(await self._secret())
+        serving = self.settings.access.bootstrap if bootstrap is None else bootstrap
+        hasher = KeyHasher(await self.load_secret(warn=serving))
         self.guard.hasher = hasher
         self.admin = AdminService(self.store, hasher, self.cache)
-        if self.settings.access.bootstrap if bootstrap is None else bootstrap:
+        if serving:
             await self.bootstrap(announce or sys.stderr)
         self.ledger.start()
 
@@ -79,15 +80,16 @@ class AccessService:
             out.write(f"lmops: created the admin API key (shown only once, store it now):\n  {text}\n")
         out.flush()
 
-    async def _secret(self) -> bytes:
+    async def load_secret(self, *, warn: bool = True) -> bytes:
         env = self.settings.access.secret_env
         value = os.environ.get(env)
         if value:
             if len(value) < 16:
                 raise ValueError(f"${env} must be at least 16 characters long")
             return value.encode()
-        log.warning("$%s is not set: API keys are hashed with a generated secret kept in the database "
-                    "(table server_secrets); set $%s in production", env, env)
+        if warn:
+            log.warning("$%s is not set: API keys are hashed with a generated secret kept in the database "
+                        "(table server_secrets); set $%s in production", env, env)
         return await self.store.server_secret()
 
     async def _load_grant(self, prefix: str) -> KeyGrant | None:
