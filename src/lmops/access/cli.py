@@ -60,11 +60,17 @@ def _run(config: Optional[str], work: Callable[[AdminService, Any], Awaitable[T]
         raise typer.Exit(1) from None
 
 
+def _console() -> Console:
+    """Tables in full when piped (ids and prefixes must not be cut to fit 80 columns)."""
+    console = Console()
+    return console if console.is_terminal else Console(width=240)
+
+
 def _show(rows: list[dict[str, Any]], columns: list[str]) -> None:
     table = Table(*columns)
     for row in rows:
         table.add_row(*("" if row.get(c) is None else str(row[c]) for c in columns))
-    Console().print(table)
+    _console().print(table)
 
 
 # -- teams -----------------------------------------------------------------------------------
@@ -207,7 +213,7 @@ def usage_report_cmd(
     table = Table(by, "requests", "prompt tokens", "completion tokens", "cost (USD)")
     for r in [*report.rows, report.totals]:
         table.add_row(r.group, str(r.requests), str(r.prompt_tokens), str(r.completion_tokens), f"{r.cost_usd:.6f}")
-    Console().print(table)
+    _console().print(table)
     if csv:
         reports.write_csv(report, csv)
     if xlsx:

@@ -59,6 +59,10 @@ class Counters(Protocol):
 
     async def exists(self, key: str) -> bool: ...
 
+    async def drain(self) -> None:
+        """Wait until every ``apply`` so far has taken effect."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -132,6 +136,9 @@ class MemoryCounters:
     def _live(self, key: str, now: float) -> bool:
         hit = self._values.get(key)
         return hit is not None and (not hit[1] or hit[1] > now)
+
+    async def drain(self) -> None:
+        return None
 
     async def close(self) -> None:
         self._values.clear()
@@ -235,7 +242,10 @@ class RedisCounters:
     async def exists(self, key: str) -> bool:
         return bool(await self._redis.exists(key))
 
-    async def close(self) -> None:
+    async def drain(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.drain()
         await self._redis.aclose()
