@@ -247,3 +247,33 @@ def test_token_budget_of_a_team(gateway):
     assert 1 <= served <= 300 // 17
     rows = ledger_rows(gateway.services.settings.database_url, wait_for=served)
     assert sum(r["prompt_tokens"] + r["completion_tokens"] for r in rows if r["team_id"] == team["id"]) <= 300
+
+
+def test_model_list_needs_a_key(gateway):
+    assert httpx.get(f"{gateway.url}/v1/models").status_code == 401
+    key, _ = gateway.key(gateway.team()["id"])
+    assert {m.id for m in gateway.client(key).models.list().data} == {"fake", "other"}
+
+
+def test_team_admin_cannot_mint_keys_of_administrators(gateway):
+    """The bootstrap admin user lives in the default team; its team admin must not borrow its role."""
+    boss = gateway.ok("POST", "/users", json={"name": "deputy", "team": "default", "role": "team_admin"})
+    deputy, _ = gateway.key("default", user=boss["id"], scopes=["admin"])
+    (admin_user,) = [u for u in gateway.ok("GET", "/users")["data"] if u["role"] == "admin"]
+    made = gateway.admin("POST", "/keys", key=deputy, json={"team": "default", "user": admin_user["id"],
+                                                            "scopes": ["admin"]})
+    assert made.status_code == 403
+    assert gateway.admin("POST", "/users", key=deputy, json={"name": "x", "team": "default",
+                                                             "role": "admin"}).status_code == 403
+
+
+def test_limits_fail_closed_when_redis_is_down(start_gateway):
+    from lmops.testing.server import free_port
+
+    gateway = start_gateway(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    limited, _ = gateway.key(gateway.team()["id"], rpm=100)
+    with pytest.raises(openai.InternalServerError) as err:
+        ask(gateway.client(limited))
+    assert err.value.status_code == 503 and err.value.code == "limits_unavailable"
+    unlimited, _ = gateway.key(gateway.team()["id"])
+    assert ask(gateway.client(unlimited)).usage.completion_tokens == 10  # nothing to count: no Redis needed

@@ -81,6 +81,8 @@ class AdminService:
             user = self._visible(actor, await self.store.find(User, user_id), "user", user_id)
             if user["team_id"] != team_row["id"]:
                 raise InvalidRequest("The user belongs to another team.", param="user")
+            if user["role"] == "admin" and not is_admin(actor):
+                raise PermissionDenied("Only administrators issue keys of administrators.", code="admin_required")
             user_id = user["id"]
         try:
             new = self.hasher.adopt(text) if text else self.hasher.new_key()

@@ -113,6 +113,76 @@ class MemoryCounters:
                 failed = i
         if failed >= 0:
             return Admission(False, tuple(values), failed)
+        store = self._values
+        for c, used in zip(checks, values):
+            if c.kind == "add":  # used = value + amount
+                store[c.key] = (used, now + c.ttl if c.ttl else 0.0)
+            elif c.kind == "reserve":
+                store[c.key2] = (self._get(c.key2, now) + c.amount, now + c.ttl if c.ttl else 0.0)
+        return Admission(True, tuple(values))
+
+    def apply(self, deltas: Sequence[Delta]) -> None: ...
+
+    async def seed(self, key: str, value: float, ttl: int) -> None:
+        """Set ``key`` to ``value`` unless it exists (load what the ledger says was spent)."""
+        ...
+
+    async def exists(self, key: str) -> bool: ...
+
+    async def drain(self) -> None:
+        """Wait until every ``apply`` so far has taken effect."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def _verdict(check: Check, value: float, other: float) -> tuple[float, bool]:
+    """The usage a check counts and whether it passes."""
+    if check.kind == "add":
+        used = value + check.amount
+        return used, used <= check.limit
+    if check.kind == "below":
+        return value, value < check.limit
+    used = value + other + check.amount
+    return used, used <= check.limit
+
+
+class MemoryCounters:
+    """Counters of one process."""
+
+    def __init__(self, clock: Any = time.time):
+        self._clock = clock
+        self._values: dict[str, tuple[float, float]] = {}  # key -> (value, expires at; 0 = never)
+        self._next_purge = 0.0
+
+    def _get(self, key: str, now: float) -> float:
+        hit = self._values.get(key)
+        if hit is None:
+            return 0.0
+        if hit[1] and hit[1] <= now:
+            del self._values[key]
+            return 0.0
+        return hit[0]
+
+    def _add(self, key: str, amount: float, ttl: int, now: float) -> None:
+        self._values[key] = (self._get(key, now) + amount, now + ttl if ttl else 0.0)
+
+    async def admit(self, checks: Sequence[Check]) -> Admission:
+        return self.admit_now(checks)
+
+    def admit_now(self, checks: Sequence[Check]) -> Admission:
+        now = self._clock()
+        if now >= self._next_purge:
+            self._purge(now)
+        values: list[float] = []
+        failed = -1
+        for i, c in enumerate(checks):
+            used, ok = _verdict(c, self._get(c.key, now), self._get(c.key2, now) if c.key2 else 0.0)
+            values.append(used)
+            if not ok and failed < 0:
+                failed = i
+        if failed >= 0:
+            return Admission(False, tuple(values), failed)
         for c in checks:
             if c.kind == "add":
                 self._add(c.key, c.amount, c.ttl, now)

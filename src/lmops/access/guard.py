@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from datetime import datetime, timezone
@@ -12,13 +13,15 @@ from starlette.requests import Request
 from lmops.access.counters import Counters
 from lmops.access.key_cache import KeyCache
 from lmops.access.keys import KeyHasher, bearer_token, key_prefix
-from lmops.access.plan import Meter, Plan, plan_request, ratelimit_headers
+from lmops.access.plan import Meter, Plan, Planner, ratelimit_headers
 from lmops.access.store import KeyGrant
 from lmops.config import ModelConfig
-from lmops.protocol.errors import AuthenticationError, PermissionDenied, RateLimited
+from lmops.protocol.errors import APIError, AuthenticationError, PermissionDenied, RateLimited
 from lmops.serving.context import Principal, RequestContext
 from lmops.usage.batch_writer import BatchWriter
 from lmops.usage.pricing import PriceBook
+
+log = logging.getLogger("lmops.access")
 
 HEADERS_STATE = "ratelimit_headers"  # request.state attribute the headers middleware reads
 _BAD_KEY = "Incorrect API key provided."
@@ -37,6 +40,7 @@ class AccessGuard:
         self.namespace = namespace
         self.hasher: KeyHasher | None = None  # set at start, once the server secret is known
         self._clock = clock
+        self._planner = Planner(namespace)
 
     # -- Guard protocol ------------------------------------------------------------------------
     async def authenticate(self, request: Request, scope: str) -> Principal:
@@ -55,10 +59,14 @@ class AccessGuard:
         if grant.team_limits is None and grant.key_limits is None:
             return
         max_tokens, max_cost = self._worst_case(request, ctx)
-        plan = plan_request(self.namespace, grant, max_cost, max_tokens, self._clock())
+        plan = self._planner.plan(grant, max_cost, max_tokens, self._clock())
         if not plan.checks:
             return
-        admission = await self.counters.admit(plan.checks)
+        try:
+            admission = await self.counters.admit(plan.checks)
+        except Exception as exc:  # noqa: BLE001 - fail closed: no limit or budget can be checked
+            log.error("limit counters unavailable: %s", type(exc).__name__)
+            raise LimitsUnavailable() from None
         headers = ratelimit_headers(plan.meters, admission.values)
         if headers:
             setattr(request.state, HEADERS_STATE, headers)
@@ -123,6 +131,16 @@ class AccessGuard:
             prompt = min(body_bytes, context) if context else body_bytes
             output = ctx.max_tokens or context
         return prompt + output, self.prices.cost(ctx.model, prompt, output)
+
+
+class LimitsUnavailable(APIError):
+    status_code = 503
+    error_type = "server_error"
+    default_code = "limits_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("Rate limits and budgets cannot be checked right now; try again shortly.",
+                         headers={"Retry-After": "1"})
 
 
 def _refusal(plan: Plan, failed: int, headers: dict[str, str]) -> RateLimited:
