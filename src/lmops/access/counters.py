@@ -218,13 +218,16 @@ class MemoryCounters:
         self._next_purge = now + 30.0
 
 
-# KEYS: key, key2 per check. ARGV: per check kind, limit, amount, ttl.
+# KEYS: key, key2 per check. ARGV[1]: per check "kind limit amount ttl", space-separated.
+# Returns "failed value1 value2 ..." (failed = -1 when admitted).
 _ADMIT = """
-local n = #ARGV / 4
+local spec = {}
+for word in string.gmatch(ARGV[1], '%S+') do spec[#spec + 1] = word end
+local n = #spec / 4
 local values = {}
 local failed = -1
 for i = 1, n do
-  local kind, limit, amount = ARGV[4*i-3], tonumber(ARGV[4*i-2]), tonumber(ARGV[4*i-1])
+  local kind, limit, amount = spec[4*i-3], tonumber(spec[4*i-2]), tonumber(spec[4*i-1])
   local value = tonumber(redis.call('GET', KEYS[2*i-1]) or '0')
   local ok
   if kind == 'add' then
@@ -241,7 +244,7 @@ for i = 1, n do
 end
 if failed < 0 then
   for i = 1, n do
-    local kind, amount, ttl = ARGV[4*i-3], ARGV[4*i-1], tonumber(ARGV[4*i])
+    local kind, amount, ttl = spec[4*i-3], spec[4*i-1], tonumber(spec[4*i])
     local key = nil
     if kind == 'add' then key = KEYS[2*i-1] elseif kind == 'reserve' then key = KEYS[2*i] end
     if key then
@@ -250,8 +253,7 @@ if failed < 0 then
     end
   end
 end
-table.insert(values, 1, tostring(failed))
-return values
+return tostring(failed) .. ' ' .. table.concat(values, ' ')
 """
 
 # KEYS: keys. ARGV: per key amount, ttl.
@@ -269,42 +271,60 @@ _SEED = "if redis.call('SET', KEYS[1], ARGV[1], 'NX') and tonumber(ARGV[2]) > 0 
 
 
 class RedisCounters:
-    """Counters shared by every replica through one Redis (one round trip per admission)."""
+    """Counters shared by every replica through one Redis.
 
-    def __init__(self, url: str):
+    An admission is one script call (one round trip). Updates after requests are merged per key
+    and sent by a single background flusher, one script call per batch: a burst of finishing
+    requests costs a few round trips, and never more connections than the pool allows.
+    """
+
+    def __init__(self, url: str, *, max_connections: int = 32):
         import redis.asyncio as redis
 
-        self._redis = redis.Redis.from_url(url, decode_responses=True)
+        pool = redis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=5,
+                                                     decode_responses=True)
+        self._redis = redis.Redis(connection_pool=pool)
         self._admit = self._redis.register_script(_ADMIT)
         self._apply = self._redis.register_script(_APPLY)
         self._seed = self._redis.register_script(_SEED)
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._pending: dict[str, tuple[float, int]] = {}  # key -> (summed amount, ttl)
+        self._flusher: asyncio.Task[None] | None = None
 
     async def admit(self, checks: Sequence[Check]) -> Admission:
         keys: list[str] = []
-        args: list[Any] = []
+        spec: list[str] = []
         for c in checks:
             keys += [c.key, c.key2 or c.key]
-            args += [c.kind, repr(float(c.limit)), repr(float(c.amount)), c.ttl]
-        result = await self._admit(keys=keys, args=args)
-        failed = int(result[0])
-        return Admission(failed < 0, tuple(float(v) for v in result[1:]), failed)
+            spec.append(f"{c.kind} {float(c.limit)!r} {float(c.amount)!r} {c.ttl}")
+        reply = (await self._admit(keys=keys, args=[" ".join(spec)])).split()
+        failed = int(reply[0])
+        return Admission(failed < 0, tuple(float(v) for v in reply[1:]), failed)
 
     def apply(self, deltas: Sequence[Delta]) -> None:
-        if not deltas:
-            return
-        task = asyncio.get_running_loop().create_task(self._apply_now(deltas))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _apply_now(self, deltas: Sequence[Delta]) -> None:
-        args: list[Any] = []
+        pending = self._pending
         for d in deltas:
-            args += [repr(float(d.amount)), d.ttl]
-        try:
-            await self._apply(keys=[d.key for d in deltas], args=args)
-        except Exception:  # noqa: BLE001 - a lost release must not break serving; it expires with its key
-            log.exception("could not apply %d counter updates in Redis", len(deltas))
+            amount, ttl = pending.get(d.key, (0.0, 0))
+            pending[d.key] = (amount + d.amount, max(ttl, d.ttl))
+        if pending and (self._flusher is None or self._flusher.done()):
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        failures = 0
+        while self._pending:
+            batch, self._pending = self._pending, {}
+            args: list[Any] = []
+            for amount, ttl in batch.values():
+                args += [repr(amount), ttl]
+            try:
+                await self._apply(keys=list(batch), args=args)
+                failures = 0
+            except Exception:  # noqa: BLE001 - keep the updates and retry; serving goes on
+                failures += 1
+                log.exception("could not apply %d counter updates in Redis; retrying", len(batch))
+                for key, (amount, ttl) in batch.items():
+                    old, old_ttl = self._pending.get(key, (0.0, 0))
+                    self._pending[key] = (old + amount, max(ttl, old_ttl))
+                await asyncio.sleep(min(5.0, 0.1 * 2**failures))
 
     async def seed(self, key: str, value: float, ttl: int) -> None:
         await self._seed(keys=[key], args=[repr(float(value)), ttl])
@@ -313,9 +333,12 @@ class RedisCounters:
         return bool(await self._redis.exists(key))
 
     async def drain(self) -> None:
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.wait_for(asyncio.shield(self._flusher), 10)
 
     async def close(self) -> None:
-        await self.drain()
+        try:
+            await self.drain()
+        except Exception:  # noqa: BLE001 - Redis gone: the updates expire with their keys
+            log.exception("could not apply the last counter updates in Redis")
         await self._redis.aclose()
