@@ -63,10 +63,12 @@ def _seed_ledger(url: str, rows: int) -> list[dict]:
     start = datetime(2025, 3, 1, tzinfo=timezone.utc)
     rng = random.Random(7)
     data = [{"request_id": f"r{i}", "created_at": start + timedelta(hours=rng.randrange(24 * 10)),
-             "team_id": rng.choice(["t1", "t2", "t3"]), "user_id": rng.choice(["u1", "u2", None]),
+             "day": None, "team_id": rng.choice(["t1", "t2", "t3"]), "user_id": rng.choice(["u1", "u2", None]),
              "key_id": "k1", "model": rng.choice(["fake", "big"]), "adapter": None, "endpoint": "chat.completions",
              "stream": False, "prompt_tokens": rng.randrange(100), "completion_tokens": rng.randrange(100),
              "cost_usd": rng.random() / 100, "latency_ms": 1.0, "status": 200} for i in range(rows)]
+    for row in data:
+        row["day"] = row["created_at"].date()
 
     async def write() -> None:
         db = create_engine(url)

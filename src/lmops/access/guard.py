@@ -83,8 +83,9 @@ class AccessGuard:
             tokens = ctx.prompt_tokens + ctx.completion_tokens
             self.counters.apply(ctx.reservation.settle(cost, tokens, self._clock()))
             ctx.reservation = None
+        now = datetime.now(timezone.utc)
         self.ledger.add({
-            "request_id": ctx.request_id, "created_at": datetime.now(timezone.utc), "team_id": principal.team_id,
+            "request_id": ctx.request_id, "created_at": now, "day": now.date(), "team_id": principal.team_id,
             "user_id": principal.user_id, "key_id": principal.key_id, "model": ctx.model,
             "adapter": ctx.extra.get("adapter"), "endpoint": ctx.endpoint, "stream": ctx.stream,
             "prompt_tokens": ctx.prompt_tokens, "completion_tokens": ctx.completion_tokens, "cost_usd": cost,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Float, Index, Integer, String
+from sqlalchemy import BigInteger, Boolean, Date, DateTime, Float, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from lmops.store.base import Base
@@ -18,6 +18,7 @@ class LedgerEntry(Base):
     id: Mapped[int] = mapped_column(LedgerId, primary_key=True, autoincrement=True)
     request_id: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    day: Mapped[date] = mapped_column(Date)  # UTC day of created_at: reports group by it without computing it
     team_id: Mapped[str] = mapped_column(String(40))
     user_id: Mapped[str | None] = mapped_column(String(40))
     key_id: Mapped[str | None] = mapped_column(String(40))

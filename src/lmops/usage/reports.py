@@ -50,19 +50,12 @@ class UsageReport:
                 "rows": [asdict(r) for r in self.rows], "totals": asdict(self.totals)}
 
 
-def _day(dialect: str) -> ColumnElement[Any]:
-    """The UTC calendar day of a ledger row, as the database computes it."""
-    if dialect == "sqlite":
-        return func.date(LedgerEntry.created_at)  # stored as UTC text
-    return func.date(func.timezone("UTC", LedgerEntry.created_at))
-
-
-def _group(by: str, dialect: str) -> ColumnElement[Any]:
+def _group(by: str) -> ColumnElement[Any]:
     if by not in GROUPINGS:
         raise ValueError(f"group by one of {', '.join(GROUPINGS)}, not {by!r}")
     columns = {"team": LedgerEntry.team_id, "user": LedgerEntry.user_id, "key": LedgerEntry.key_id,
-               "model": LedgerEntry.model}
-    return _day(dialect) if by == "day" else columns[by]
+               "model": LedgerEntry.model, "day": LedgerEntry.day}
+    return columns[by]
 
 
 def _filtered(query: Any, since: datetime | None, until: datetime | None, team_id: str | None) -> Any:
@@ -91,7 +84,7 @@ _SUMS = (func.count(), func.coalesce(func.sum(LedgerEntry.prompt_tokens), 0),
 
 async def usage_report(db: AsyncEngine, by: str, *, since: datetime | None = None, until: datetime | None = None,
                        team_id: str | None = None) -> UsageReport:
-    group = _group(by, db.dialect.name).label("grp")
+    group = _group(by).label("grp")
     query = _filtered(select(group, *_SUMS), since, until, team_id).group_by(group).order_by(group)
     async with db.connect() as conn:
         result = (await conn.execute(query)).all()
@@ -102,8 +95,8 @@ async def usage_report(db: AsyncEngine, by: str, *, since: datetime | None = Non
 async def usage_over_time(db: AsyncEngine, by: str, *, since: datetime | None = None, until: datetime | None = None,
                           team_id: str | None = None) -> list[tuple[str, str, UsageRow]]:
     """(day, group, usage) per day and group: the data of the chart."""
-    day = _day(db.dialect.name).label("day")
-    group = _group(by, db.dialect.name).label("grp")
+    day = LedgerEntry.day.label("day")
+    group = _group(by).label("grp")
     query = _filtered(select(day, group, *_SUMS), since, until, team_id).group_by(day, group).order_by(day)
     async with db.connect() as conn:
         result = (await conn.execute(query)).all()

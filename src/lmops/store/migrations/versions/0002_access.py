@@ -68,6 +68,7 @@ def upgrade() -> None:
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
         sa.Column("request_id", sa.String(128), nullable=False),
         sa.Column("created_at", _TS, nullable=False),
+        sa.Column("day", sa.Date(), nullable=False),
         sa.Column("team_id", sa.String(40), nullable=False),
         sa.Column("user_id", sa.String(40), nullable=True),
         sa.Column("key_id", sa.String(40), nullable=True),
