@@ -247,8 +247,8 @@ def _copy_rows(url: str, rows: int) -> None:
                     team = rng.randrange(50)
                     p, c = rng.randrange(2000), rng.randrange(500)
                     at = start + timedelta(seconds=rng.randrange(365 * 86400))
-                    copy.write_row((f"req_{i}", at, at.date(), f"team_{team}", f"user_{team}_{rng.randrange(10)}", f"key_{rng.randrange(1000)}",
-                                    rng.choice(models), "chat.completions", False, p, c, (p * 0.5 + c * 1.5) / 1e6,
+                    copy.write_row((f"req_{i}", at, at.date(), f"team_{team}", f"user_{team}_{rng.randrange(10)}",
+                                    f"key_{rng.randrange(1000)}", rng.choice(models), "chat.completions", False, p, c, (p * 0.5 + c * 1.5) / 1e6,
                                     rng.uniform(50, 2000), 200))
         conn.execute("ANALYZE usage_ledger")
         conn.commit()

@@ -205,10 +205,14 @@ def test_ledger_has_every_request_with_its_cost(gateway):
     client.completions.create(model="other", prompt="hello", max_tokens=3)
     with pytest.raises(openai.BadRequestError):
         ask(client, max_tokens=100_000)
-    rows = ledger_rows(gateway.services.settings.database_url, wait_for=3)
+    assert client.embeddings.create(model="fake", input=["a", "b"]).usage.prompt_tokens == 6
+    rows = ledger_rows(gateway.services.settings.database_url, wait_for=4)
     rows = [r for r in rows if r["key_id"] == row["id"]]
     assert [(r["model"], r["endpoint"], r["status"]) for r in rows] == [
-        ("fake", "chat.completions", 200), ("other", "completions", 200), ("fake", "chat.completions", 400)]
+        ("fake", "chat.completions", 200), ("other", "completions", 200), ("fake", "chat.completions", 400),
+        ("fake", "embeddings", 200)]
+    assert (rows[3]["prompt_tokens"], rows[3]["completion_tokens"]) == (6, 0)
+    assert rows[3]["cost_usd"] == pytest.approx(6 * 0.001)
     first = rows[0]
     assert (first["team_id"], first["user_id"]) == (user["team_id"], user["id"])
     assert (first["prompt_tokens"], first["completion_tokens"]) == (7, 10)
