@@ -17,6 +17,8 @@ from lmops.testing.fake_openai import FakeOpenAI
 from lmops.testing.server import free_port
 
 LMOPS = [sys.executable, "-m", "lmops"]
+ADMIN_KEY = "lmops-clitest1-0123456789abcdef0123456789"
+AUTH = {"authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
@@ -121,7 +123,8 @@ def test_chat_in_process_streams_the_embedded_model(tmp_path):
 
 def start_serve(cfg: Path, port: int, *extra: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen([*LMOPS, "serve", "--config", str(cfg), "--port", str(port), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "LMOPS_ADMIN_KEY": ADMIN_KEY})
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -141,7 +144,7 @@ def test_serve_with_two_workers(serve, tmp_path):
     proc = start_serve(cfg, port, "--workers", "2")
     try:
         for _ in range(10):
-            resp = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=10,
+            resp = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=10, headers=AUTH,
                               json={"model": "fake", "messages": [{"role": "user", "content": "hi"}]})
             assert resp.status_code == 200
     finally:
@@ -158,11 +161,13 @@ def test_chat_against_a_running_server(serve, tmp_path):
     proc = start_serve(cfg, port)
     try:
         url = f"http://127.0.0.1:{port}"
-        result = run("chat", "hi", "--url", url, "--config", str(cfg))
+        result = run("chat", "hi", "--url", url, "--config", str(cfg), "--api-key", ADMIN_KEY)
         assert result.returncode == 0, result.stderr
         assert "The quick brown fox jumps over the lazy dog." in result.stdout
-        bad = run("chat", "hi", "--url", url, "--model", "nope", "--config", str(cfg))
+        bad = run("chat", "hi", "--url", url, "--model", "nope", "--config", str(cfg), "--api-key", ADMIN_KEY)
         assert bad.returncode != 0 and "does not exist" in bad.stderr
+        anonymous = run("chat", "hi", "--url", url, "--config", str(cfg))
+        assert anonymous.returncode != 0 and "401" in anonymous.stderr
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=20)

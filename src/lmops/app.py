@@ -8,9 +8,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from lmops import __version__
-from lmops.api import errors, openai, system
+from lmops.api import admin, errors, openai, system
 from lmops.api.direct import DirectRoutes
 from lmops.api.middleware import RequestIdMiddleware
+from lmops.api.ratelimit_headers import RateLimitHeadersMiddleware
 from lmops.config import Settings, load_settings
 from lmops.services import Services
 
@@ -33,7 +34,10 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     errors.install(app)
     app.include_router(system.router)
     app.include_router(openai.router)
-    app.add_middleware(DirectRoutes, routes=openai.DIRECT_ROUTES)  # innermost: what is added later wraps it
+    app.include_router(admin.router)
+    app.add_middleware(DirectRoutes, routes=openai.DIRECT_ROUTES)  # inner: what is added later wraps it
+    if "access" in svc.extras:
+        app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(RequestIdMiddleware)
     return app
 

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lmops.access import cli as access_cli
 from lmops.config import ConfigError, Settings, load_settings
 
 app = typer.Typer(help="lmops: run large language models in production.", no_args_is_help=True,
@@ -19,6 +20,11 @@ config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True
 db_app = typer.Typer(help="Manage the database schema.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
+app.add_typer(access_cli.teams_app, name="teams")
+app.add_typer(access_cli.users_app, name="users")
+app.add_typer(access_cli.keys_app, name="keys")
+app.add_typer(access_cli.limits_app, name="limits")
+app.add_typer(access_cli.usage_app, name="usage")
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML file (default: $LMOPS_CONFIG or ./lmops.yaml)")
 

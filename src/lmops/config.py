@@ -108,6 +108,37 @@ class UsageConfig(_Strict):
     max_pending: int = Field(100_000, ge=1)
 
 
+class PriceConfig(_Strict):
+    """Price of one model: dollars per 1M tokens, given or derived from a GPU's hourly cost and throughput."""
+
+    input: float | None = Field(None, ge=0, description="$ per 1M input (prompt) tokens")
+    output: float | None = Field(None, ge=0, description="$ per 1M output (completion) tokens")
+    gpu_hour_usd: float | None = Field(None, ge=0, description="self-hosted: what the GPU(s) cost per hour")
+    input_tokens_per_second: float | None = Field(None, gt=0, description="self-hosted: measured prefill rate")
+    output_tokens_per_second: float | None = Field(None, gt=0, description="self-hosted: measured decode rate")
+
+    @model_validator(mode="after")
+    def _given_or_derivable(self) -> "PriceConfig":
+        derived = self.gpu_hour_usd is not None
+        if derived and (self.input is not None or self.output is not None):
+            raise ValueError("give either input/output prices or gpu_hour_usd with throughputs, not both")
+        if derived and self.output_tokens_per_second is None:
+            raise ValueError("gpu_hour_usd needs output_tokens_per_second (and optionally input_tokens_per_second)")
+        return self
+
+
+class AccessConfig(_Strict):
+    """Access control and billing: API keys, limits, budgets, the usage ledger."""
+
+    enabled: bool = True
+    secret_env: str = Field("LMOPS_SECRET", description="environment variable holding the key-hashing secret")
+    admin_key_env: str = Field("LMOPS_ADMIN_KEY", description="environment variable with the bootstrap admin key")
+    bootstrap: bool = Field(True, description="create an admin key on an empty database at startup")
+    key_cache_ttl: float = Field(5.0, gt=0, description="seconds a key lookup is cached (revocation delay)")
+    redis_prefix: str = Field("lmops", min_length=1, description="namespace of the Redis limit counters")
+    prices: dict[str, PriceConfig] = Field(default_factory=dict, description="model name -> price")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LMOPS_", env_nested_delimiter="__", extra="forbid")
 
@@ -115,6 +146,8 @@ class Settings(BaseSettings):
     server: ServerConfig = Field(default_factory=ServerConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     usage: UsageConfig = Field(default_factory=UsageConfig)
+    access: AccessConfig = Field(default_factory=AccessConfig)
+    redis_url: str | None = Field(None, description="Redis for limit counters shared by replicas")
     models: list[ModelConfig] = Field(default_factory=list)
     config: str | None = Field(None, description="path of the YAML file these settings came from")
 

@@ -57,22 +57,32 @@ class Services:
             flush_interval=settings.usage.flush_interval, batch_size=settings.usage.batch_size,
             max_pending=settings.usage.max_pending, on_drop=metrics.records_dropped.inc,
         )
+        extras: dict[str, Any] = {}
+        if guard is None and settings.access.enabled:
+            from lmops.access.service import AccessService
+
+            extras["access"] = access = AccessService(settings, db)
+            guard = access.guard
         guard = guard or OpenGuard()
         return cls(
             settings=settings, router=router, metrics=metrics, db=db, records=records,
             health=HealthChecker(router, settings.health),
-            inference=InferenceService(router, metrics, records, guard), guard=guard,
+            inference=InferenceService(router, metrics, records, guard), guard=guard, extras=extras,
         )
 
     async def start(self, *, migrate: bool = True) -> None:
         if migrate:
             await upgrade_async(self.settings.database_url)
+        if "access" in self.extras:
+            await self.extras["access"].start()
         await asyncio.gather(*(r.engine.start() for d in self.router.deployments for r in d.replicas))
         self.records.start()
         self.health.start()
 
     async def stop(self) -> None:
         await self.health.stop()
+        if "access" in self.extras:
+            await self.extras["access"].stop()
         try:
             await self.records.stop()
         except Exception:  # noqa: BLE001 - report, but still release everything else

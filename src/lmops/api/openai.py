@@ -40,12 +40,14 @@ async def embeddings(request: Request) -> Response:
 @router.get("/models")
 async def list_models(request: Request) -> Response:
     svc = services(request)
+    await svc.guard.authenticate(request, "inference")
     return svc.json({"object": "list", "data": svc.model_cards()})
 
 
 @router.get("/models/{model:path}")
 async def get_model(model: str, request: Request) -> Response:
     svc = services(request)
+    await svc.guard.authenticate(request, "inference")
     return svc.json(svc.model_card(model))
 
 

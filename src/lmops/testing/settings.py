@@ -15,6 +15,7 @@ def make_settings(tmp_path: Path, models: list[dict[str, Any]] | None = None, **
         "health": {"interval": 0.2, "timeout": 1.0, "failure_threshold": 1, "cooldown": 0.5},
         "usage": {"flush_interval": 0.05},
         "server": {"log_json": True},
+        "access": {"enabled": False},
     }
     if models is not None:
         data["models"] = models

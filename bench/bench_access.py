@@ -1,0 +1,295 @@
+"""Benchmarks of access and billing.
+
+throughput: requests/s through the gateway with access control + limits + ledger off and on, against the same
+    fake upstream, in one run (rounds interleaved so that both modes see the same machine).
+report:     the usage report over 1,000,000 ledger rows on PostgreSQL.
+
+    python bench/bench_access.py throughput --seconds 10 --rounds 3 [--redis redis://127.0.0.1:6379/0]
+    python bench/bench_access.py report --rows 1000000 [--pg postgresql://postgres@127.0.0.1:5432/test]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from lmops.testing.server import free_port
+
+BODY = json.dumps({"model": "fake", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}).encode()
+
+
+# -- load generator: raw HTTP/1.1 keep-alive connections (cheap, so the gateway is what is measured) -----------
+async def _connection(port: int, request: bytes, stop_at: float, latencies: list[float], errors: list[int]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            await reader.readexactly(length)
+            latencies.append(time.perf_counter() - started)
+            if status != 200:
+                errors.append(status)
+    finally:
+        writer.close()
+
+
+async def _load(port: int, key: str | None, seconds: float, concurrency: int) -> dict[str, float]:
+    auth = f"authorization: Bearer {key}\r\n".encode() if key else b""
+    request = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+               + auth + f"content-length: {len(BODY)}\r\n\r\n".encode() + BODY)
+    latencies: list[float] = []
+    errors: list[int] = []
+    started = time.perf_counter()
+    await asyncio.gather(*(_connection(port, request, started + seconds, latencies, errors)
+                           for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {"rps": len(latencies) / elapsed, "p50_ms": latencies[len(latencies) // 2] * 1000,
+            "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000, "errors": len(errors), "requests": len(latencies)}
+
+
+# -- processes ------------------------------------------------------------------------------------------------
+def _wait(url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not start")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used: unlike wall-clock req/s, other tenants' load does not move it."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _gateway(workdir: Path, name: str, upstream: str, access: dict[str, Any], env: dict[str, str]
+             ) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    config = workdir / f"{name}.yaml"
+    config.write_text(yaml.safe_dump({
+        "database_url": f"sqlite:///{workdir / (name + '.db')}",
+        "models": [{"name": "fake", "engine": "openai", "replicas": [f"{upstream}/v1"]}],
+        "access": access, "server": {"log_level": "warning"},
+    }))
+    proc = subprocess.Popen([sys.executable, "-m", "lmops", "serve", "--config", str(config), "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=open(workdir / f"{name}.log", "wb"))
+    _wait(f"http://127.0.0.1:{port}/health", proc)
+    return proc, port
+
+
+def _limited_key(port: int, admin_key: str) -> str:
+    """A team and a key with every kind of limit set (high enough never to refuse) and a budget."""
+    admin = httpx.Client(base_url=f"http://127.0.0.1:{port}/admin", headers={"authorization": f"Bearer {admin_key}"})
+    team = admin.post("/teams", json={"name": "bench"}).json()
+    limits = {"models": ["fake"], "rpm": 10**9, "tpm": 10**12, "max_parallel": 10**6, "budget_usd": 10**9,
+              "budget_tokens": 10**12, "budget_period": "month"}
+    admin.put(f"/limits/team/{team['id']}", json=limits).raise_for_status()
+    key = admin.post("/keys", json={"team": team["id"]}).json()
+    admin.put(f"/limits/key/{key['id']}", json=limits).raise_for_status()
+    return key["key"]
+
+
+def throughput(args: argparse.Namespace) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="lmops-bench-"))
+    up_port = free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LMOPS_")}
+    admin_key = f"lmops-{secrets.token_hex(4)}-{secrets.token_urlsafe(24)}"
+    try:
+        up = subprocess.Popen([sys.executable, "-m", "lmops.testing.fake_openai", "--port", str(up_port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(up)
+        upstream = f"http://127.0.0.1:{up_port}"
+        _wait(f"{upstream}/v1/models", up)
+        prices = {"fake": {"input": 0.5, "output": 1.5}}
+        modes: dict[str, tuple[int, str | None]] = {}
+        pids: dict[str, int] = {}
+        proc, port = _gateway(workdir, "off", upstream, {"enabled": False}, env)
+        procs.append(proc)
+        modes["off"], pids["off"] = (port, None), proc.pid
+        on_env = {**env, "LMOPS_ADMIN_KEY": admin_key, "LMOPS_SECRET": secrets.token_hex(16)}
+        proc, port = _gateway(workdir, "on", upstream, {"prices": prices}, on_env)
+        procs.append(proc)
+        modes["on"], pids["on"] = (port, _limited_key(port, admin_key)), proc.pid
+        if args.redis:
+            redis_env = {**on_env, "LMOPS_REDIS_URL": args.redis}
+            proc, port = _gateway(workdir, "on_redis", upstream,
+                                  {"prices": prices, "redis_prefix": f"bench{secrets.token_hex(3)}"}, redis_env)
+            procs.append(proc)
+            modes["on_redis"], pids["on_redis"] = (port, _limited_key(port, admin_key)), proc.pid
+        for port, key in modes.values():  # warm up
+            asyncio.run(_load(port, key, 1.0, args.concurrency))
+        rounds: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+        for _ in range(args.rounds):
+            for mode, (port, key) in modes.items():
+                cpu = _cpu_seconds(pids[mode])
+                result = asyncio.run(_load(port, key, args.seconds, args.concurrency))
+                result["cpu_ms_per_request"] = (_cpu_seconds(pids[mode]) - cpu) * 1000 / max(1, result["requests"])
+                result["rps_per_core"] = 1000 / result["cpu_ms_per_request"]
+                rounds[mode].append(result)
+                print(f"  {mode:9s} {result['rps']:8.1f} req/s  p50 {result['p50_ms']:.1f} ms  "
+                      f"p99 {result['p99_ms']:.1f} ms  gateway CPU {result['cpu_ms_per_request']:.3f} ms/request "
+                      f"(= {result['rps_per_core']:.0f} req/s per core)  errors {result['errors']}", file=sys.stderr)
+        time.sleep(1.0)
+        ledger = _ledger_count(workdir / "on.db")
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=20)
+    measures = ("rps", "p50_ms", "p99_ms", "cpu_ms_per_request", "rps_per_core")
+    summary = {mode: {k: statistics.median(r[k] for r in results) for k in measures}
+               | {"errors": sum(r["errors"] for r in results), "requests": sum(r["requests"] for r in results)}
+               for mode, results in rounds.items()}
+    for mode in summary:
+        # Rounds run back to back, so each round's on/off pair shares the machine's load: compare pairs.
+        summary[mode]["paired_rps_vs_off"] = statistics.median(
+            r["rps"] / o["rps"] - 1.0 for r, o in zip(rounds[mode], rounds["off"]))
+        summary[mode]["paired_cpu_per_request_vs_off"] = statistics.median(
+            r["cpu_ms_per_request"] / o["cpu_ms_per_request"] - 1.0 for r, o in zip(rounds[mode], rounds["off"]))
+    return {"modes": summary, "rounds": rounds, "ledger_rows_on": ledger, "seconds": args.seconds,
+            "rounds_n": args.rounds, "concurrency": args.concurrency, "machine": _machine()}
+
+
+def _ledger_count(path: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT count(*) FROM usage_ledger").fetchone()[0]
+
+
+# -- report over 1M ledger rows -------------------------------------------------------------------------------
+def report(args: argparse.Namespace) -> dict[str, Any]:
+    import psycopg
+
+    from lmops.store.database import create_engine, upgrade
+    from lmops.usage.reports import GROUPINGS, usage_report
+
+    name = f"lmops_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(args.pg, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = f"{args.pg.rsplit('/', 1)[0]}/{name}"
+    try:
+        upgrade(url)
+        started = time.perf_counter()
+        _copy_rows(url, args.rows)
+        load_s = time.perf_counter() - started
+
+        async def run() -> dict[str, list[float]]:
+            db = create_engine(url)
+            times: dict[str, list[float]] = {}
+            try:
+                for by in GROUPINGS:
+                    for _ in range(args.repeat):
+                        t = time.perf_counter()
+                        result = await usage_report(db, by)
+                        times.setdefault(by, []).append(time.perf_counter() - t)
+                    assert result.totals.requests == args.rows
+                t = time.perf_counter()
+                month = datetime(2025, 6, 1, tzinfo=timezone.utc)
+                await usage_report(db, "model", since=month, until=month + timedelta(days=30), team_id="team_7")
+                times["model, one team, one month"] = [time.perf_counter() - t]
+            finally:
+                await db.dispose()
+            return times
+
+        times = asyncio.run(run())
+    finally:
+        with psycopg.connect(args.pg, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return {"rows": args.rows, "load_s": load_s, "report_s": {k: min(v) for k, v in times.items()},
+            "report_s_all": times, "machine": _machine()}
+
+
+def _copy_rows(url: str, rows: int) -> None:
+    """1M rows over a year: 50 teams, 500 users, 1000 keys, 6 models; written with COPY."""
+    import psycopg
+
+    rng = random.Random(1)
+    start = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    models = ["llama-70b", "llama-8b", "qwen-32b", "smollm2", "mistral-7b", "embed"]
+    columns = ("request_id, created_at, day, team_id, user_id, key_id, model, endpoint, stream, prompt_tokens, "
+               "completion_tokens, cost_usd, latency_ms, status")
+    with psycopg.connect(url.replace("+asyncpg", "")) as conn:
+        with conn.cursor() as cur:
+            with cur.copy(f"COPY usage_ledger ({columns}) FROM STDIN") as copy:
+                for i in range(rows):
+                    team = rng.randrange(50)
+                    p, c = rng.randrange(2000), rng.randrange(500)
+                    at = start + timedelta(seconds=rng.randrange(365 * 86400))
+                    copy.write_row((f"req_{i}", at, at.date(), f"team_{team}", f"user_{team}_{rng.randrange(10)}",
+                                    f"key_{rng.randrange(1000)}", rng.choice(models), "chat.completions", False, p, c, (p * 0.5 + c * 1.5) / 1e6,
+                                    rng.uniform(50, 2000), 200))
+        conn.execute("ANALYZE usage_ledger")
+        conn.commit()
+
+
+def _machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "processor": _cpu_model()}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    t = sub.add_parser("throughput")
+    t.add_argument("--seconds", type=float, default=10)
+    t.add_argument("--rounds", type=int, default=3)
+    t.add_argument("--concurrency", type=int, default=32)
+    t.add_argument("--redis", default=None, help="also measure with limits in this Redis")
+    r = sub.add_parser("report")
+    r.add_argument("--rows", type=int, default=1_000_000)
+    r.add_argument("--repeat", type=int, default=3)
+    r.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/test")
+    p.add_argument("--out", default=None, help="also write the results as JSON here")
+    args = p.parse_args()
+    result = throughput(args) if args.what == "throughput" else report(args)
+    text = json.dumps(result, indent=2, default=str)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Access and billing: principals, API keys, limits, budgets (no HTTP here)."""

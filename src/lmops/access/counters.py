@@ -1,0 +1,275 @@
+"""Limit counters: in memory for one replica, in Redis when several replicas share limits.
+
+Both backends give the same answers. ``admit`` tests every check of a request and, only
+if all pass, applies them — atomically (a single event-loop step in memory, one Lua script
+in Redis, so one round trip). ``apply`` adds deltas after the request (releases, real usage)
+without blocking the caller.
+
+Check kinds:
+- ``add``: refuse when ``value + amount > limit``, else add ``amount`` (requests in a window, parallel requests)
+- ``below``: refuse when ``value >= limit``; nothing is added (tokens in a window, booked after the request)
+- ``reserve``: refuse when ``value(key) + value(key2) + amount > limit``, else add ``amount`` to ``key2``
+  (a budget: ``key`` holds what was spent, ``key2`` what running requests reserved)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+log = logging.getLogger("lmops.access")
+
+
+@dataclass(frozen=True)
+class Check:
+    kind: str  # add | below | reserve
+    key: str
+    limit: float
+    amount: float = 0.0
+    ttl: int = 0  # seconds the written key lives; 0 = forever
+    key2: str = ""
+
+
+@dataclass(frozen=True)
+class Delta:
+    key: str
+    amount: float
+    ttl: int = 0
+
+
+@dataclass(frozen=True)
+class Admission:
+    ok: bool
+    values: tuple[float, ...]  # per check: the usage counted against its limit
+    failed: int = -1  # index of the first check that refused
+
+
+class Counters(Protocol):
+    async def admit(self, checks: Sequence[Check]) -> Admission: ...
+
+    def apply(self, deltas: Sequence[Delta]) -> None: ...
+
+    async def seed(self, key: str, value: float, ttl: int) -> None:
+        """Set ``key`` to ``value`` unless it exists (load what the ledger says was spent)."""
+        ...
+
+    async def exists(self, key: str) -> bool: ...
+
+    async def drain(self) -> None:
+        """Wait until every ``apply`` so far has taken effect."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def _verdict(check: Check, value: float, other: float) -> tuple[float, bool]:
+    """The usage a check counts and whether it passes."""
+    if check.kind == "add":
+        used = value + check.amount
+        return used, used <= check.limit
+    if check.kind == "below":
+        return value, value < check.limit
+    used = value + other + check.amount
+    return used, used <= check.limit
+
+
+class MemoryCounters:
+    """Counters of one process."""
+
+    def __init__(self, clock: Any = time.time):
+        self._clock = clock
+        self._values: dict[str, tuple[float, float]] = {}  # key -> (value, expires at; 0 = never)
+        self._next_purge = 0.0
+
+    def _get(self, key: str, now: float) -> float:
+        hit = self._values.get(key)
+        if hit is None:
+            return 0.0
+        if hit[1] and hit[1] <= now:
+            del self._values[key]
+            return 0.0
+        return hit[0]
+
+    def _add(self, key: str, amount: float, ttl: int, now: float) -> None:
+        self._values[key] = (self._get(key, now) + amount, now + ttl if ttl else 0.0)
+
+    async def admit(self, checks: Sequence[Check]) -> Admission:
+        return self.admit_now(checks)
+
+    def admit_now(self, checks: Sequence[Check]) -> Admission:
+        now = self._clock()
+        if now >= self._next_purge:
+            self._purge(now)
+        values: list[float] = []
+        failed = -1
+        for i, c in enumerate(checks):
+            used, ok = _verdict(c, self._get(c.key, now), self._get(c.key2, now) if c.key2 else 0.0)
+            values.append(used)
+            if not ok and failed < 0:
+                failed = i
+        if failed >= 0:
+            return Admission(False, tuple(values), failed)
+        store = self._values
+        for c, used in zip(checks, values):
+            if c.kind == "add":  # used = value + amount
+                store[c.key] = (used, now + c.ttl if c.ttl else 0.0)
+            elif c.kind == "reserve":
+                self._add(c.key2, c.amount, c.ttl, now)
+        return Admission(True, tuple(values))
+
+    def apply(self, deltas: Sequence[Delta]) -> None:
+        now = self._clock()
+        for d in deltas:
+            self._add(d.key, d.amount, d.ttl, now)
+
+    async def seed(self, key: str, value: float, ttl: int) -> None:
+        now = self._clock()
+        if not self._live(key, now):
+            self._values[key] = (value, now + ttl if ttl else 0.0)
+
+    async def exists(self, key: str) -> bool:
+        return self._live(key, self._clock())
+
+    def _live(self, key: str, now: float) -> bool:
+        hit = self._values.get(key)
+        return hit is not None and (not hit[1] or hit[1] > now)
+
+    async def drain(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._values.clear()
+
+    def _purge(self, now: float) -> None:
+        self._values = {k: v for k, v in self._values.items() if not v[1] or v[1] > now}
+        self._next_purge = now + 30.0
+
+
+# KEYS: key, key2 per check. ARGV[1]: per check "kind limit amount ttl", space-separated.
+# Returns "failed value1 value2 ..." (failed = -1 when admitted).
+_ADMIT = """
+local spec = {}
+for word in string.gmatch(ARGV[1], '%S+') do spec[#spec + 1] = word end
+local n = #spec / 4
+local values = {}
+local failed = -1
+for i = 1, n do
+  local kind, limit, amount = spec[4*i-3], tonumber(spec[4*i-2]), tonumber(spec[4*i-1])
+  local value = tonumber(redis.call('GET', KEYS[2*i-1]) or '0')
+  local ok
+  if kind == 'add' then
+    value = value + amount
+    ok = value <= limit
+  elseif kind == 'below' then
+    ok = value < limit
+  else
+    value = value + tonumber(redis.call('GET', KEYS[2*i]) or '0') + amount
+    ok = value <= limit
+  end
+  values[i] = tostring(value)
+  if not ok and failed < 0 then failed = i - 1 end
+end
+if failed < 0 then
+  for i = 1, n do
+    local kind, amount, ttl = spec[4*i-3], spec[4*i-1], tonumber(spec[4*i])
+    local key = nil
+    if kind == 'add' then key = KEYS[2*i-1] elseif kind == 'reserve' then key = KEYS[2*i] end
+    if key then
+      redis.call('INCRBYFLOAT', key, amount)
+      if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+    end
+  end
+end
+return tostring(failed) .. ' ' .. table.concat(values, ' ')
+"""
+
+# KEYS: keys. ARGV: per key amount, ttl.
+_APPLY = """
+for i = 1, #KEYS do
+  redis.call('INCRBYFLOAT', KEYS[i], ARGV[2*i-1])
+  local ttl = tonumber(ARGV[2*i])
+  if ttl > 0 then redis.call('EXPIRE', KEYS[i], ttl) end
+end
+return #KEYS
+"""
+
+_SEED = "if redis.call('SET', KEYS[1], ARGV[1], 'NX') and tonumber(ARGV[2]) > 0 then " \
+        "redis.call('EXPIRE', KEYS[1], ARGV[2]) end return 1"
+
+
+class RedisCounters:
+    """Counters shared by every replica through one Redis.
+
+    An admission is one script call (one round trip). Updates after requests are merged per key
+    and sent by a single background flusher, one script call per batch: a burst of finishing
+    requests costs a few round trips, and never more connections than the pool allows.
+    """
+
+    def __init__(self, url: str, *, max_connections: int = 32):
+        import redis.asyncio as redis
+
+        pool = redis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=5,
+                                                     decode_responses=True)
+        self._redis = redis.Redis(connection_pool=pool)
+        self._admit = self._redis.register_script(_ADMIT)
+        self._apply = self._redis.register_script(_APPLY)
+        self._seed = self._redis.register_script(_SEED)
+        self._pending: dict[str, tuple[float, int]] = {}  # key -> (summed amount, ttl)
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def admit(self, checks: Sequence[Check]) -> Admission:
+        keys: list[str] = []
+        spec: list[str] = []
+        for c in checks:
+            keys += [c.key, c.key2 or c.key]
+            spec.append(f"{c.kind} {float(c.limit)!r} {float(c.amount)!r} {c.ttl}")
+        reply = (await self._admit(keys=keys, args=[" ".join(spec)])).split()
+        failed = int(reply[0])
+        return Admission(failed < 0, tuple(float(v) for v in reply[1:]), failed)
+
+    def apply(self, deltas: Sequence[Delta]) -> None:
+        pending = self._pending
+        for d in deltas:
+            amount, ttl = pending.get(d.key, (0.0, 0))
+            pending[d.key] = (amount + d.amount, max(ttl, d.ttl))
+        if pending and (self._flusher is None or self._flusher.done()):
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        failures = 0
+        while self._pending:
+            batch, self._pending = self._pending, {}
+            args: list[Any] = []
+            for amount, ttl in batch.values():
+                args += [repr(amount), ttl]
+            try:
+                await self._apply(keys=list(batch), args=args)
+                failures = 0
+            except Exception:  # noqa: BLE001 - keep the updates and retry; serving goes on
+                failures += 1
+                log.exception("could not apply %d counter updates in Redis; retrying", len(batch))
+                for key, (amount, ttl) in batch.items():
+                    old, old_ttl = self._pending.get(key, (0.0, 0))
+                    self._pending[key] = (old + amount, max(ttl, old_ttl))
+                await asyncio.sleep(min(5.0, 0.1 * 2**failures))
+
+    async def seed(self, key: str, value: float, ttl: int) -> None:
+        await self._seed(keys=[key], args=[repr(float(value)), ttl])
+
+    async def exists(self, key: str) -> bool:
+        return bool(await self._redis.exists(key))
+
+    async def drain(self) -> None:
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.wait_for(asyncio.shield(self._flusher), 10)
+
+    async def close(self) -> None:
+        try:
+            await self.drain()
+        except Exception:  # noqa: BLE001 - Redis gone: the updates expire with their keys
+            log.exception("could not apply the last counter updates in Redis")
+        await self._redis.aclose()

@@ -1,0 +1,162 @@
+"""The access guard: API key → principal, model access, limits and budgets; settles usage into the ledger."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from starlette.requests import Request
+
+from lmops.access.counters import Counters
+from lmops.access.key_cache import KeyCache
+from lmops.access.keys import KeyHasher, bearer_token, key_prefix
+from lmops.access.plan import Meter, Plan, Planner, ratelimit_headers
+from lmops.access.store import KeyGrant
+from lmops.config import ModelConfig
+from lmops.protocol.errors import APIError, AuthenticationError, PermissionDenied, RateLimited
+from lmops.serving.context import Principal, RequestContext
+from lmops.usage.batch_writer import BatchWriter
+from lmops.usage.pricing import PriceBook
+
+log = logging.getLogger("lmops.access")
+
+HEADERS_STATE = "ratelimit_headers"  # request.state attribute the headers middleware reads
+_BAD_KEY = "Incorrect API key provided."
+
+
+class AccessGuard:
+    """Implements the Guard protocol; no database round trip per request."""
+
+    def __init__(self, cache: KeyCache, counters: Counters, prices: PriceBook, ledger: BatchWriter,
+                 models: dict[str, ModelConfig], namespace: str, clock: Any = time.time):
+        self.cache = cache
+        self.counters = counters
+        self.prices = prices
+        self.ledger = ledger
+        self.models = models
+        self.namespace = namespace
+        self.hasher: KeyHasher | None = None  # set at start, once the server secret is known
+        self._clock = clock
+        self._planner = Planner(namespace)
+
+    # -- Guard protocol ------------------------------------------------------------------------
+    async def authenticate(self, request: Request, scope: str) -> Principal:
+        return (await self._identify(request, scope))[1]
+
+    async def admit(self, request: Request, ctx: RequestContext) -> None:
+        grant, principal = await self._identify(request, "inference")
+        ctx.principal = principal
+        model = ctx.model or ""
+        adapter = ctx.extra.get("adapter")
+        name = f"{model}:{adapter}" if adapter else model
+        for limits in (grant.team_limits, grant.key_limits):
+            if limits is not None and not limits.allows(name):
+                raise PermissionDenied(f"This API key is not allowed to use the model '{name}'.", param="model",
+                                       code="model_not_allowed")
+        if grant.team_limits is None and grant.key_limits is None:
+            return
+        max_tokens, max_cost = self._worst_case(request, ctx)
+        plan = self._planner.plan(grant, max_cost, max_tokens, self._clock())
+        if not plan.checks:
+            return
+        try:
+            admission = await self.counters.admit(plan.checks)
+        except Exception as exc:  # noqa: BLE001 - fail closed: no limit or budget can be checked
+            log.error("limit counters unavailable: %s", type(exc).__name__)
+            raise LimitsUnavailable() from None
+        headers = ratelimit_headers(plan.meters, admission.values)
+        if headers:
+            setattr(request.state, HEADERS_STATE, headers)
+        if not admission.ok:
+            raise _refusal(plan, admission.failed, headers)
+        ctx.reservation = plan.hold
+
+    def settle(self, ctx: RequestContext) -> None:
+        principal = ctx.principal
+        if principal is None or principal.key_id is None:
+            return  # never authenticated: nothing to bill
+        cost = self.prices.cost(ctx.model, ctx.prompt_tokens, ctx.completion_tokens)
+        if ctx.reservation is not None:
+            tokens = ctx.prompt_tokens + ctx.completion_tokens
+            self.counters.apply(ctx.reservation.settle(cost, tokens, self._clock()))
+            ctx.reservation = None
+        now = datetime.now(timezone.utc)
+        self.ledger.add({
+            "request_id": ctx.request_id, "created_at": now, "day": now.date(), "team_id": principal.team_id,
+            "user_id": principal.user_id, "key_id": principal.key_id, "model": ctx.model,
+            "adapter": ctx.extra.get("adapter"), "endpoint": ctx.endpoint, "stream": ctx.stream,
+            "prompt_tokens": ctx.prompt_tokens, "completion_tokens": ctx.completion_tokens, "cost_usd": cost,
+            "latency_ms": ctx.elapsed() * 1000.0, "status": ctx.status,
+        })
+
+    # -- helpers -------------------------------------------------------------------------------
+    async def _identify(self, request: Request, scope: str) -> tuple[KeyGrant, Principal]:
+        token = bearer_token(request.headers.get("authorization"))
+        if token is None:
+            raise AuthenticationError("You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
+                                      code="missing_api_key")
+        prefix = key_prefix(token)
+        if prefix is None or self.hasher is None:
+            raise AuthenticationError(_BAD_KEY)
+        grant = await self.cache.get(prefix)
+        if grant is None or not self.hasher.matches(token, grant.hash):
+            raise AuthenticationError(_BAD_KEY)
+        if grant.revoked:
+            raise AuthenticationError("This API key has been revoked.", code="revoked_api_key")
+        if grant.expires_at is not None and grant.expires_at.timestamp() <= self._clock():
+            raise AuthenticationError("This API key has expired.", code="expired_api_key")
+        if scope not in grant.scopes:
+            raise PermissionDenied(f"This API key does not have the '{scope}' scope.", code="insufficient_scope")
+        principal = Principal(team_id=grant.team_id, user_id=grant.user_id, key_id=grant.key_id, role=grant.role,
+                              scopes=grant.scopes)
+        return grant, principal
+
+    def _worst_case(self, request: Request, ctx: RequestContext) -> tuple[int, float]:
+        """The most tokens and dollars the request can use: what its budget reservation holds.
+
+        A prompt has at most as many tokens as its body has bytes (every token is at least one byte),
+        and fits in the context; the output is at most ``max_tokens``, else the model's context.
+        """
+        model = self.models.get(ctx.model or "")
+        context = model.context_length if model else 0
+        try:
+            body_bytes = int(request.headers.get("content-length") or 0)
+        except ValueError:
+            body_bytes = 0
+        if ctx.endpoint == "embeddings":
+            prompt, output = body_bytes, 0
+        else:
+            prompt = min(body_bytes, context) if context else body_bytes
+            output = ctx.max_tokens or context
+        return prompt + output, self.prices.cost(ctx.model, prompt, output)
+
+
+class LimitsUnavailable(APIError):
+    status_code = 503
+    error_type = "server_error"
+    default_code = "limits_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("Rate limits and budgets cannot be checked right now; try again shortly.",
+                         headers={"Retry-After": "1"})
+
+
+def _refusal(plan: Plan, failed: int, headers: dict[str, str]) -> RateLimited:
+    meter: Meter = plan.meters[failed]
+    whose = "your team" if meter.subject == "team" else "this API key"
+    retry = {"Retry-After": str(max(1, math.ceil(meter.reset)))}
+    if meter.name.startswith("budget_"):
+        amount = f"${meter.limit:g}" if meter.name == "budget_usd" else f"{int(meter.limit)} tokens"
+        period = {"day": "daily", "month": "monthly", "total": "total"}[meter.period]
+        # Retrying soon cannot help: tell the official clients not to.
+        return RateLimited(f"The {period} budget of {amount} of {whose} is spent (running requests included).",
+                           code="budget_exceeded", headers={**headers, **retry, "x-should-retry": "false"})
+    if meter.name == "parallel":
+        return RateLimited(f"Too many parallel requests: {whose} may run {int(meter.limit)} at a time.",
+                           code="parallel_limit_exceeded", headers={**headers, **retry})
+    unit = "requests" if meter.name == "requests" else "tokens"
+    return RateLimited(f"Rate limit reached for {whose}: {int(meter.limit)} {unit} per minute.",
+                       code="rate_limit_exceeded", headers={**headers, **retry})

@@ -1,0 +1,111 @@
+"""The access capability of one app: store, key cache, counters, guard, ledger writer, bootstrap."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from datetime import datetime, timezone
+from typing import TextIO
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from lmops.access.admin import AdminService
+from lmops.access.counters import Counters, MemoryCounters, RedisCounters
+from lmops.access.guard import AccessGuard
+from lmops.access.key_cache import KeyCache
+from lmops.access.keys import KeyHasher
+from lmops.access.plan import budget_keys, budget_ttl
+from lmops.access.rules import SCOPES
+from lmops.access.store import AccessStore, Conflict, KeyGrant
+from lmops.config import Settings
+from lmops.usage.batch_writer import BatchWriter
+from lmops.usage.ledger import LedgerEntry
+from lmops.usage.pricing import PriceBook
+
+log = logging.getLogger("lmops.access")
+
+BOOTSTRAP_TEAM = "default"  # the team that OpenGuard also uses, so data made before access control stays reachable
+
+
+class AccessService:
+    def __init__(self, settings: Settings, db: AsyncEngine, *, counters: Counters | None = None):
+        cfg = settings.access
+        self.settings = settings
+        self.store = AccessStore(db)
+        self.counters = counters or (RedisCounters(settings.redis_url) if settings.redis_url else MemoryCounters())
+        self.cache = KeyCache(self._load_grant, cfg.key_cache_ttl)
+        self.ledger = BatchWriter(db, LedgerEntry.__table__,  # type: ignore[arg-type]
+                                  flush_interval=settings.usage.flush_interval, batch_size=settings.usage.batch_size,
+                                  max_pending=settings.usage.max_pending)
+        self.prices = PriceBook(cfg.prices)
+        self.guard = AccessGuard(self.cache, self.counters, self.prices, self.ledger,
+                                 {m.name: m for m in settings.models}, cfg.redis_prefix)
+        self.admin: AdminService | None = None  # ready after start
+
+    async def start(self, *, bootstrap: bool | None = None, announce: TextIO | None = None) -> None:
+        serving = self.settings.access.bootstrap if bootstrap is None else bootstrap
+        hasher = KeyHasher(await self.load_secret(warn=serving))
+        self.guard.hasher = hasher
+        self.admin = AdminService(self.store, hasher, self.cache)
+        if serving:
+            await self.bootstrap(announce or sys.stderr)
+        self.ledger.start()
+
+    async def stop(self) -> None:
+        try:
+            await self.ledger.stop()
+        except Exception:  # noqa: BLE001 - report, but still release the counters
+            log.exception("could not flush the usage ledger at shutdown")
+        await self.counters.close()
+
+    async def bootstrap(self, out: TextIO) -> None:
+        """On a database without keys: the admin user, the default team and an admin key, printed once."""
+        if not await self.store.is_empty():
+            return
+        assert self.admin is not None
+        given = os.environ.get(self.settings.access.admin_key_env)
+        try:
+            team = await self.store.create_team(BOOTSTRAP_TEAM, team_id=BOOTSTRAP_TEAM)
+            user = await self.store.create_user("admin", team["id"], "admin")
+        except Conflict:
+            return  # another replica is bootstrapping
+        key, text = await self.admin.issue_key(None, team["id"], user_id=user["id"], name="bootstrap admin",
+                                               scopes=frozenset(SCOPES), text=given)
+        if given:
+            out.write(f"lmops: the admin key from ${self.settings.access.admin_key_env} is registered "
+                      f"(prefix {key['prefix']}).\n")
+        else:
+            # Printed, never logged: this is the only time the key is shown.
+            out.write(f"lmops: created the admin API key (shown only once, store it now):\n  {text}\n")
+        out.flush()
+
+    async def load_secret(self, *, warn: bool = True) -> bytes:
+        env = self.settings.access.secret_env
+        value = os.environ.get(env)
+        if value:
+            if len(value) < 16:
+                raise ValueError(f"${env} must be at least 16 characters long")
+            return value.encode()
+        if warn:
+            log.warning("$%s is not set: API keys are hashed with a generated secret kept in the database "
+                        "(table server_secrets); set $%s in production", env, env)
+        return await self.store.server_secret()
+
+    async def _load_grant(self, prefix: str) -> KeyGrant | None:
+        """The key cache's loader: the grant, and budget counters seeded from the ledger when missing."""
+        grant = await self.store.grant(prefix)
+        if grant is not None:
+            now = datetime.now(timezone.utc)
+            for subject_type, subject_id, limits in (("team", grant.team_id, grant.team_limits),
+                                                     ("key", grant.key_id, grant.key_limits)):
+                if limits is None or not limits.has_budget:
+                    continue
+                keys = budget_keys(self.guard.namespace, subject_type, subject_id, limits, now)
+                missing = [(k, unit) for k, unit in keys if not await self.counters.exists(k)]
+                if missing:
+                    usd, tokens = await self.store.spent(subject_type, subject_id, limits.budget_period, now)
+                    ttl = budget_ttl(limits.budget_period, now)
+                    for key, unit in missing:
+                        await self.counters.seed(key, usd if unit == "usd" else float(tokens), ttl)
+        return grant

@@ -1,0 +1,106 @@
+"""The admin API (``/admin/...``, admin scope): teams, users, keys, limits and usage reports."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from lmops.access.admin import AdminService, require_manager
+from lmops.access.schemas import KeyCreate, LimitsBody, TeamCreate, UserCreate
+from lmops.api.bodies import parse_json
+from lmops.api.deps import services
+from lmops.protocol.errors import InvalidRequest, NotFound
+from lmops.serving.context import Principal
+from lmops.usage.reports import GROUPINGS, usage_report
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+async def _admin(request: Request) -> tuple[AdminService, Principal]:
+    access = services(request).extras.get("access")
+    if access is None or access.admin is None:
+        raise NotFound("Access control is disabled on this server.")
+    actor = await access.guard.authenticate(request, "admin")
+    require_manager(actor)
+    return access.admin, actor
+
+
+def _reply(request: Request, payload: object, status: int = 200) -> Response:
+    return services(request).json(payload, status)
+
+
+def _list(rows: list[dict]) -> dict:
+    return {"object": "list", "data": rows}
+
+
+@router.post("/teams")
+async def create_team(request: Request) -> Response:
+    admin, actor = await _admin(request)
+    body = await parse_json(request, TeamCreate, 64 * 1024)
+    return _reply(request, await admin.create_team(actor, body.name), 201)
+
+
+@router.get("/teams")
+async def list_teams(request: Request) -> Response:
+    admin, actor = await _admin(request)
+    return _reply(request, _list(await admin.list_teams(actor)))
+
+
+@router.post("/users")
+async def create_user(request: Request) -> Response:
+    admin, actor = await _admin(request)
+    body = await parse_json(request, UserCreate, 64 * 1024)
+    return _reply(request, await admin.create_user(actor, body.name, body.team, body.role), 201)
+
+
+@router.get("/users")
+async def list_users(request: Request, team: str | None = None) -> Response:
+    admin, actor = await _admin(request)
+    return _reply(request, _list(await admin.list_users(actor, team)))
+
+
+@router.post("/keys")
+async def create_key(request: Request) -> Response:
+    admin, actor = await _admin(request)
+    body = await parse_json(request, KeyCreate, 64 * 1024)
+    row, text = await admin.issue_key(actor, body.team, user_id=body.user, name=body.name,
+                                      scopes=frozenset(body.scopes), expires_at=body.expires_at)
+    return _reply(request, {**row, "key": text}, 201)
+
+
+@router.get("/keys")
+async def list_keys(request: Request, team: str | None = None) -> Response:
+    admin, actor = await _admin(request)
+    return _reply(request, _list(await admin.list_keys(actor, team)))
+
+
+@router.post("/keys/{key}/revoke")
+async def revoke_key(key: str, request: Request) -> Response:
+    admin, actor = await _admin(request)
+    return _reply(request, await admin.revoke_key(actor, key))
+
+
+@router.put("/limits/{subject_type}/{subject}")
+async def set_limits(subject_type: str, subject: str, request: Request) -> Response:
+    admin, actor = await _admin(request)
+    body = await parse_json(request, LimitsBody, 64 * 1024)
+    return _reply(request, await admin.set_limits(actor, subject_type, subject, body.limits()))
+
+
+@router.get("/limits/{subject_type}/{subject}")
+async def get_limits(subject_type: str, subject: str, request: Request) -> Response:
+    admin, actor = await _admin(request)
+    return _reply(request, await admin.get_limits(actor, subject_type, subject))
+
+
+@router.get("/usage")
+async def usage(request: Request, by: str = "team", since: datetime | None = None, until: datetime | None = None,
+                team: str | None = None) -> Response:
+    admin, actor = await _admin(request)
+    if by not in GROUPINGS:
+        raise InvalidRequest(f"'by' must be one of {', '.join(GROUPINGS)}", param="by")
+    team_id = await admin.visible_team_id(actor, team)
+    report = await usage_report(services(request).db, by, since=since, until=until, team_id=team_id)
+    return _reply(request, report.as_dict())

@@ -1,0 +1,125 @@
+"""``lmops teams|users|keys|limits|usage`` against a database, and the report exports."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import random
+from datetime import datetime, timedelta, timezone
+
+import openai
+import pytest
+from openpyxl import load_workbook
+from sqlalchemy import insert
+from typer.testing import CliRunner
+
+from lmops.cli import app as cli
+from lmops.store.database import create_engine, upgrade
+from lmops.usage.ledger import LedgerEntry
+from lmops.usage.reports import usage_report
+
+from .helpers import CHAT, ledger_rows
+
+
+def _cli(*args: str) -> str:
+    result = CliRunner().invoke(cli, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_cli_manages_principals_that_the_gateway_enforces(start_gateway, database_url, monkeypatch):
+    gateway = start_gateway(database_url=database_url)
+    monkeypatch.setenv("LMOPS_DATABASE_URL", database_url)
+    _cli("teams", "create", "acme")
+    _cli("users", "create", "bob", "--team", "acme", "--role", "team_admin")
+    out = _cli("keys", "create", "--team", "acme", "--user", "bob", "--scopes", "inference")
+    (key,) = [line for line in out.splitlines() if line.startswith("lmops-")]
+    prefix = key.split("-")[1]
+    _cli("limits", "set", "key", prefix, "--models", "fake", "--rpm", "50")
+    _cli("limits", "set", "team", "acme", "--budget-usd", "10", "--period", "day")
+    shown = _cli("limits", "show", "key", prefix)
+    assert "fake" in shown and "50" in shown
+    assert "acme" in _cli("teams", "list")
+    assert "bob" in _cli("users", "list", "--team", "acme")
+    listed = _cli("keys", "list", "--team", "acme")
+    assert prefix in listed and key not in listed
+
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0)
+    assert client.chat.completions.create(model="fake", messages=CHAT, max_tokens=5).usage.completion_tokens == 10
+    with pytest.raises(openai.PermissionDeniedError):
+        client.chat.completions.create(model="other", messages=CHAT, max_tokens=5)
+    ledger_rows(database_url, wait_for=2)
+    report = _cli("usage", "report", "--by", "team", "--team", "acme")
+    assert "total" in report and " 2 " in report
+
+    _cli("keys", "revoke", prefix)
+    gateway.services.extras["access"].cache.invalidate()
+    with pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(model="fake", messages=CHAT, max_tokens=5)
+    assert CliRunner().invoke(cli, ["teams", "create", "acme"]).exit_code == 1  # names are unique
+
+
+def _seed_ledger(url: str, rows: int) -> list[dict]:
+    start = datetime(2025, 3, 1, tzinfo=timezone.utc)
+    rng = random.Random(7)
+    data = [{"request_id": f"r{i}", "created_at": start + timedelta(hours=rng.randrange(24 * 10)),
+             "day": None, "team_id": rng.choice(["t1", "t2", "t3"]), "user_id": rng.choice(["u1", "u2", None]),
+             "key_id": "k1", "model": rng.choice(["fake", "big"]), "adapter": None, "endpoint": "chat.completions",
+             "stream": False, "prompt_tokens": rng.randrange(100), "completion_tokens": rng.randrange(100),
+             "cost_usd": rng.random() / 100, "latency_ms": 1.0, "status": 200} for i in range(rows)]
+    for row in data:
+        row["day"] = row["created_at"].date()
+
+    async def write() -> None:
+        db = create_engine(url)
+        async with db.begin() as conn:
+            await conn.execute(insert(LedgerEntry), data)
+        await db.dispose()
+
+    upgrade(url)
+    asyncio.run(write())
+    return data
+
+
+@pytest.mark.parametrize("by", ["team", "user", "model", "day"])
+def test_report_groups_match_the_rows(database_url, by):
+    data = _seed_ledger(database_url, 500)
+    since = datetime(2025, 3, 3, tzinfo=timezone.utc)
+    until = datetime(2025, 3, 8, tzinfo=timezone.utc)
+    report = asyncio.run(_report(database_url, by, since, until))
+    chosen = [r for r in data if since <= r["created_at"] < until]
+    key = {"team": lambda r: r["team_id"], "user": lambda r: r["user_id"] or "-", "model": lambda r: r["model"],
+           "day": lambda r: r["created_at"].date().isoformat()}[by]
+    expected: dict[str, list[int]] = {}
+    for r in chosen:
+        expected.setdefault(key(r), []).append(r["prompt_tokens"] + r["completion_tokens"])
+    assert {row.group: row.tokens for row in report.rows} == {g: sum(v) for g, v in expected.items()}
+    assert {row.group: row.requests for row in report.rows} == {g: len(v) for g, v in expected.items()}
+    assert report.totals.requests == len(chosen)
+    assert report.totals.cost_usd == pytest.approx(sum(r["cost_usd"] for r in chosen))
+
+
+async def _report(url, by, since, until):
+    db = create_engine(url)
+    try:
+        return await usage_report(db, by, since=since, until=until)
+    finally:
+        await db.dispose()
+
+
+def test_report_exports_csv_xlsx_png(tmp_path, monkeypatch):
+    url = f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"
+    data = _seed_ledger(url, 300)
+    monkeypatch.setenv("LMOPS_DATABASE_URL", url)
+    files = {ext: tmp_path / f"usage.{ext}" for ext in ("csv", "xlsx", "png")}
+    _cli("usage", "report", "--by", "model", "--since", "2025-03-01", "--until", "2025-04-01",
+         "--csv", str(files["csv"]), "--xlsx", str(files["xlsx"]), "--png", str(files["png"]))
+    table = list(csv.reader(files["csv"].open()))
+    assert table[0] == ["model", "requests", "prompt_tokens", "completion_tokens", "cost_usd"]
+    assert [r[0] for r in table[1:]] == ["big", "fake", "total"]
+    assert int(table[-1][1]) == len(data)
+    sheet = load_workbook(files["xlsx"]).active
+    assert [c.value for c in sheet[1]] == table[0]
+    assert sheet.cell(sheet.max_row, 2).value == len(data)
+    assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert files["png"].stat().st_size > 5000

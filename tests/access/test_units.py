@@ -1,0 +1,81 @@
+"""Pricing, key text and the two counter backends giving the same answers."""
+
+from __future__ import annotations
+
+import random
+import secrets
+
+import pytest
+
+from lmops.access.counters import Check, Delta, MemoryCounters, RedisCounters
+from lmops.access.keys import KeyHasher, bearer_token, key_prefix
+from lmops.config import PriceConfig
+from lmops.usage.pricing import Price, PriceBook
+
+
+def test_price_derived_from_gpu_cost_and_throughput():
+    # A $2.00/hour GPU decoding 1000 tokens/s: 3.6M tokens an hour, so $0.5556 per 1M output tokens.
+    price = Price.from_config(PriceConfig(gpu_hour_usd=2.0, output_tokens_per_second=1000,
+                                          input_tokens_per_second=10000))
+    assert price.output_per_1m == pytest.approx(2.0 / 3.6)
+    assert price.input_per_1m == pytest.approx(2.0 / 36)
+    book = PriceBook({"m": PriceConfig(input=0.5, output=1.5)})
+    assert book.cost("m", 1_000_000, 2_000_000) == pytest.approx(3.5)
+    assert book.cost("unpriced", 10, 10) == 0
+    with pytest.raises(ValueError):
+        PriceConfig(input=1, gpu_hour_usd=2, output_tokens_per_second=5)
+
+
+def test_key_text_hash_and_prefix():
+    hasher = KeyHasher(secrets.token_bytes(32))
+    key = hasher.new_key()
+    assert key.text.startswith(f"lmops-{key.prefix}-") and key_prefix(key.text) == key.prefix
+    assert hasher.matches(key.text, key.hash) and not hasher.matches(key.text + "x", key.hash)
+    assert key.text not in key.hash and len(key.hash) == 64
+    assert KeyHasher(secrets.token_bytes(32)).hash(key.text) != key.hash  # keyed: another secret, another hash
+    for bad in ("sk-abc", "lmops-ABCDEFGH-" + "x" * 30, "lmops-abc-" + "x" * 30, "lmops-abcdefgh-short"):
+        assert key_prefix(bad) is None
+        with pytest.raises(ValueError):
+            hasher.adopt(bad)
+    assert bearer_token("Bearer abc") == "abc" and bearer_token("Basic abc") is None and bearer_token(None) is None
+
+
+def _script(seed: int) -> list[tuple[str, object]]:
+    rng = random.Random(seed)
+    steps: list[tuple[str, object]] = []
+    for _ in range(300):
+        checks = [Check("add", "rpm", 20, 1.0, 60), Check("below", "tpm", 500),
+                  Check("add", "par", 3, 1.0, 600), Check("reserve", "spent", 50.0, rng.uniform(0, 5), 0, "held")]
+        steps.append(("admit", rng.sample(checks, rng.randint(1, 4))))
+        if rng.random() < 0.5:
+            steps.append(("apply", [Delta("par", -1.0, 600), Delta("tpm", float(rng.randint(0, 40)), 60),
+                                    Delta("spent", rng.uniform(0, 2)), Delta("held", -rng.uniform(0, 2))]))
+    return steps
+
+
+async def _play(counters, steps, prefix: str) -> list[tuple[bool, int, tuple[float, ...]]]:
+    def named(c: Check) -> Check:
+        return Check(c.kind, prefix + c.key, c.limit, c.amount, c.ttl, prefix + c.key2 if c.key2 else "")
+
+    outcomes = []
+    await counters.seed(prefix + "spent", 1.5, 0)
+    for op, arg in steps:
+        if op == "admit":
+            a = await counters.admit([named(c) for c in arg])
+            outcomes.append((a.ok, a.failed, tuple(round(v, 6) for v in a.values)))
+        else:
+            counters.apply([Delta(prefix + d.key, d.amount, d.ttl) for d in arg])
+            await counters.drain()
+    return outcomes
+
+
+async def test_memory_and_redis_counters_agree(redis_url):
+    steps = _script(3)
+    redis = RedisCounters(redis_url)
+    try:
+        remote = await _play(redis, steps, f"t{secrets.token_hex(4)}:")
+    finally:
+        await redis.close()
+    local = await _play(MemoryCounters(), steps, "")
+    assert local == remote
+    assert any(not ok for ok, _, _ in local) and any(ok for ok, _, _ in local)
