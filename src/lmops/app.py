@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from lmops import __version__
-from lmops.api import errors, openai, system
+from lmops.api import batches, enrichment, errors, files, openai, system
 from lmops.api.middleware import RequestIdMiddleware
 from lmops.config import Settings, load_settings
 from lmops.services import Services
@@ -32,6 +32,8 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     errors.install(app)
     app.include_router(system.router)
     app.include_router(openai.router)
+    for batch_router in (files.router, batches.router, enrichment.router):
+        app.include_router(batch_router)
     app.add_middleware(RequestIdMiddleware)
     return app
 
