@@ -109,6 +109,8 @@ class Worker:
             out = self._failure(item, f.code, f.message, retryable=f.retryable)
             if out.status in ("failed", "dead"):
                 out.results = self._rows(item, job, exc.results)
+                out.prompt_tokens = sum(r.prompt_tokens for r in exc.results.values())
+                out.completion_tokens = sum(r.completion_tokens for r in exc.results.values())
             self.batch.metrics.step_failed(job, exc.step)
             return out
         self.batch.metrics.observe(job, results)

@@ -65,7 +65,7 @@ COPYWRITING = Workflow(
         LLMStep("description", prompt=Prompt(
             "description-v1", system="You write persuasive, factual e-commerce product descriptions.",
             user=PRODUCT + "\n\nWrite a two-sentence product description."
-            "{% if params.guidelines.tone %} Tone: {{ params.guidelines.tone }}.{% endif %}"
+            "{% set tone = params.get('guidelines', {}).get('tone') %}{% if tone %} Tone: {{ tone }}.{% endif %}"
             "{% if feedback %} Avoid this problem: {{ feedback }}{% endif %}"),
             params={"max_tokens": 96, "temperature": 0}),
         GuardrailStep("brand_check", target="description", rule=brand_rule, policy="retry", max_retries=1),

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import jsonschema
 import orjson
-from jinja2 import Environment, StrictUndefined, Template
+from jinja2 import Environment, StrictUndefined, Template, TemplateError
 
 from lmops.batch.calls import CallFailed
 
@@ -25,9 +25,11 @@ if TYPE_CHECKING:
 
 
 class StepFailed(Exception):
-    def __init__(self, code: str, message: str, *, retryable: bool = False, output: Any = None):
+    def __init__(self, code: str, message: str, *, retryable: bool = False, output: Any = None,
+                 spent: "StepOutput | None" = None):
         super().__init__(message)
         self.code, self.message, self.retryable, self.output = code, message, retryable, output
+        self.spent = spent  # lineage and tokens of the calls made before failing
 
     @classmethod
     def from_call(cls, exc: CallFailed, output: Any = None) -> "StepFailed":
@@ -68,6 +70,13 @@ class Prompt:
     def render(self, variables: dict[str, Any]) -> tuple[str | None, str]:
         user, system = self._templates
         return (system.render(variables) if system else None), user.render(variables)
+
+    def render_for(self, step: str, variables: dict[str, Any]) -> tuple[str | None, str]:
+        """Render; a record the template cannot use fails its item (not retried)."""
+        try:
+            return self.render(variables)
+        except TemplateError as exc:
+            raise StepFailed("prompt_render_failed", f"step '{step}': prompt {self.version}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -118,8 +127,7 @@ class LLMStep(Step):
     parse: Callable[[str], Any] | None = None
 
     async def run(self, ctx: "StepContext", feedback: str | None = None) -> StepOutput:
-        variables = ctx.variables(feedback=feedback)
-        system, user = self.prompt.render(variables)
+        system, user = self.prompt.render_for(self.name, ctx.variables(feedback=feedback))
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
         model = self.adapter or self.model or ctx.default_model
         params = {**self.params}
@@ -151,7 +159,7 @@ class LLMStep(Step):
                                                                "with only a JSON object that matches the schema."}]
         raise StepFailed("schema_validation_failed",
                          f"step '{self.name}': no valid JSON after {self.max_reasks} re-asks: {problem}",
-                         output={"text": text})
+                         output={"text": text}, spent=lineage)
 
 
 @dataclass(frozen=True)
@@ -204,7 +212,8 @@ class GuardrailStep(Step):
             verdict = self.rule(output, guidelines, ctx.record)
             return await verdict if inspect.isawaitable(verdict) else verdict  # type: ignore[return-value]
         text = output if isinstance(output, str) else orjson.dumps(output).decode()
-        system, user = self.prompt.render({"guidelines": guidelines, "text": text, "record": ctx.record})
+        system, user = self.prompt.render_for(self.name, {"guidelines": guidelines, "text": text,
+                                                          "record": ctx.record})
         model = self.model or ctx.default_model
         lineage.prompt, lineage.prompt_version, lineage.model = _prompt_text(system, user), self.prompt.version, model
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]

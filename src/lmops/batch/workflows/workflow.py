@@ -113,5 +113,7 @@ async def _run_step(ctx: StepContext, step: Step) -> None:
     try:
         ctx.results[step.name] = await step.run(ctx)
     except StepFailed as exc:
-        ctx.results[step.name] = StepOutput(exc.output, status="error", inputs=ctx.inputs_of(step))
+        spent = exc.spent or StepOutput(None, inputs=ctx.inputs_of(step))
+        spent.output, spent.status = exc.output, "error"
+        ctx.results[step.name] = spent
         raise ItemFailed(exc, step.name, ctx.results) from None
