@@ -83,8 +83,10 @@ def test_invalid_lines_fail_the_batch_with_line_numbers(client):
     assert errs[6].param == "body.messages" and "Line 6" in errs[6].message
 
 
-def test_cancel_while_in_progress(client, fake):
+def test_cancel_while_in_progress(lmops_server, fake):
     fake.engine.behaviour.delay = 0.2
+    srv = lmops_server(concurrency=4)
+    client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0)
     f = client.files.create(file=("in.jsonl", io.BytesIO(jsonl([chat_line(i) for i in range(400)]))),
                             purpose="batch")
     b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
