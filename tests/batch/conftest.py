@@ -13,7 +13,8 @@ from lmops.app import create_app
 from lmops.testing.fake_openai import FakeOpenAI
 
 FAST_BATCH = {"poll_seconds": 0.05, "ack_interval": 0.02, "backoff_base": 0.05, "backoff_max": 0.2,
-              "heartbeat_seconds": 0.5, "lease_seconds": 5, "metrics_interval": 0.2}
+              "heartbeat_seconds": 0.5, "lease_seconds": 5, "metrics_interval": 0.2,
+              "shutdown_grace": 1}
 
 
 @pytest.fixture

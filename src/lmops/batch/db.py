@@ -26,11 +26,12 @@ def insert_ignore(engine: AsyncEngine, table: Table, *index: str) -> Any:
 
 
 def queue_engine(db: AsyncEngine) -> AsyncEngine:
-    """The engine queue transactions use: on PostgreSQL the app's own; on SQLite one whose every
+    """The engine queue transactions use: on PostgreSQL a pool of its own; on SQLite one whose every
     transaction starts with ``BEGIN IMMEDIATE`` (it takes the write lock first, so claims from several
     processes are serialized instead of failing on a stale snapshot)."""
     if is_postgres(db):
-        return db
+        # Its own small pool without pre-ping: the queue's hot path saves a round trip per transaction.
+        return create_async_engine(db.url, pool_size=4, max_overflow=4, pool_recycle=300)
     engine = create_async_engine(db.url, connect_args={"timeout": 30})
 
     @event.listens_for(engine.sync_engine, "connect")

@@ -35,6 +35,7 @@ class BatchMetrics:
                                ["workflow", "step"], buckets=LATENCY_BUCKETS, registry=r)
         self.step_failures = Counter("lmops_batch_step_failures", "Workflow steps that failed",
                                      ["workflow", "step"], registry=r)
+        self._step_children: dict[tuple[str, str], Any] = {}
         self._depth: list[tuple[str, str, str, int, float]] = []
         self._task: asyncio.Task[None] | None = None
         metrics.add_collector(self._collect)
@@ -42,7 +43,11 @@ class BatchMetrics:
     def observe(self, job: "JobInfo", results: dict[str, "StepOutput"]) -> None:
         for name, r in results.items():
             if r.latency_ms:
-                self.steps.labels(job.workflow.name, name).observe(r.latency_ms / 1000.0)
+                key = (job.workflow.name, name)
+                child = self._step_children.get(key)
+                if child is None:
+                    child = self._step_children[key] = self.steps.labels(*key)
+                child.observe(r.latency_ms / 1000.0)
 
     def step_failed(self, job: "JobInfo", step: str) -> None:
         self.step_failures.labels(job.workflow.name, step).inc()

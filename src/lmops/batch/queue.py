@@ -38,6 +38,19 @@ RETURNING id, job_id, team_id, workflow, seq, custom_id, payload, attempts, leas
 """
 
 
+RESULT_TYPES = {"item_id": "bigint", "step": "text", "job_id": "text", "status": "text", "output": "text",
+                "inputs": "text", "prompt": "text", "prompt_version": "text", "model": "text", "adapter": "text",
+                "params": "text", "seed": "bigint", "prompt_tokens": "int", "completion_tokens": "int",
+                "latency_ms": "float8", "created_at": "float8"}
+RESULT_COLUMNS = tuple(RESULT_TYPES)
+RESULT_DEFAULTS = {"prompt_tokens": 0, "completion_tokens": 0, "latency_ms": 0.0}
+# PostgreSQL: every result row of a settle in one statement, one array per column (no per-row parameters).
+UNNEST_RESULTS = text(
+    f"INSERT INTO batch_results ({', '.join(RESULT_COLUMNS)}) "
+    f"SELECT * FROM unnest({', '.join(f'CAST(:{c} AS {t}[])' for c, t in RESULT_TYPES.items())}) "
+    "ON CONFLICT (item_id, step) DO NOTHING")
+
+
 @dataclass(slots=True)
 class Claimed:
     id: int
@@ -81,10 +94,10 @@ class JobProgress:
 class Queue:
     def __init__(self, db: AsyncEngine, lease_seconds: float):
         self.db = queue_engine(db)
-        self._own_engine = self.db is not db
         self.lease_seconds = lease_seconds
         self._claim = text(CLAIM.format(lock="FOR UPDATE SKIP LOCKED" if is_postgres(db) else ""))
         self._results = insert_ignore(self.db, RESULTS, "item_id", "step")
+        self._pg = is_postgres(db)
         ids = bindparam("ids", expanding=True)
         self._ack = (update(ITEMS)
                      .where(ITEMS.c.id.in_(ids), ITEMS.c.lease_token == bindparam("token"),
@@ -97,8 +110,7 @@ class Queue:
                            .values(available_at=bindparam("until")))
 
     async def close(self) -> None:
-        if self._own_engine:
-            await self.db.dispose()
+        await self.db.dispose()
 
     @retry_conflicts
     async def claim(self, n: int) -> list[Claimed]:
@@ -166,7 +178,10 @@ class Queue:
                             error=orjson.dumps(o.error).decode()))
             rows = [r for o in owned for r in o.results]
             if rows:
-                await conn.execute(self._results, rows)
+                if self._pg:
+                    await conn.execute(UNNEST_RESULTS, {c: [r.get(c, RESULT_DEFAULTS.get(c)) for r in rows] for c in RESULT_COLUMNS})
+                else:
+                    await conn.execute(self._results, rows)
             return await self._count(conn, owned, now)
 
     async def _count(self, conn: Any, owned: list[Outcome], now: float) -> list[JobProgress]:

@@ -28,11 +28,11 @@ log = logging.getLogger("lmops.batch.worker")
 
 
 class Worker:
-    def __init__(self, batch: "BatchService", *, name: str | None = None, grace: float = 10.0):
+    def __init__(self, batch: "BatchService", *, name: str | None = None):
         self.batch = batch
         self.cfg = batch.config
         self.name = name or f"worker-{uuid.uuid4().hex[:8]}"
-        self.grace = grace
+        self.grace = self.cfg.shutdown_grace
         self._stop = asyncio.Event()
         self._held: dict[str, dict[int, asyncio.Task[None]]] = {}
         self._in_flight = 0

@@ -150,10 +150,12 @@ class LLMStep(Step):
             lineage.latency_ms += res.latency_ms
             text = (res.body["choices"][0]["message"].get("content") or "").strip()
             if self.schema is None:
-                return replace(lineage, output=self.parse(text) if self.parse else text)
+                lineage.output = self.parse(text) if self.parse else text
+                return lineage
             problem, value = _check_json(text, self.schema)
             if problem is None:
-                return replace(lineage, output=self.parse(value) if self.parse else value)
+                lineage.output = self.parse(value) if self.parse else value
+                return lineage
             messages = messages + [{"role": "assistant", "content": text},
                                    {"role": "user", "content": f"That answer is invalid: {problem}. Answer again "
                                                                "with only a JSON object that matches the schema."}]
