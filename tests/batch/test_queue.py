@@ -119,3 +119,33 @@ def test_sigterm_finishes_or_releases_leases(tmp_path, fake, serve, pg_url):
         results = conn.execute("SELECT count(DISTINCT item_id) FROM batch_results").fetchone()[0]
     assert "leased" not in statuses  # nothing is left waiting for a 60 s lease to expire
     assert statuses["done"] == results and statuses["pending"] == 2000 - results
+
+
+async def test_concurrent_claimers_never_share_an_item(batch_settings, db_url):
+    """Four queues (own connection pools, as separate processes would have) drain one job concurrently."""
+    from lmops.batch.queue import Queue
+
+    svc = Services.build(batch_settings(db_url, worker_in_process=False))
+    await svc.start()
+    batch = svc.extras["batch"]
+    queues = [Queue(svc.db, lease_seconds=60) for _ in range(4)]
+    try:
+        data = b"".join(b'{"title": "t%d"}\n' % i for i in range(500))
+        source = await batch.files.save_bytes("default", "enrichment", "r.jsonl", data)
+        await batch.jobs.create(team_id="default", kind="enrichment", workflow="keywords", input_file_id=source.id,
+                                params={"format": "jsonl"})
+        assert await batch.upkeep("test")
+
+        async def drain(q: Queue) -> list[int]:
+            got: list[int] = []
+            while items := await q.claim(7):
+                got.extend(i.id for i in items)
+            return got
+
+        claimed = await asyncio.gather(*(drain(q) for q in queues))
+        everything = [i for c in claimed for i in c]
+        assert len(everything) == len(set(everything)) == 500  # all claimed, none twice
+    finally:
+        for q in queues:
+            await q.close()
+        await svc.stop()

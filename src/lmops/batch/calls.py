@@ -82,6 +82,21 @@ def validate_request(endpoint: Endpoint, body: Any) -> BaseModel:
     return req
 
 
+@dataclass
+class _Checked:
+    """A request body already validated (at intake, or built by a workflow step): what ``upstream_body``
+    reads from a request model, without validating it again on the hot path."""
+
+    body: Body
+
+    @property
+    def model(self) -> str:
+        return self.body["model"]
+
+    def to_wire(self) -> Body:
+        return dict(self.body)
+
+
 class ModelCaller:
     """Calls models with at most ``concurrency`` requests in flight per model (per worker process)."""
 
@@ -90,18 +105,19 @@ class ModelCaller:
         self._limits = {d.name: asyncio.Semaphore((per_model or {}).get(d.name, concurrency))
                         for d in services.router.deployments}
 
-    async def call(self, team_id: str, path: str, body: Any) -> CallResult:
+    async def call(self, team_id: str, path: str, body: Any, *, checked: bool = False) -> CallResult:
+        """Call the model ``body`` names; ``checked``: the body was validated already (skip pydantic)."""
         endpoint = ENDPOINTS[path]
         ctx = RequestContext(request_id=new_id("batch_req_"), endpoint=endpoint.name,
                              principal=Principal(team_id=team_id))
         svc = self.services
         try:
-            req = validate_request(endpoint, body)
-            model: str = req.model  # type: ignore[attr-defined]
+            req = _Checked(body) if checked else validate_request(endpoint, body)
+            model: str = req.model  # type: ignore[union-attr]
             ctx.model = model
             dep = svc.router.deployment(model)
-            if isinstance(req, EmbeddingRequest):
-                wire = req.to_wire()
+            if endpoint.schema is EmbeddingRequest:
+                wire = req.to_wire()  # type: ignore[union-attr]
                 wire["model"] = dep.config.upstream_name
             else:
                 wire = upstream_body(req, dep.config)  # type: ignore[arg-type]

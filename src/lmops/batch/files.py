@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import anyio
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 
@@ -101,7 +101,7 @@ class FileStore:
         if after:
             cur = await self.get(team_id, after)
             key = (FILES.c.created_at, FILES.c.id)
-            q = q.where(_tuple(key) < (cur.created_at, cur.id) if desc else _tuple(key) > (cur.created_at, cur.id))
+            q = q.where(tuple_(*key) < (cur.created_at, cur.id) if desc else tuple_(*key) > (cur.created_at, cur.id))
         q = q.order_by(*((FILES.c.created_at.desc(), FILES.c.id.desc()) if desc
                          else (FILES.c.created_at, FILES.c.id))).limit(limit)
         async with self.db.connect() as conn:
@@ -120,12 +120,6 @@ class FileStore:
         async with self.db.begin() as conn:
             await conn.execute(delete(FILES).where(FILES.c.id == row.id))
         self.path(row).unlink(missing_ok=True)
-
-
-def _tuple(cols: tuple[Any, ...]) -> Any:
-    from sqlalchemy import tuple_
-
-    return tuple_(*cols)
 
 
 class _Row:

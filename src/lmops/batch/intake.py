@@ -135,6 +135,14 @@ def _batch_lines(f: BinaryIO, checker: BatchLineChecker) -> Iterator[Line]:
             yield checker.check(number, raw)
 
 
+def _checked_batch_lines(f: BinaryIO) -> Iterator[Line]:
+    """Lines of a batch file that was checked whole already: parse only."""
+    for number, raw in enumerate(f, 1):
+        if raw.strip():
+            obj = orjson.loads(raw)
+            yield Line(number, obj["custom_id"], obj["body"])
+
+
 class Intake:
     def __init__(self, jobs: Jobs, files: FileStore, models: set[str], chunk: int, max_line_bytes: int):
         self.jobs, self.files, self.models = jobs, files, models
@@ -151,15 +159,14 @@ class Intake:
             return
         path = self.files.path(source)
         if job.kind == "batch":
-            checker = BatchLineChecker(job.endpoint, self.models, self.max_line_bytes)
-            errors, count = await asyncio.to_thread(_check_all, path, checker)
+            errors, count = await asyncio.to_thread(
+                _check_all, path, BatchLineChecker(job.endpoint, self.models, self.max_line_bytes))
             if errors or not count:
                 errors = errors or [{"code": "empty_file", "message": "The input file has no requests.",
                                      "param": None, "line": None}]
                 await self.jobs.finish(job.id, owner, "failed", failed_at=int(time.time()), errors=_errors(errors))
                 return
-            lines = lambda f: _batch_lines(f, BatchLineChecker(job.endpoint, self.models,  # noqa: E731
-                                                               self.max_line_bytes))
+            lines = _checked_batch_lines  # every line passed the checks above
         else:
             params = orjson.loads(job.params or "{}")
             fmt, id_field = params.get("format", "jsonl"), params.get("id_field")

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lmops.batch")
 OPENAI_WORKFLOW = "openai-batch"
+JOB_CACHE_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -84,11 +85,18 @@ class BatchService:
 
     # -- for the worker ------------------------------------------------------------------------
     async def job_info(self, job_id: str) -> JobInfo | None:
+        """The job's workflow and params, loaded once per job by one task (concurrent callers share it)."""
         fut = self._jobs.get(job_id)
         if fut is None:
+            if len(self._jobs) >= JOB_CACHE_SIZE:
+                del self._jobs[next(iter(self._jobs))]  # the oldest entry
             fut = self._jobs[job_id] = asyncio.ensure_future(self._load_job(job_id))
-            fut.add_done_callback(lambda f: f.exception() and self._jobs.pop(job_id, None))
+            fut.add_done_callback(lambda f: self._forget_failed(job_id, f))
         return await asyncio.shield(fut)
+
+    def _forget_failed(self, job_id: str, fut: "asyncio.Future[JobInfo | None]") -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            self._jobs.pop(job_id, None)
 
     async def _load_job(self, job_id: str) -> JobInfo | None:
         row = await self.jobs.row(job_id)

@@ -18,7 +18,8 @@ import jsonschema
 import orjson
 from jinja2 import Environment, StrictUndefined, Template, TemplateError
 
-from lmops.batch.calls import CallFailed
+from lmops.batch.calls import ENDPOINTS, CallFailed, validate_request
+from lmops.protocol.errors import APIError
 
 if TYPE_CHECKING:
     from lmops.batch.workflows.workflow import StepContext
@@ -69,7 +70,7 @@ class Prompt:
 
     def render(self, variables: dict[str, Any]) -> tuple[str | None, str]:
         user, system = self._templates
-        return (system.render(variables) if system else None), user.render(variables)
+        return (_render(system, variables) if system else None), _render(user, variables)
 
     def render_for(self, step: str, variables: dict[str, Any]) -> tuple[str | None, str]:
         """Render; a record the template cannot use fails its item (not retried)."""
@@ -99,7 +100,7 @@ class RequestStep(Step):
 
     async def run(self, ctx: "StepContext") -> StepOutput:
         try:
-            res = await ctx.caller.call(ctx.team_id, ctx.params.get("endpoint", self.endpoint), ctx.record)
+            res = await ctx.caller.call(ctx.team_id, self.endpoint, ctx.record, checked=True)  # checked at intake
         except CallFailed as exc:
             if exc.retryable or exc.status is None:
                 raise StepFailed.from_call(exc) from None
@@ -126,6 +127,14 @@ class LLMStep(Step):
     max_reasks: int = 2
     parse: Callable[[str], Any] | None = None
 
+    def __post_init__(self) -> None:
+        """Check ``params`` once, here, so that calls need not validate them again."""
+        probe = {"model": "-", "messages": [{"role": "user", "content": "-"}], **self.params}
+        try:
+            validate_request(ENDPOINTS["/v1/chat/completions"], probe)
+        except APIError as exc:
+            raise ValueError(f"step {self.name!r}: invalid params: {exc.message}") from None
+
     async def run(self, ctx: "StepContext", feedback: str | None = None) -> StepOutput:
         system, user = self.prompt.render_for(self.name, ctx.variables(feedback=feedback))
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
@@ -142,7 +151,8 @@ class LLMStep(Step):
         for attempt in range(self.max_reasks + 1 if self.schema is not None else 1):
             try:
                 res = await ctx.caller.call(ctx.team_id, "/v1/chat/completions",
-                                            {"model": model, "messages": messages, **params})
+                                            {"model": model, "messages": messages, **params},
+                                            checked=True)  # params were checked when the step was defined
             except CallFailed as exc:
                 raise StepFailed.from_call(exc) from None
             lineage.prompt_tokens += res.prompt_tokens
@@ -249,6 +259,11 @@ class GuardrailStep(Step):
             return replace(lineage, output=verdict, status="dropped")
         ctx.mark(self.target, "flagged")
         return replace(lineage, output=verdict, status="flagged")
+
+
+def _render(template: Template, variables: dict[str, Any]) -> str:
+    """Template.render without copying the globals into a fresh context for every record."""
+    return "".join(template.root_render_func(template.new_context({**template.globals, **variables}, shared=True)))
 
 
 def _prompt_text(system: str | None, user: str) -> str:
