@@ -63,7 +63,8 @@ def main() -> None:
             with ServerThread(create_app(services=svc)) as srv, httpx.Client(base_url=srv.url, timeout=600) as c:
                 t0 = time.perf_counter()
                 with src.open("rb") as f:
-                    file_id = c.post("/v1/files", data={"purpose": "batch"}, files={"file": ("in.jsonl", f)}).json()["id"]
+                    up = c.post("/v1/files", data={"purpose": "batch"}, files={"file": ("in.jsonl", f)})
+                    file_id = up.json()["id"]
                 upload = time.perf_counter() - t0
                 src.unlink()
                 after_upload = rss_mb()

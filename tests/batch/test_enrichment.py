@@ -139,7 +139,8 @@ def test_tenant_workflow_with_guardrail_policies(app_services, api, wait):
 
     registry = app_services.extras["batch"].registry
     steps = (PythonStep("shout", fn=upper),
-             LLMStep("pitch", prompt=Prompt("p1", "Sell {{ shout }} to {{ params.audience }}"), params={"max_tokens": 8}),
+             LLMStep("pitch", prompt=Prompt("p1", "Sell {{ shout }} to {{ params.audience }}"),
+                     params={"max_tokens": 8}),
              GuardrailStep("no_fox", target="pitch", rule=lambda out, g, r: "fox" in out and "mentions a fox",
                            policy="retry", max_retries=2),
              GuardrailStep("short", target="shout", rule=lambda out, g, r: len(out) > g["max_chars"] and "too long",

@@ -40,7 +40,7 @@ async def run_worker(settings: Settings, *, migrate: bool = False, name: str | N
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, batch.worker.stop)
     try:
-        await batch._worker_task
+        await batch.wait_worker()
     finally:
         processed = batch.worker.processed
         await svc.stop()

@@ -69,7 +69,8 @@ class Jobs:
         async with self.db.connect() as conn:
             return (await conn.execute(select(JOBS).where(JOBS.c.id == job_id))).first()
 
-    async def list(self, team_id: str, kind: str, *, after: str | None = None, limit: int = 20) -> tuple[list[Any], bool]:
+    async def list(self, team_id: str, kind: str, *, after: str | None = None,
+                   limit: int = 20) -> tuple[list[Any], bool]:
         """Newest first; ``after`` is the last id of the previous page (cursor pagination)."""
         q = select(JOBS).where(JOBS.c.team_id == team_id, JOBS.c.kind == kind)
         if after:

@@ -179,7 +179,8 @@ class Queue:
             rows = [r for o in owned for r in o.results]
             if rows:
                 if self._pg:
-                    await conn.execute(UNNEST_RESULTS, {c: [r.get(c, RESULT_DEFAULTS.get(c)) for r in rows] for c in RESULT_COLUMNS})
+                    columns = {c: [r.get(c, RESULT_DEFAULTS.get(c)) for r in rows] for c in RESULT_COLUMNS}
+                    await conn.execute(UNNEST_RESULTS, columns)
                 else:
                     await conn.execute(self._results, rows)
             return await self._count(conn, owned, now)

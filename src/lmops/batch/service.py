@@ -76,6 +76,11 @@ class BatchService:
         self.worker = Worker(self, **kwargs)
         self._worker_task = asyncio.create_task(self.worker.run(), name="lmops-batch-worker")
 
+    async def wait_worker(self) -> None:
+        """Until the worker started here stops (after ``worker.stop()``)."""
+        if self._worker_task is not None:
+            await self._worker_task
+
     async def stop(self) -> None:
         if self.worker is not None:
             self.worker.stop()

@@ -148,7 +148,7 @@ class LLMStep(Step):
         lineage = StepOutput(None, inputs=ctx.inputs_of(self), prompt=_prompt_text(system, user),
                              prompt_version=self.prompt.version, model=self.model or ctx.default_model,
                              adapter=self.adapter, params=params, seed=params.get("seed"))
-        for attempt in range(self.max_reasks + 1 if self.schema is not None else 1):
+        for _ in range(self.max_reasks + 1 if self.schema is not None else 1):
             try:
                 res = await ctx.caller.call(ctx.team_id, "/v1/chat/completions",
                                             {"model": model, "messages": messages, **params},
