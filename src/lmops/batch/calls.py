@@ -1,8 +1,9 @@
 """Call a model through the gateway's router, as a batch worker: OpenAI wire format in and out.
 
 Every call is recorded and billed like an API request (request record, metrics, the guard's
-settlement) under the job's team. An engine that is busy (429) is back-pressure: the call waits
-and tries again, it never fails the item. Other failures raise ``CallFailed``; 5xx-class ones
+settlement) under the job's team. An engine that is busy (429), or a model whose replicas are all
+ejected for now (503), is back-pressure: the call waits and tries again (the item's lease is kept
+alive by heartbeats), it never spends one of the item's attempts. Other failures raise ``CallFailed``; 5xx-class ones
 are ``retryable`` (the item is retried later with backoff), 4xx ones are final.
 """
 
@@ -19,7 +20,7 @@ from lmops.engines.base import Body, Engine
 from lmops.protocol.chat import ChatCompletionRequest
 from lmops.protocol.completions import CompletionRequest
 from lmops.protocol.embeddings import EmbeddingRequest
-from lmops.protocol.errors import APIError, Overloaded, from_validation_error
+from lmops.protocol.errors import APIError, NoHealthyReplica, Overloaded, from_validation_error
 from lmops.routing.router import Routed
 from lmops.serving.context import Principal, RequestContext
 from lmops.serving.inference import upstream_body
@@ -141,8 +142,8 @@ class ModelCaller:
             routed = Routed()
             try:
                 return await self.services.router.call(model, endpoint.send, wire, routed)
-            except Overloaded:
-                await asyncio.sleep(wait)  # back-pressure, not a failure
+            except (Overloaded, NoHealthyReplica):
+                await asyncio.sleep(wait)  # back-pressure (or every replica ejected for now): not a failure
                 wait = min(wait * 2, MAX_BUSY_WAIT)
             except APIError as exc:
                 ctx.replica = routed.replica
