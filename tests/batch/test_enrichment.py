@@ -157,3 +157,27 @@ def test_tenant_workflow_with_guardrail_policies(app_services, api, wait):
     assert e["outputs"]["no_fox"] == {"passed": False, "reason": "mentions a fox", "retries": 2, "policy": "retry"}
     r = httpx.post(f"{api.url}/v1/enrichment/jobs", json={"workflow": "pitch", "records": [{"title": "x"}]})
     assert r.status_code == 400  # another team does not see acme's workflow
+
+
+def test_a_retried_item_resumes_after_its_finished_steps(app_services, api, wait, fake):
+    from lmops.batch.workflows.steps import StepFailed
+
+    tries: dict[str, int] = {}
+
+    def flaky(record, outputs, params):
+        tries[record["sku"]] = tries.get(record["sku"], 0) + 1
+        if tries[record["sku"]] == 1:
+            raise StepFailed("flaky", "first try fails", retryable=True)
+        return outputs["title"].upper()
+
+    app_services.extras["batch"].registry.register(Workflow("two-levels", (
+        LLMStep("title", prompt=Prompt("t1", "Title for {{ record.title }}"), params={"max_tokens": 8}),
+        PythonStep("shout", fn=flaky, after=("title",)))))
+    job = httpx.post(f"{api.url}/v1/enrichment/jobs",
+                     json={"workflow": "two-levels", "records": list(products(5))}).json()
+    job = finished(wait, api, job["id"])
+    assert job["progress"]["done"] == 5 and set(tries.values()) == {2}
+    assert fake.engine.requests == 5  # the llm step ran once per item: the retry resumed from its checkpoint
+    assert job["usage"]["output_tokens"] == 5 * 10  # and its tokens were counted once
+    e = httpx.get(f"{api.url}/v1/enrichment/jobs/{job['id']}/results").json()["data"][0]
+    assert e["outputs"]["shout"] == "THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG."

@@ -25,6 +25,13 @@ def insert_ignore(engine: AsyncEngine, table: Table, *index: str) -> Any:
     return dialect.insert(table).on_conflict_do_nothing(index_elements=list(index) or None)
 
 
+def upsert(engine: AsyncEngine, table: Table, index: tuple[str, ...], update: tuple[str, ...]) -> Any:
+    """INSERT ... ON CONFLICT (index) DO UPDATE SET the ``update`` columns, for PostgreSQL and SQLite."""
+    stmt = (postgresql if is_postgres(engine) else sqlite).insert(table)
+    return stmt.on_conflict_do_update(index_elements=list(index),
+                                      set_={c: getattr(stmt.excluded, c) for c in update})
+
+
 def queue_engine(db: AsyncEngine) -> AsyncEngine:
     """The engine queue transactions use: on PostgreSQL a pool of its own; on SQLite one whose every
     transaction starts with ``BEGIN IMMEDIATE`` (it takes the write lock first, so claims from several

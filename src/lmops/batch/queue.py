@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, case, text, update
+from sqlalchemy import bindparam, case, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from lmops.batch.db import insert_ignore, is_postgres, queue_engine, retry_conflicts
+from lmops.batch.db import insert_ignore, is_postgres, queue_engine, retry_conflicts, upsert
 from lmops.batch.tables import ItemRow, JobRow, ResultRow
 
 ITEMS = ItemRow.__table__
@@ -44,11 +44,13 @@ RESULT_TYPES = {"item_id": "bigint", "step": "text", "job_id": "text", "status":
                 "latency_ms": "float8", "created_at": "float8"}
 RESULT_COLUMNS = tuple(RESULT_TYPES)
 RESULT_DEFAULTS = {"prompt_tokens": 0, "completion_tokens": 0, "latency_ms": 0.0}
+RESULT_UPDATED = tuple(c for c in RESULT_COLUMNS if c not in ("item_id", "step", "job_id"))
 # PostgreSQL: every result row of a settle in one statement, one array per column (no per-row parameters).
+# The owner of the lease may overwrite its own checkpoints (a guardrail can redo or flag an earlier step).
 UNNEST_RESULTS = text(
     f"INSERT INTO batch_results ({', '.join(RESULT_COLUMNS)}) "
     f"SELECT * FROM unnest({', '.join(f'CAST(:{c} AS {t}[])' for c, t in RESULT_TYPES.items())}) "
-    "ON CONFLICT (item_id, step) DO NOTHING")
+    f"ON CONFLICT (item_id, step) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in RESULT_UPDATED)}")
 
 
 @dataclass(slots=True)
@@ -96,7 +98,12 @@ class Queue:
         self.db = queue_engine(db)
         self.lease_seconds = lease_seconds
         self._claim = text(CLAIM.format(lock="FOR UPDATE SKIP LOCKED" if is_postgres(db) else ""))
-        self._results = insert_ignore(self.db, RESULTS, "item_id", "step")
+        self._results = upsert(self.db, RESULTS, ("item_id", "step"), RESULT_UPDATED)
+        self._checkpoint = insert_ignore(self.db, RESULTS, "item_id", "step")
+        self._owns = select(ITEMS.c.id).where(ITEMS.c.id == bindparam("id"), ITEMS.c.status == "leased",
+                                              ITEMS.c.lease_token == bindparam("token"))
+        if is_postgres(db):
+            self._owns = self._owns.with_for_update()
         self._pg = is_postgres(db)
         ids = bindparam("ids", expanding=True)
         self._ack = (update(ITEMS)
@@ -144,6 +151,20 @@ class Queue:
             for token, ids in held.items():
                 if ids:
                     await conn.execute(stmt, {"ids": ids, "token": token, "now": now})
+
+    @retry_conflicts
+    async def checkpoint(self, item: Claimed, rows: list[dict[str, Any]]) -> bool:
+        """Keep finished steps of an unfinished item (multi-step workflows), while its lease is ours."""
+        async with self.db.begin() as conn:
+            if (await conn.execute(self._owns, {"id": item.id, "token": item.token})).first() is None:
+                return False
+            await conn.execute(self._checkpoint, rows)
+        return True
+
+    async def checkpoints(self, item_id: int) -> list[Any]:
+        """The step results an earlier try of this item kept."""
+        async with self.db.connect() as conn:
+            return list(await conn.execute(select(RESULTS).where(RESULTS.c.item_id == item_id)))
 
     @retry_conflicts
     async def settle(self, outcomes: list[Outcome]) -> list[JobProgress]:

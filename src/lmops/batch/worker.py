@@ -102,8 +102,15 @@ class Worker:
                                  retryable=False, status="dead")
         ctx = StepContext(job.workflow, orjson.loads(item.payload), job.params, job.team_id, self.batch.caller,
                           job.default_model, seed=job.params.get("seed"))
+        checkpoint = None
+        if len(job.workflow.levels) > 1:  # keep finished steps, so that a crash or retry does not redo them
+            if item.attempts > 1:
+                ctx.results.update(await self._kept(item))
+
+            async def checkpoint(names: list[str]) -> None:
+                await self.batch.queue.checkpoint(item, self._rows(item, job, {n: ctx.results[n] for n in names}))
         try:
-            results = await run_workflow(ctx)
+            results = await run_workflow(ctx, checkpoint)
         except ItemFailed as exc:
             f = exc.failure
             out = self._failure(item, f.code, f.message, retryable=f.retryable)
@@ -131,6 +138,16 @@ class Worker:
             delay = min(self.cfg.backoff_base * 2 ** (item.attempts - 1), self.cfg.backoff_max)
             retry_at = time.time() + delay
         return Outcome(item, status, error=error, retry_at=retry_at)
+
+    async def _kept(self, item: Claimed) -> dict[str, StepOutput]:
+        loads = orjson.loads
+        return {r.step: StepOutput(loads(r.output) if r.output else None, status=r.status,
+                                   inputs=loads(r.inputs) if r.inputs else None, prompt=r.prompt,
+                                   prompt_version=r.prompt_version, model=r.model, adapter=r.adapter,
+                                   params=loads(r.params) if r.params else None, seed=r.seed,
+                                   prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens,
+                                   latency_ms=r.latency_ms)
+                for r in await self.batch.queue.checkpoints(item.id) if r.status != "error"}
 
     @staticmethod
     def _rows(item: Claimed, job: "JobInfo", results: dict[str, StepOutput]) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -96,16 +97,25 @@ class ItemFailed(Exception):
         self.failure, self.step, self.results = failure, step, results
 
 
-async def run_workflow(ctx: StepContext) -> dict[str, StepOutput]:
-    """Run every step of ``ctx.workflow`` over ``ctx.record``; raise ItemFailed on the first failing step."""
-    for level in ctx.workflow.levels:
-        if len(level) == 1:
-            await _run_step(ctx, level[0])
-        else:
-            outcomes = await asyncio.gather(*(_run_step(ctx, s) for s in level), return_exceptions=True)
+async def run_workflow(ctx: StepContext,
+                       checkpoint: Callable[[list[str]], Awaitable[Any]] | None = None) -> dict[str, StepOutput]:
+    """Run every step of ``ctx.workflow`` over ``ctx.record``; raise ItemFailed on the first failing step.
+
+    Steps already in ``ctx.results`` (kept by an earlier try) are not run again; ``checkpoint(names)``
+    is awaited after every level but the last with the steps that level just finished.
+    """
+    levels = ctx.workflow.levels
+    for i, level in enumerate(levels):
+        todo = [s for s in level if s.name not in ctx.results]
+        if len(todo) == 1:
+            await _run_step(ctx, todo[0])
+        elif todo:
+            outcomes = await asyncio.gather(*(_run_step(ctx, s) for s in todo), return_exceptions=True)
             for outcome in outcomes:
                 if isinstance(outcome, BaseException):
                     raise outcome
+        if checkpoint is not None and todo and i < len(levels) - 1:
+            await checkpoint([s.name for s in todo])
     return ctx.results
 
 
