@@ -102,6 +102,7 @@ def main() -> None:
         model["threads"] = args.threads
     concurrencies = [int(x) for x in args.direct_concurrency.split(",")]
     direct_runs: dict[int, list[tuple[float, int]]] = {c: [] for c in concurrencies}
+    direct_busy: dict[int, list[float]] = {c: [] for c in concurrencies}
     batch_runs: list[tuple[float, int]] = []
     busy: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,7 +115,9 @@ def main() -> None:
         with ServerThread(create_app(services=svc)) as srv, httpx.Client(base_url=srv.url, timeout=600) as c:
             for _ in range(args.rounds):
                 for conc in concurrencies:
-                    direct_runs[conc].append(asyncio.run(direct(engine, bodies, conc)))
+                    with BusySampler(engine) as sampler:
+                        direct_runs[conc].append(asyncio.run(direct(engine, bodies, conc)))
+                    direct_busy[conc].append(sampler.fraction)
                 with BusySampler(engine) as sampler:
                     batch_runs.append(run_batch(c, lines))
                 busy.append(sampler.fraction)
@@ -125,6 +128,7 @@ def main() -> None:
     results.update(batch_tok_s=round(rate(batch_runs), 1), best_direct_concurrency=best_conc,
                    ratio=round(rate(batch_runs) / direct_rates[best_conc], 3),
                    engine_busy_fraction_during_batch=round(sum(busy) / len(busy), 3),
+                   **{f"engine_busy_fraction_direct_c{c}": round(sum(b) / len(b), 3) for c, b in direct_busy.items()},
                    rounds=args.rounds, requests=args.requests, max_tokens=args.max_tokens, threads=args.threads,
                    batch_concurrency=args.batch_concurrency, loadavg_1m=os.getloadavg()[0])
     print(orjson.dumps(results).decode())
