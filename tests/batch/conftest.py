@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,9 +11,7 @@ import pytest
 from lmops.app import create_app
 from lmops.testing.fake_openai import FakeOpenAI
 
-FAST_BATCH = {"poll_seconds": 0.05, "ack_interval": 0.02, "backoff_base": 0.05, "backoff_max": 0.2,
-              "heartbeat_seconds": 0.5, "lease_seconds": 5, "metrics_interval": 0.2,
-              "shutdown_grace": 1}
+from batch_helpers import FAST_BATCH, wait_for
 
 
 @pytest.fixture
@@ -53,14 +50,3 @@ def client(lmops_server) -> openai.OpenAI:
 @pytest.fixture
 def wait():
     return wait_for
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting; last value {value!r}")
-        time.sleep(interval)

@@ -10,7 +10,7 @@ import time
 
 import httpx
 
-from conftest import wait_for
+from batch_helpers import wait_for
 from lmops.app import create_app
 from lmops.batch.catalogue import batch_lines, products
 from lmops.services import Services

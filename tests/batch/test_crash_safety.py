@@ -12,7 +12,7 @@ import psycopg
 import pytest
 import yaml
 
-from conftest import FAST_BATCH, wait_for
+from batch_helpers import FAST_BATCH, wait_for
 from lmops.app import create_app
 from lmops.batch.catalogue import products
 

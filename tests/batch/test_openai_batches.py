@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import wait_for
+from batch_helpers import wait_for
 
 
 def jsonl(lines: list[dict]) -> bytes:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import yaml
 
-from conftest import FAST_BATCH, wait_for
+from batch_helpers import FAST_BATCH, wait_for
 from lmops.app import create_app
 from lmops.batch.catalogue import products
 from lmops.batch.queue import Outcome
