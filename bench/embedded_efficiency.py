@@ -89,6 +89,8 @@ def start_lmops(tmp: Path, threads: int, context: int) -> Server:
     config.write_text(json.dumps({  # JSON is YAML
         "database_url": f"sqlite:///{tmp / 'lmops.db'}",
         "models": [{"name": "smollm2", "engine": "embedded", "threads": threads, "context_length": context}],
+        "access": {"enabled": False},  # the foundation path; bench_access.py measures access on vs off
+        "batch": {"worker_in_process": False},
     }))
     lmops = Path(sys.executable).with_name("lmops")
     url = f"http://127.0.0.1:{port}/v1/chat/completions"

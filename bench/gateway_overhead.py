@@ -55,6 +55,8 @@ def start_lmops(tmp: Path, upstream: str) -> Server:
     config.write_text(json.dumps({  # JSON is YAML
         "database_url": f"sqlite:///{tmp / 'lmops.db'}",
         "models": [{"name": MODEL, "engine": "openai", "upstream_model": MODEL, "replicas": [upstream]}],
+        "access": {"enabled": False},  # the foundation path; bench_access.py measures access on vs off
+        "batch": {"worker_in_process": False},
     }))
     lmops = Path(sys.executable).with_name("lmops")
     return Server("lmops", [str(lmops), "serve", "-c", str(config), "--port", str(port), "--workers", "1"],

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from lmops import __version__
-from lmops.api import admin, errors, openai, system
+from lmops.api import admin, batches, enrichment, errors, files, openai, system
 from lmops.api.direct import DirectRoutes
 from lmops.api.middleware import RequestIdMiddleware
 from lmops.api.ratelimit_headers import RateLimitHeadersMiddleware
@@ -35,6 +35,8 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     app.include_router(system.router)
     app.include_router(openai.router)
     app.include_router(admin.router)
+    for batch_router in (files.router, batches.router, enrichment.router):
+        app.include_router(batch_router)
     app.add_middleware(DirectRoutes, routes=openai.DIRECT_ROUTES)  # inner: what is added later wraps it
     if "access" in svc.extras:
         app.add_middleware(RateLimitHeadersMiddleware)

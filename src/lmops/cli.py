@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lmops.access import cli as access_cli
+from lmops.batch.cli import batch_app
 from lmops.config import ConfigError, Settings, load_settings
 
 app = typer.Typer(help="lmops: run large language models in production.", no_args_is_help=True,
@@ -25,6 +26,7 @@ app.add_typer(access_cli.users_app, name="users")
 app.add_typer(access_cli.keys_app, name="keys")
 app.add_typer(access_cli.limits_app, name="limits")
 app.add_typer(access_cli.usage_app, name="usage")
+app.add_typer(batch_app, name="batch")
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML file (default: $LMOPS_CONFIG or ./lmops.yaml)")
 
@@ -143,6 +145,38 @@ def db_upgrade(revision: str = typer.Argument("head"), config: Optional[str] = C
     settings = _settings(config)
     upgrade(settings.database_url, revision)
     _console().print(f"[green]database at revision[/] {current_revision(settings.database_url)}")
+
+
+@app.command()
+def worker(
+    config: Optional[str] = ConfigOpt,
+    name: Optional[str] = typer.Option(None, help="Worker name in logs (default: random)"),
+    migrate: bool = typer.Option(False, help="Apply database migrations first (one process at a time)"),
+) -> None:
+    """Run a batch worker: claims queued items, runs their workflows through the engines, until SIGTERM."""
+    from lmops.batch.cli import run_worker
+    from lmops.observability.logging import configure_logging
+
+    settings = _settings(config)
+    configure_logging(settings.server.log_level, settings.server.log_json)
+    processed = asyncio.run(run_worker(settings, migrate=migrate, name=name))
+    _console(stderr=True).print(f"worker stopped after {processed} items")
+
+
+@app.command()
+def replay(
+    item: int = typer.Argument(..., help="Item id (``item_id`` in enrichment results)"),
+    step: str = typer.Argument(..., help="Step name"),
+    config: Optional[str] = ConfigOpt,
+) -> None:
+    """Re-run one step of one item in isolation and show how the output differs from the recorded one."""
+    from lmops.batch.cli import run_replay
+
+    try:
+        asyncio.run(run_replay(_settings(config), item, step, _console()))
+    except LookupError as exc:
+        _console(stderr=True).print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
 
 
 def main() -> None:

@@ -139,6 +139,32 @@ class AccessConfig(_Strict):
     prices: dict[str, PriceConfig] = Field(default_factory=dict, description="model name -> price")
 
 
+class BatchConfig(_Strict):
+    """Batch enrichment: files, OpenAI batches, enrichment jobs, the database queue and its workers."""
+
+    data_dir: str = Field("./lmops-data", description="where uploaded and generated files are stored")
+    max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1024, description="largest file upload (413 beyond)")
+    max_line_bytes: int = Field(1024 * 1024, ge=64, description="longest JSONL line in a batch input file")
+    worker_in_process: bool = Field(True, description="lmops serve runs one worker in the gateway process")
+    concurrency: int = Field(64, ge=1, description="requests in flight per model, per worker")
+    model_concurrency: dict[str, int] = Field(default_factory=dict, description="per-model override")
+    max_items_in_flight: int = Field(256, ge=1, description="items one worker holds at a time")
+    claim_batch: int = Field(128, ge=1, description="items claimed per database round trip")
+    shutdown_grace: float = Field(10.0, ge=0, description="seconds a stopping worker lets items finish")
+    lease_seconds: float = Field(60.0, gt=0)
+    heartbeat_seconds: float = Field(15.0, gt=0)
+    poll_seconds: float = Field(0.5, gt=0, description="idle wait between claims on an empty queue")
+    ack_interval: float = Field(0.05, gt=0, description="seconds between result flushes")
+    max_attempts: int = Field(5, ge=1, description="tries per item before it is dead-lettered")
+    backoff_base: float = Field(1.0, ge=0, description="seconds; doubled after each failed try")
+    backoff_max: float = Field(300.0, ge=0)
+    intake_chunk: int = Field(2000, ge=1, description="items inserted per statement while reading input")
+    metrics_interval: float = Field(5.0, gt=0, description="seconds between queue-depth snapshots")
+    workflow_modules: list[str] = Field(default_factory=list,
+                                        description="modules with register(registry) that add workflows")
+    default_model: str | None = Field(None, description="model for workflow steps that name none")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LMOPS_", env_nested_delimiter="__", extra="forbid")
 
@@ -149,6 +175,7 @@ class Settings(BaseSettings):
     access: AccessConfig = Field(default_factory=AccessConfig)
     redis_url: str | None = Field(None, description="Redis for limit counters shared by replicas")
     models: list[ModelConfig] = Field(default_factory=list)
+    batch: BatchConfig = Field(default_factory=BatchConfig)
     config: str | None = Field(None, description="path of the YAML file these settings came from")
 
     @classmethod

@@ -64,11 +64,15 @@ class Services:
             extras["access"] = access = AccessService(settings, db)
             guard = access.guard
         guard = guard or OpenGuard()
-        return cls(
+        svc = cls(
             settings=settings, router=router, metrics=metrics, db=db, records=records,
             health=HealthChecker(router, settings.health),
             inference=InferenceService(router, metrics, records, guard), guard=guard, extras=extras,
         )
+        from lmops.batch.service import BatchService
+
+        svc.extras["batch"] = BatchService(svc)
+        return svc
 
     async def start(self, *, migrate: bool = True) -> None:
         if migrate:
@@ -78,8 +82,10 @@ class Services:
         await asyncio.gather(*(r.engine.start() for d in self.router.deployments for r in d.replicas))
         self.records.start()
         self.health.start()
+        await self.extras["batch"].start()
 
     async def stop(self) -> None:
+        await self.extras["batch"].stop()
         await self.health.stop()
         if "access" in self.extras:
             await self.extras["access"].stop()

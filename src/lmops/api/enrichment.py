@@ -1,0 +1,120 @@
+"""/v1/enrichment: submit records to a workflow, follow progress, fetch results (JSON pages, JSONL, CSV), cancel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+from starlette.responses import Response, StreamingResponse
+
+from lmops.api.bodies import parse_json
+from lmops.api.deps import services
+from lmops.batch import results
+from lmops.protocol.enrichment import JobCreate, JobOptions, job_list, job_object
+from lmops.protocol.errors import InvalidRequest, from_validation_error
+
+router = APIRouter(prefix="/v1/enrichment", tags=["enrichment"])
+
+
+async def _team(request: Request) -> str:
+    return (await services(request).guard.authenticate(request, "batch")).team_id
+
+
+@router.get("/workflows")
+async def list_workflows(request: Request) -> Response:
+    team = await _team(request)
+    registry = services(request).extras["batch"].registry
+    data = []
+    for name in registry.names(team):
+        wf, _ = registry.get(name, team)
+        data.append({"name": name, "description": wf.description, "steps": wf.step_names})
+    return services(request).json({"object": "list", "data": data})
+
+
+@router.post("/jobs")
+async def create_job(request: Request) -> Response:
+    """JSON ``{"workflow", "records": [...], "params"}``, or multipart: ``file`` (JSONL or CSV) + the same fields."""
+    svc = services(request)
+    team = await _team(request)
+    batch = svc.extras["batch"]
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        source, fields = await batch.files.upload(request, team, "enrichment")
+        try:
+            opts = JobOptions.model_validate({k: _maybe_json(k, v) for k, v in fields.items()})
+        except ValidationError as exc:
+            await batch.files.delete(team, source.id)
+            raise from_validation_error(exc) from None
+        fmt = opts.format or ("csv" if source.filename.lower().endswith(".csv") else "jsonl")
+    else:
+        req = await parse_json(request, JobCreate, svc.settings.server.max_body_bytes)
+        opts = JobOptions(workflow=req.workflow, params=req.params, id_field=req.id_field, metadata=req.metadata)
+        source, fmt = None, "jsonl"
+    if batch.registry.get(opts.workflow, team) is None:
+        if source is not None:
+            await batch.files.delete(team, source.id)
+        raise InvalidRequest(f"Unknown workflow '{opts.workflow}'; available: "
+                             f"{', '.join(batch.registry.names(team))}.", param="workflow", code="unknown_workflow")
+    if source is None:
+        data = b"".join(orjson.dumps(r) + b"\n" for r in req.records)
+        source = await batch.files.save_bytes(team, "enrichment", "records.jsonl", data)
+    row = await batch.jobs.create(team_id=team, kind="enrichment", workflow=opts.workflow, input_file_id=source.id,
+                                  metadata=opts.metadata,
+                                  params={**opts.params, "format": fmt, "id_field": opts.id_field})
+    batch.wake_upkeep()
+    return svc.json(job_object(row))
+
+
+def _maybe_json(key: str, value: str) -> Any:
+    if key in ("params", "metadata"):
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            raise InvalidRequest(f"Form field '{key}' must be a JSON object.", param=key) from None
+    return value
+
+
+@router.get("/jobs")
+async def list_jobs(request: Request, after: str | None = None, limit: int = 20) -> Response:
+    svc = services(request)
+    rows, more = await svc.extras["batch"].jobs.list(await _team(request), "enrichment", after=after,
+                                                     limit=max(1, min(limit, 100)))
+    return svc.json(job_list(rows, more))
+
+
+@router.get("/jobs/{job_id}")
+async def retrieve_job(request: Request, job_id: str) -> Response:
+    svc = services(request)
+    return svc.json(job_object(await svc.extras["batch"].jobs.get(await _team(request), job_id, "enrichment")))
+
+
+@router.post("/jobs/{job_id}/cancel")
+async def cancel_job(request: Request, job_id: str) -> Response:
+    svc = services(request)
+    batch = svc.extras["batch"]
+    row = await batch.jobs.cancel(await _team(request), job_id, "enrichment")
+    batch.wake_upkeep()
+    return svc.json(job_object(row))
+
+
+@router.get("/jobs/{job_id}/results")
+async def job_results(request: Request, job_id: str, after: int = 0, limit: int = 100,
+                      format: str = "json") -> Response:
+    """``format=json``: a page after line ``after``; ``jsonl`` / ``csv``: the whole result set, streamed."""
+    svc = services(request)
+    batch = svc.extras["batch"]
+    job = await batch.jobs.get(await _team(request), job_id, "enrichment")
+    if format == "jsonl":
+        return StreamingResponse(results.jsonl(svc.db, job.id), media_type="application/x-ndjson",
+                                 headers={"content-disposition": f'attachment; filename="{job.id}.jsonl"'})
+    if format == "csv":
+        found = batch.registry.get(job.workflow, job.team_id)
+        steps = found[0].step_names if found else []
+        return StreamingResponse(results.csv_rows(svc.db, job.id, steps), media_type="text/csv",
+                                 headers={"content-disposition": f'attachment; filename="{job.id}.csv"'})
+    if format != "json":
+        raise InvalidRequest("format must be json, jsonl or csv.", param="format")
+    entries, more = await results.page(svc.db, job.id, after, max(1, min(limit, 1000)))
+    return svc.json({"object": "list", "data": entries, "has_more": more,
+                     "last_line": entries[-1]["line"] if entries else None})

@@ -1,0 +1,56 @@
+"""/v1/files: upload (multipart, streamed to disk), list, retrieve, content, delete."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response, StreamingResponse
+
+from lmops.api.deps import services
+from lmops.protocol.files import file_list, file_object
+
+router = APIRouter(prefix="/v1", tags=["files"])
+
+
+def _batch(request: Request):  # type: ignore[no-untyped-def]
+    return services(request).extras["batch"]
+
+
+async def _team(request: Request) -> str:
+    return (await services(request).guard.authenticate(request, "batch")).team_id
+
+
+@router.post("/files")
+async def upload_file(request: Request) -> Response:
+    team = await _team(request)
+    row, _ = await _batch(request).files.upload(request, team)
+    return services(request).json(file_object(row))
+
+
+@router.get("/files")
+async def list_files(request: Request, purpose: str | None = None, limit: int = 10000, after: str | None = None,
+                     order: str = "desc") -> Response:
+    team = await _team(request)
+    limit = max(1, min(limit, 10000))
+    rows = await _batch(request).files.list(team, purpose=purpose, limit=limit + 1, after=after, order=order)
+    return services(request).json(file_list(rows[:limit], len(rows) > limit))
+
+
+@router.get("/files/{file_id}")
+async def retrieve_file(request: Request, file_id: str) -> Response:
+    row = await _batch(request).files.get(await _team(request), file_id)
+    return services(request).json(file_object(row))
+
+
+@router.get("/files/{file_id}/content")
+async def file_content(request: Request, file_id: str) -> Response:
+    store = _batch(request).files
+    row = await store.get(await _team(request), file_id)
+    return StreamingResponse(store.chunks(row), media_type="application/octet-stream",
+                             headers={"content-length": str(row.bytes),
+                                      "content-disposition": f'attachment; filename="{row.filename}"'})
+
+
+@router.delete("/files/{file_id}")
+async def delete_file(request: Request, file_id: str) -> Response:
+    await _batch(request).files.delete(await _team(request), file_id)
+    return services(request).json({"id": file_id, "object": "file", "deleted": True})

@@ -1,0 +1,1 @@
+"""Batch enrichment: files, OpenAI batches, enrichment jobs, the database queue, workers, workflows."""

@@ -1,0 +1,154 @@
+"""Call a model through the gateway's router, as a batch worker: OpenAI wire format in and out.
+
+Every call is recorded and billed like an API request (request record, metrics, the guard's
+settlement) under the job's team. An engine that is busy (429), or a model whose replicas are all
+ejected for now (503), is back-pressure: the call waits and tries again (the item's lease is kept
+alive by heartbeats), it never spends one of the item's attempts. Other failures raise ``CallFailed``; 5xx-class ones
+are ``retryable`` (the item is retried later with backoff), 4xx ones are final.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+
+from lmops.batch.ids import new_id
+from lmops.engines.base import Body, Engine
+from lmops.protocol.chat import ChatCompletionRequest
+from lmops.protocol.completions import CompletionRequest
+from lmops.protocol.embeddings import EmbeddingRequest
+from lmops.protocol.errors import APIError, NoHealthyReplica, Overloaded, from_validation_error
+from lmops.routing.router import Routed
+from lmops.serving.context import Principal, RequestContext
+from lmops.serving.inference import upstream_body
+
+if TYPE_CHECKING:
+    from lmops.services import Services
+
+MAX_BUSY_WAIT = 5.0
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    path: str
+    name: str  # request-record endpoint
+    schema: type[BaseModel]
+
+    async def send(self, engine: Engine, body: Body) -> Body:
+        if self.schema is ChatCompletionRequest:
+            return await engine.chat_completion(body)
+        if self.schema is CompletionRequest:
+            return await engine.completion(body)
+        return await engine.embeddings(body)
+
+
+ENDPOINTS = {e.path: e for e in (
+    Endpoint("/v1/chat/completions", "batch.chat.completions", ChatCompletionRequest),
+    Endpoint("/v1/completions", "batch.completions", CompletionRequest),
+    Endpoint("/v1/embeddings", "batch.embeddings", EmbeddingRequest),
+)}
+
+
+class CallFailed(Exception):
+    """A model call failed; ``response`` is the OpenAI response object (status_code, body) when there was one."""
+
+    def __init__(self, code: str, message: str, *, retryable: bool, status: int | None = None,
+                 body: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.code, self.message, self.retryable, self.status, self.body = code, message, retryable, status, body
+
+
+@dataclass
+class CallResult:
+    body: Body
+    request_id: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float
+
+
+def validate_request(endpoint: Endpoint, body: Any) -> BaseModel:
+    """The body as the endpoint's request model; InvalidRequest naming the field otherwise."""
+    try:
+        req = endpoint.schema.model_validate(body)
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
+    if getattr(req, "stream", False):
+        from lmops.protocol.errors import InvalidRequest
+
+        raise InvalidRequest("Batch requests cannot stream.", param="stream")
+    return req
+
+
+@dataclass
+class _Checked:
+    """A request body already validated (at intake, or built by a workflow step): what ``upstream_body``
+    reads from a request model, without validating it again on the hot path."""
+
+    body: Body
+
+    @property
+    def model(self) -> str:
+        return self.body["model"]
+
+    def to_wire(self) -> Body:
+        return dict(self.body)
+
+
+class ModelCaller:
+    """Calls models with at most ``concurrency`` requests in flight per model (per worker process)."""
+
+    def __init__(self, services: "Services", concurrency: int, per_model: dict[str, int] | None = None):
+        self.services = services
+        self._limits = {d.name: asyncio.Semaphore((per_model or {}).get(d.name, concurrency))
+                        for d in services.router.deployments}
+
+    async def call(self, team_id: str, path: str, body: Any, *, checked: bool = False) -> CallResult:
+        """Call the model ``body`` names; ``checked``: the body was validated already (skip pydantic)."""
+        endpoint = ENDPOINTS[path]
+        ctx = RequestContext(request_id=new_id("batch_req_"), endpoint=endpoint.name,
+                             principal=Principal(team_id=team_id))
+        svc = self.services
+        try:
+            req = _Checked(body) if checked else validate_request(endpoint, body)
+            model: str = req.model  # type: ignore[union-attr]
+            ctx.model = model
+            dep = svc.router.deployment(model)
+            if endpoint.schema is EmbeddingRequest:
+                wire = req.to_wire()  # type: ignore[union-attr]
+                wire["model"] = dep.config.upstream_name
+            else:
+                wire = upstream_body(req, dep.config)  # type: ignore[arg-type]
+                ctx.max_tokens = wire.get("max_completion_tokens") or wire.get("max_tokens")
+        except APIError as exc:
+            svc.inference.finish(ctx, exc)
+            raise CallFailed(exc.code or "invalid_request", exc.message, retryable=False,
+                             status=exc.status_code, body=exc.envelope()) from None
+        async with self._limits[model]:
+            result = await self._send(ctx, endpoint, model, wire)
+        result["model"] = model
+        usage = result.get("usage") or {}
+        ctx.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        ctx.completion_tokens = int(usage.get("completion_tokens") or 0)
+        svc.inference.finish(ctx)
+        return CallResult(result, ctx.request_id, ctx.prompt_tokens, ctx.completion_tokens, ctx.elapsed() * 1000.0)
+
+    async def _send(self, ctx: RequestContext, endpoint: Endpoint, model: str, wire: Body) -> Body:
+        wait = 0.05
+        while True:
+            routed = Routed()
+            try:
+                return await self.services.router.call(model, endpoint.send, wire, routed)
+            except (Overloaded, NoHealthyReplica):
+                await asyncio.sleep(wait)  # back-pressure (or every replica ejected for now): not a failure
+                wait = min(wait * 2, MAX_BUSY_WAIT)
+            except APIError as exc:
+                ctx.replica = routed.replica
+                self.services.inference.finish(ctx, exc)
+                raise CallFailed(exc.code or exc.error_type, exc.message, retryable=exc.status_code >= 500,
+                                 status=exc.status_code, body=exc.envelope()) from None
+            finally:
+                ctx.replica = routed.replica

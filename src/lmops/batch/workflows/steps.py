@@ -1,0 +1,283 @@
+"""Step kinds: ``llm`` (versioned prompt, model/adapter, params, optional JSON schema with bounded re-ask),
+``guardrail`` (a rule or a model judges another step's output; policy retry, flag or drop),
+``python`` (pre/post-processing) and ``request`` (an OpenAI batch line, forwarded as it is).
+
+A step returns a ``StepOutput`` carrying its lineage; it raises ``StepFailed`` when it cannot
+produce an output (``retryable``: try the item again later).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Literal
+
+import jsonschema
+import orjson
+from jinja2 import Environment, StrictUndefined, Template, TemplateError
+
+from lmops.batch.calls import ENDPOINTS, CallFailed, validate_request
+from lmops.protocol.errors import APIError
+
+if TYPE_CHECKING:
+    from lmops.batch.workflows.workflow import StepContext
+
+
+class StepFailed(Exception):
+    def __init__(self, code: str, message: str, *, retryable: bool = False, output: Any = None,
+                 spent: "StepOutput | None" = None):
+        super().__init__(message)
+        self.code, self.message, self.retryable, self.output = code, message, retryable, output
+        self.spent = spent  # lineage and tokens of the calls made before failing
+
+    @classmethod
+    def from_call(cls, exc: CallFailed, output: Any = None) -> "StepFailed":
+        return cls(exc.code, exc.message, retryable=exc.retryable, output=output)
+
+
+@dataclass
+class StepOutput:
+    """One step's output and lineage (what the result row stores)."""
+
+    output: Any
+    status: str = "ok"  # ok | error | flagged | dropped
+    inputs: Any = None
+    prompt: str | None = None
+    prompt_version: str | None = None
+    model: str | None = None
+    adapter: str | None = None
+    params: dict[str, Any] | None = None
+    seed: int | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A versioned prompt: Jinja2 templates over ``record``, earlier steps' outputs (by name) and ``params``."""
+
+    version: str
+    user: str
+    system: str | None = None
+
+    @cached_property
+    def _templates(self) -> tuple[Template, Template | None]:
+        env = Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+        return env.from_string(self.user), env.from_string(self.system) if self.system else None
+
+    def render(self, variables: dict[str, Any]) -> tuple[str | None, str]:
+        user, system = self._templates
+        return (_render(system, variables) if system else None), _render(user, variables)
+
+    def render_for(self, step: str, variables: dict[str, Any]) -> tuple[str | None, str]:
+        """Render; a record the template cannot use fails its item (not retried)."""
+        try:
+            return self.render(variables)
+        except TemplateError as exc:
+            raise StepFailed("prompt_render_failed", f"step '{step}': prompt {self.version}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    after: tuple[str, ...] = ()
+
+    def dependencies(self) -> tuple[str, ...]:
+        return self.after
+
+    async def run(self, ctx: "StepContext") -> StepOutput:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class RequestStep(Step):
+    """Forward the item's payload (an OpenAI request body) to ``endpoint``; the output is OpenAI's response object."""
+
+    endpoint: str = "/v1/chat/completions"
+
+    async def run(self, ctx: "StepContext") -> StepOutput:
+        try:
+            res = await ctx.caller.call(ctx.team_id, self.endpoint, ctx.record, checked=True)  # checked at intake
+        except CallFailed as exc:
+            if exc.retryable or exc.status is None:
+                raise StepFailed.from_call(exc) from None
+            out = {"status_code": exc.status, "request_id": None, "body": exc.body}
+            raise StepFailed.from_call(exc, output=out) from None
+        return StepOutput({"status_code": 200, "request_id": res.request_id, "body": res.body},
+                          model=res.body.get("model"), prompt_tokens=res.prompt_tokens,
+                          completion_tokens=res.completion_tokens, latency_ms=res.latency_ms)
+
+
+@dataclass(frozen=True)
+class LLMStep(Step):
+    """Render ``prompt``, call ``model`` (or the job's default model), optionally validate JSON against ``schema``.
+
+    ``adapter`` names a LoRA adapter: it is served as its own model name (vLLM style), so the call goes to
+    the model called ``adapter`` and the lineage keeps both. ``parse`` turns the text into the output.
+    """
+
+    prompt: Prompt = Prompt("0", "")
+    model: str | None = None
+    adapter: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    schema: dict[str, Any] | None = None
+    max_reasks: int = 2
+    parse: Callable[[str], Any] | None = None
+
+    def __post_init__(self) -> None:
+        """Check ``params`` once, here, so that calls need not validate them again."""
+        probe = {"model": "-", "messages": [{"role": "user", "content": "-"}], **self.params}
+        try:
+            validate_request(ENDPOINTS["/v1/chat/completions"], probe)
+        except APIError as exc:
+            raise ValueError(f"step {self.name!r}: invalid params: {exc.message}") from None
+
+    async def run(self, ctx: "StepContext", feedback: str | None = None) -> StepOutput:
+        system, user = self.prompt.render_for(self.name, ctx.variables(feedback=feedback))
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        model = self.adapter or self.model or ctx.default_model
+        params = {**self.params}
+        if ctx.seed is not None:
+            params.setdefault("seed", ctx.seed)
+        if self.schema is not None:
+            params.setdefault("response_format", {"type": "json_schema",
+                                                  "json_schema": {"name": self.name, "schema": self.schema}})
+        lineage = StepOutput(None, inputs=ctx.inputs_of(self), prompt=_prompt_text(system, user),
+                             prompt_version=self.prompt.version, model=self.model or ctx.default_model,
+                             adapter=self.adapter, params=params, seed=params.get("seed"))
+        for _ in range(self.max_reasks + 1 if self.schema is not None else 1):
+            try:
+                res = await ctx.caller.call(ctx.team_id, "/v1/chat/completions",
+                                            {"model": model, "messages": messages, **params},
+                                            checked=True)  # params were checked when the step was defined
+            except CallFailed as exc:
+                raise StepFailed.from_call(exc) from None
+            lineage.prompt_tokens += res.prompt_tokens
+            lineage.completion_tokens += res.completion_tokens
+            lineage.latency_ms += res.latency_ms
+            text = (res.body["choices"][0]["message"].get("content") or "").strip()
+            if self.schema is None:
+                lineage.output = self.parse(text) if self.parse else text
+                return lineage
+            problem, value = _check_json(text, self.schema)
+            if problem is None:
+                lineage.output = self.parse(value) if self.parse else value
+                return lineage
+            messages = messages + [{"role": "assistant", "content": text},
+                                   {"role": "user", "content": f"That answer is invalid: {problem}. Answer again "
+                                                               "with only a JSON object that matches the schema."}]
+        raise StepFailed("schema_validation_failed",
+                         f"step '{self.name}': no valid JSON after {self.max_reasks} re-asks: {problem}",
+                         output={"text": text}, spent=lineage)
+
+
+@dataclass(frozen=True)
+class PythonStep(Step):
+    """``fn(record, outputs, params)`` (sync or async) returns the step's output."""
+
+    fn: Callable[[dict[str, Any], dict[str, Any], dict[str, Any]], Any] = lambda r, o, p: None  # noqa: E731
+
+    async def run(self, ctx: "StepContext") -> StepOutput:
+        try:
+            value = self.fn(ctx.record, ctx.outputs, ctx.params)
+            if inspect.isawaitable(value):
+                value = await value
+        except StepFailed:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bad record fails its item, never the worker
+            raise StepFailed("python_step_failed", f"step '{self.name}': {type(exc).__name__}: {exc}") from None
+        return StepOutput(value, inputs=ctx.inputs_of(self))
+
+
+Rule = Callable[[Any, dict[str, Any], dict[str, Any]], "str | None | Awaitable[str | None]"]
+JUDGE = Prompt("guardrail-v1", system="You check marketing text against brand guidelines.", user=(
+    "Guidelines:\n{{ guidelines }}\n\nText:\n{{ text }}\n\n"
+    "Does the text follow every guideline? Answer PASS or FAIL, then one short reason."))
+
+
+@dataclass(frozen=True)
+class GuardrailStep(Step):
+    """Judge ``target``'s output against the tenant's guidelines (``params['guidelines']``).
+
+    ``rule(output, guidelines, record)`` returns a violation (str) or None; without a rule, ``model`` (or the
+    job's default model) judges with ``prompt``. On a violation, ``policy``: ``retry`` runs the target again
+    (up to ``max_retries``, with the violation as ``feedback``) then flags; ``flag`` keeps the output, flagged;
+    ``drop`` drops the target's output.
+    """
+
+    target: str = ""
+    rule: Rule | None = None
+    model: str | None = None
+    prompt: Prompt = JUDGE
+    policy: Literal["retry", "flag", "drop"] = "flag"
+    max_retries: int = 1
+
+    def dependencies(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((self.target, *self.after)))
+
+    async def judge(self, ctx: "StepContext", output: Any, lineage: StepOutput) -> str | None:
+        guidelines = ctx.params.get("guidelines") or {}
+        if self.rule is not None:
+            verdict = self.rule(output, guidelines, ctx.record)
+            return await verdict if inspect.isawaitable(verdict) else verdict  # type: ignore[return-value]
+        text = output if isinstance(output, str) else orjson.dumps(output).decode()
+        system, user = self.prompt.render_for(self.name, {"guidelines": guidelines, "text": text,
+                                                          "record": ctx.record})
+        model = self.model or ctx.default_model
+        lineage.prompt, lineage.prompt_version, lineage.model = _prompt_text(system, user), self.prompt.version, model
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        try:
+            res = await ctx.caller.call(ctx.team_id, "/v1/chat/completions",
+                                        {"model": model, "messages": messages, "max_tokens": 48, "temperature": 0})
+        except CallFailed as exc:
+            raise StepFailed.from_call(exc) from None
+        lineage.prompt_tokens += res.prompt_tokens
+        lineage.completion_tokens += res.completion_tokens
+        lineage.latency_ms += res.latency_ms
+        answer = (res.body["choices"][0]["message"].get("content") or "").strip()
+        return None if answer.upper().startswith("PASS") else (answer or "FAIL")
+
+    async def run(self, ctx: "StepContext") -> StepOutput:
+        target = ctx.workflow.step(self.target)
+        lineage = StepOutput(None, inputs={"target": self.target, "output": ctx.outputs.get(self.target)})
+        violation = await self.judge(ctx, ctx.outputs.get(self.target), lineage)
+        retries = 0
+        while violation is not None and self.policy == "retry" and retries < self.max_retries \
+                and isinstance(target, LLMStep):
+            retries += 1
+            redo = await target.run(ctx, feedback=violation)
+            ctx.replace_result(self.target, redo)
+            violation = await self.judge(ctx, redo.output, lineage)
+        verdict = {"passed": violation is None, "reason": violation, "retries": retries, "policy": self.policy}
+        if violation is None:
+            return replace(lineage, output=verdict)
+        if self.policy == "drop":
+            ctx.mark(self.target, "dropped")
+            return replace(lineage, output=verdict, status="dropped")
+        ctx.mark(self.target, "flagged")
+        return replace(lineage, output=verdict, status="flagged")
+
+
+def _render(template: Template, variables: dict[str, Any]) -> str:
+    """Template.render without copying the globals into a fresh context for every record."""
+    return "".join(template.root_render_func(template.new_context({**template.globals, **variables}, shared=True)))
+
+
+def _prompt_text(system: str | None, user: str) -> str:
+    return f"[system]\n{system}\n[user]\n{user}" if system else user
+
+
+def _check_json(text: str, schema: dict[str, Any]) -> tuple[str | None, Any]:
+    start, end = text.find("{"), text.rfind("}")
+    try:
+        value = orjson.loads(text[start:end + 1] if start >= 0 and end > start else text)
+    except orjson.JSONDecodeError as exc:
+        return f"not JSON ({exc})", None
+    try:
+        jsonschema.validate(value, schema)
+    except jsonschema.ValidationError as exc:
+        return exc.message, None
+    return None, value

@@ -1,0 +1,125 @@
+"""The official openai client drives /v1/files and /v1/batches through every status."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import httpx
+import openai
+import pytest
+
+from batch_helpers import wait_for
+
+
+def jsonl(lines: list[dict]) -> bytes:
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+def chat_line(i: int, model: str = "fake", **body) -> dict:
+    return {"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": model, "messages": [{"role": "user", "content": f"hello {i}"}], **body}}
+
+
+def finished(client: openai.OpenAI, batch_id: str, statuses=("completed", "failed", "expired", "cancelled")):
+    return wait_for(lambda: (b := client.batches.retrieve(batch_id)).status in statuses and b)
+
+
+def test_files_upload_list_content_delete(client):
+    data = jsonl([chat_line(i) for i in range(3)])
+    f = client.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch")
+    assert f.object == "file" and f.bytes == len(data) and f.filename == "in.jsonl" and f.purpose == "batch"
+    assert client.files.retrieve(f.id).id == f.id
+    assert f.id in [x.id for x in client.files.list().data]
+    assert client.files.content(f.id).content == data
+    assert client.files.delete(f.id).deleted is True
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(f.id)
+
+
+def test_batch_runs_to_completed_with_openai_output_format(client):
+    lines = [chat_line(i) for i in range(20)] + [chat_line(99, max_tokens=999999)]  # the last: engine-side 400
+    f = client.files.create(file=("in.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
+    b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h",
+                              metadata={"project": "test"})
+    assert b.status == "validating" and b.metadata == {"project": "test"}
+    b = finished(client, b.id)
+    assert b.status == "completed", b
+    assert b.request_counts.total == 21 and b.request_counts.completed == 20 and b.request_counts.failed == 1
+    for stamp in ("created_at", "in_progress_at", "finalizing_at", "completed_at"):
+        assert getattr(b, stamp), stamp
+    assert b.usage.output_tokens == 20 * 10 and b.usage.input_tokens == 20 * 7
+    out = [json.loads(x) for x in client.files.content(b.output_file_id).text.splitlines()]
+    assert [o["custom_id"] for o in out] == [f"req-{i}" for i in range(20)]
+    first = out[0]
+    assert set(first) == {"id", "custom_id", "response", "error"} and first["error"] is None
+    assert first["id"].startswith("batch_req_")
+    assert first["response"]["status_code"] == 200 and first["response"]["request_id"]
+    answer = first["response"]["body"]["choices"][0]["message"]["content"]
+    assert answer == "The quick brown fox jumps over the lazy dog."
+    assert first["response"]["body"]["model"] == "fake"
+    errors = [json.loads(x) for x in client.files.content(b.error_file_id).text.splitlines()]
+    assert len(errors) == 1 and errors[0]["custom_id"] == "req-99"
+    assert errors[0]["response"]["status_code"] == 400 and "error" in errors[0]["response"]["body"]
+    assert client.files.retrieve(b.output_file_id).purpose == "batch_output"
+    assert b.id in [x.id for x in client.batches.list().data]
+    with pytest.raises(openai.BadRequestError):
+        client.batches.cancel(b.id)  # already completed
+
+
+def test_invalid_lines_fail_the_batch_with_line_numbers(client):
+    lines = [json.dumps(chat_line(1)).encode(), b"{not json", json.dumps(chat_line(1)).encode(),
+             json.dumps({**chat_line(4), "url": "/v1/embeddings"}).encode(),
+             json.dumps(chat_line(5, model="nope")).encode(),
+             json.dumps({**chat_line(6), "body": {"model": "fake"}}).encode()]
+    f = client.files.create(file=("in.jsonl", io.BytesIO(b"\n".join(lines))), purpose="batch")
+    b = finished(client, client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                               completion_window="24h").id)
+    assert b.status == "failed" and b.failed_at
+    errs = {e.line: e for e in b.errors.data}
+    assert errs[2].code == "invalid_json_line"
+    assert errs[3].code == "duplicate_custom_id"
+    assert errs[4].code == "mismatched_endpoint"
+    assert errs[5].code == "model_not_found"
+    assert errs[6].param == "body.messages" and "Line 6" in errs[6].message
+
+
+def test_cancel_while_in_progress(lmops_server, fake):
+    fake.engine.behaviour.delay = 0.2
+    srv = lmops_server(concurrency=4)
+    client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0)
+    f = client.files.create(file=("in.jsonl", io.BytesIO(jsonl([chat_line(i) for i in range(400)]))),
+                            purpose="batch")
+    b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    wait_for(lambda: client.batches.retrieve(b.id).request_counts.completed > 0)
+    c = client.batches.cancel(b.id)
+    assert c.status in ("cancelling", "cancelled") and c.cancelling_at
+    b = finished(client, b.id)
+    assert b.status == "cancelled" and b.cancelled_at
+    assert 0 < b.request_counts.completed < 400
+    out = client.files.content(b.output_file_id).text.splitlines()
+    assert len(out) == b.request_counts.completed
+    assert client.batches.cancel(b.id).status == "cancelled"  # cancelling again changes nothing
+
+
+def test_batch_errors_and_pagination(client):
+    with pytest.raises(openai.NotFoundError):
+        client.batches.create(input_file_id="file-nope", endpoint="/v1/chat/completions", completion_window="24h")
+    with pytest.raises(openai.NotFoundError):
+        client.batches.retrieve("batch_nope")
+    f = client.files.create(file=("in.jsonl", io.BytesIO(jsonl([chat_line(1)]))), purpose="batch")
+    ids = [client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                 completion_window="24h").id for _ in range(5)]
+    page = client.batches.list(limit=2)
+    assert len(page.data) == 2 and page.has_more
+    seen = [b.id for b in client.batches.list(limit=2)]  # iterating a page follows the cursor
+    assert sorted(seen) == sorted(ids)
+
+
+def test_upload_over_the_limit_is_413(lmops_server):
+    srv = lmops_server(max_upload_bytes=2048)
+    r = httpx.post(f"{srv.url}/v1/files", data={"purpose": "batch"},
+                   files={"file": ("big.jsonl", b"x" * 10_000)})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+    ok = httpx.post(f"{srv.url}/v1/files", data={"purpose": "batch"}, files={"file": ("s.jsonl", b"{}\n")})
+    assert ok.status_code == 200
