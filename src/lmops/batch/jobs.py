@@ -27,12 +27,11 @@ ACTIVE = ("validating", "in_progress", "finalizing")
 FINAL = ("completed", "failed", "expired", "cancelled")
 NAMES = {"batch": "Batch", "enrichment": "Enrichment job"}
 
+WORK = ("(status IN ('validating', 'finalizing', 'cancelling') OR (status = 'in_progress' AND expires_at < :inow))"
+        " AND (owner_until IS NULL OR owner_until < :now)")
 TAKE_WORK = """
 UPDATE batch_jobs SET owner = :owner, owner_until = :until WHERE id = (
-    SELECT id FROM batch_jobs
-    WHERE (status IN ('validating', 'finalizing', 'cancelling') OR (status = 'in_progress' AND expires_at < :inow))
-      AND (owner_until IS NULL OR owner_until < :now)
-    ORDER BY created_at LIMIT 1 {lock}
+    SELECT id FROM batch_jobs WHERE """ + WORK + """ ORDER BY created_at LIMIT 1 {lock}
 ) RETURNING *
 """
 
@@ -42,6 +41,7 @@ class Jobs:
         self.db = db
         self.lease_seconds = lease_seconds
         self._take = text(TAKE_WORK.format(lock="FOR UPDATE SKIP LOCKED" if is_postgres(db) else ""))
+        self._any_work = text(f"SELECT 1 FROM batch_jobs WHERE {WORK} LIMIT 1")
 
     async def create(self, *, team_id: str, kind: str, workflow: str, input_file_id: str,
                      endpoint: str | None = None, completion_window: str = "24h",
@@ -103,6 +103,10 @@ class Jobs:
     async def take_work(self, owner: str) -> Any:
         """Lease one job that needs intake, finalizing, cancelling or expiring (None when there is none)."""
         now = time.time()
+        params = {"now": now, "inow": int(now)}
+        async with self.db.connect() as conn:  # look first: an idle poll stays a read
+            if (await conn.execute(self._any_work, params)).first() is None:
+                return None
         async with self.db.begin() as conn:
             return (await conn.execute(self._take, {"owner": owner, "until": now + self.lease_seconds,
                                                     "now": now, "inow": int(now)})).first()

@@ -105,6 +105,9 @@ class Queue:
         if is_postgres(db):
             self._owns = self._owns.with_for_update()
         self._pg = is_postgres(db)
+        self._reader = None if self._pg else db
+        self._any = text("SELECT 1 FROM batch_items WHERE status IN ('pending', 'leased') AND available_at <= :now "
+                         "LIMIT 1")
         ids = bindparam("ids", expanding=True)
         self._ack = (update(ITEMS)
                      .where(ITEMS.c.id.in_(ids), ITEMS.c.lease_token == bindparam("token"),
@@ -124,6 +127,10 @@ class Queue:
         """Lease up to ``n`` claimable items (new, due for retry, or with an expired lease)."""
         now = time.time()
         token = uuid.uuid4().hex
+        if self._reader is not None:  # SQLite: look before taking the one write lock (idle polls stay reads)
+            async with self._reader.connect() as conn:
+                if (await conn.execute(self._any, {"now": now})).first() is None:
+                    return []
         async with self.db.begin() as conn:
             rows = (await conn.execute(self._claim, {"token": token, "until": now + self.lease_seconds,
                                                      "now": now, "n": n})).all()
