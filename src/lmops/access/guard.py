@@ -76,8 +76,8 @@ class AccessGuard:
 
     def settle(self, ctx: RequestContext) -> None:
         principal = ctx.principal
-        if principal is None or principal.key_id is None:
-            return  # never authenticated: nothing to bill
+        if principal is None:
+            return  # never authenticated: nothing to bill (batch work carries its job's team, without a key)
         cost = self.prices.cost(ctx.model, ctx.prompt_tokens, ctx.completion_tokens)
         if ctx.reservation is not None:
             tokens = ctx.prompt_tokens + ctx.completion_tokens
