@@ -58,7 +58,7 @@ def test_every_request_leaves_a_record(database_url, serve, settings_factory):
     rows = read_records(database_url)
     assert len(rows) == 3
     plain, streamed, missing = rows
-    assert plain.id == ok.headers["x-request-id"]
+    assert plain.request_id == ok.headers["x-request-id"]
     assert (plain.model, plain.status, plain.prompt_tokens, plain.completion_tokens) == ("m", 200, 7, 10)
     assert plain.replica == f"{up.url}/v1" and plain.latency_ms > 0 and plain.ttft_ms is None
     assert streamed.stream and streamed.status == 200 and streamed.completion_tokens == 10
@@ -85,3 +85,22 @@ def test_database_outage_never_fails_requests(serve, settings_factory, tmp_path)
     while services.records.written < 5 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert services.records.written == 5
+
+
+def test_a_reused_request_id_keeps_every_record(serve, settings_factory, tmp_path):
+    """Callers choose x-request-id; two requests with the same one are still two records."""
+    up = serve(FakeOpenAI())
+    url = f"sqlite:///{tmp_path / 'reuse.db'}"
+    srv = serve(create_app(settings_factory([{"name": "m", "engine": "openai", "replicas": [f"{up.url}/v1"]}],
+                                            database_url=url)))
+    client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="x", max_retries=0,
+                           default_headers={"x-request-id": "same-id"})
+    for _ in range(3):
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    services = srv.server.config.app.state.services
+    deadline = time.monotonic() + 5
+    while services.records.written < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rows = read_records(url)
+    assert [r.request_id for r in rows] == ["same-id"] * 3
+    assert len({r.id for r in rows}) == 3

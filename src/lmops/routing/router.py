@@ -47,6 +47,9 @@ class Router:
     def deployments(self) -> list[Deployment]:
         return list(self._deployments.values())
 
+    def find(self, model: str) -> Deployment | None:
+        return self._deployments.get(model)
+
     def deployment(self, model: str) -> Deployment:
         try:
             return self._deployments[model]

@@ -8,6 +8,7 @@ settled cost for every request, whatever its outcome.
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from collections.abc import AsyncIterator
@@ -78,9 +79,10 @@ class InferenceService:
                         call: Any, stream: Any, limit: int | None) -> Response:
         ctx.model, ctx.stream = req.model, req.stream
         try:
+            known = self.router.find(req.model)
+            ctx.max_tokens = limit or (known.config.defaults.max_tokens if known else None)
+            await self.guard.admit(http, ctx)  # first: who may ask which models exist
             dep = self.router.deployment(req.model)
-            ctx.max_tokens = limit or dep.config.defaults.max_tokens
-            await self.guard.admit(http, ctx)
             body = upstream_body(req, dep.config)
             routed = Routed()
             try:
@@ -177,7 +179,8 @@ class InferenceService:
                              ctx.completion_tokens)
         if self.records is not None:
             self.records.add({
-                "id": ctx.request_id,
+                "id": os.urandom(16).hex(),
+                "request_id": ctx.request_id,
                 "created_at": datetime.now(timezone.utc),
                 "endpoint": ctx.endpoint,
                 "model": ctx.model,

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Table, insert
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 log = logging.getLogger("lmops.usage")
@@ -40,6 +41,7 @@ class BatchWriter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
+        self._stopping = False
         self.written = 0
         self.dropped = 0
 
@@ -62,11 +64,13 @@ class BatchWriter:
         self._task = asyncio.create_task(self._loop(), name=f"lmops-writer-{self._table.name}")
 
     async def stop(self) -> None:
+        """Stop the background task (by flag, not cancellation) and write what is left."""
         if self._task:
-            self._task.cancel()
+            self._stopping = True
+            self._wake.set()
             try:
                 await self._task
-            except asyncio.CancelledError:
+            except Exception:  # noqa: BLE001 - the final flush below reports its own failure
                 pass
             self._task = None
         await self.flush()
@@ -79,19 +83,38 @@ class BatchWriter:
                 try:
                     async with self._engine.begin() as conn:
                         await conn.execute(insert(self._table), batch)
+                except (IntegrityError, DataError):
+                    # A row the database will never accept must not block the rows behind it forever.
+                    await self._write_one_by_one(batch)
                 except Exception:
                     log.exception("could not write %d %s rows; will retry", len(batch), self._table.name)
                     raise
+                else:
+                    self.written += len(batch)
                 del self._pending[: len(batch)]
-                self.written += len(batch)
+
+    async def _write_one_by_one(self, batch: list[dict[str, Any]]) -> None:
+        for row in batch:
+            try:
+                async with self._engine.begin() as conn:
+                    await conn.execute(insert(self._table), [row])
+            except (IntegrityError, DataError):
+                log.error("dropped a %s row the database refused", self._table.name)
+                self.dropped += 1
+                if self._on_drop:
+                    self._on_drop(1)
+            else:
+                self.written += 1
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await asyncio.wait_for(self._wake.wait(), self._interval)
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
+            if self._stopping:
+                return
             try:
                 await self.flush()
             except Exception:  # noqa: BLE001 - keep rows and retry on the next tick

@@ -13,7 +13,8 @@ from lmops.store.base import Base
 class RequestRecord(Base):
     __tablename__ = "request_records"
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # ours: unique even if callers reuse ids
+    request_id: Mapped[str] = mapped_column(String(128))  # the x-request-id (the caller's, if it sent one)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     endpoint: Mapped[str] = mapped_column(String(64))
     model: Mapped[str | None] = mapped_column(String(200))
@@ -29,4 +30,5 @@ class RequestRecord(Base):
     __table_args__ = (
         Index("ix_request_records_created_at", "created_at"),
         Index("ix_request_records_model_created_at", "model", "created_at"),
+        Index("ix_request_records_request_id", "request_id"),
     )

@@ -16,7 +16,8 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         "request_records",
-        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("id", sa.String(32), primary_key=True),
+        sa.Column("request_id", sa.String(128), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("endpoint", sa.String(64), nullable=False),
         sa.Column("model", sa.String(200), nullable=True),
@@ -31,6 +32,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_request_records_created_at", "request_records", ["created_at"])
     op.create_index("ix_request_records_model_created_at", "request_records", ["model", "created_at"])
+    op.create_index("ix_request_records_request_id", "request_records", ["request_id"])
 
 
 def downgrade() -> None:

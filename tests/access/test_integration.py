@@ -1,4 +1,4 @@
-"""Batch work is billed to the team that submitted it, in the same ledger as interactive requests."""
+"""Access control across capabilities: batch work billed to its team; authentication before model lookup."""
 
 from __future__ import annotations
 
@@ -35,3 +35,14 @@ def test_enrichment_job_usage_lands_in_the_ledger_under_its_team(start_gateway, 
     assert all(r["model"] == "fake" and r["status"] == 200 for r in rows)
     assert all(r["prompt_tokens"] == 7 and r["completion_tokens"] == 10 for r in rows)
     assert all(r["cost_usd"] > 0 for r in rows)
+
+
+def test_an_unknown_model_needs_a_key_first(start_gateway, tmp_path):
+    """Without a valid key the caller learns nothing, not even which models exist."""
+    gw = start_gateway(database_url=f"sqlite+aiosqlite:///{tmp_path / 'order.db'}")
+    body = {"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}
+    anonymous = httpx.post(f"{gw.url}/v1/chat/completions", json=body)
+    assert anonymous.status_code == 401
+    known = httpx.post(f"{gw.url}/v1/chat/completions", json=body,
+                       headers={"authorization": f"Bearer {gw.admin_key}"})
+    assert known.status_code == 404 and known.json()["error"]["code"] == "model_not_found"
