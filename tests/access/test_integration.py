@@ -46,3 +46,31 @@ def test_an_unknown_model_needs_a_key_first(start_gateway, tmp_path):
     known = httpx.post(f"{gw.url}/v1/chat/completions", json=body,
                        headers={"authorization": f"Bearer {gw.admin_key}"})
     assert known.status_code == 404 and known.json()["error"]["code"] == "model_not_found"
+
+
+def test_batch_work_respects_the_team_budget(start_gateway, tmp_path):
+    """Batch calls reserve and settle against the team's budget like interactive ones: no bypass."""
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'budget.db'}"
+    gw = start_gateway(database_url=database_url, batch={"data_dir": str(tmp_path / "data"), "default_model": "fake",
+                                                         "max_attempts": 1, **FAST})
+    # fake costs $0.001/input and $0.002/output token: 7 + 10 tokens = $0.027 a call. The worst case
+    # reserved per call is about $0.5 (a few hundred prompt bytes + max_tokens 48), so a $0.7 budget admits
+    # calls while less than ~$0.2 is spent, then refuses the rest.
+    team = gw.team(budget_usd=0.7, budget_period="total")
+    key, _ = gw.key(team["id"], scopes=["inference", "batch"])
+    headers = {"authorization": f"Bearer {key}"}
+    job = httpx.post(f"{gw.url}/v1/enrichment/jobs", headers=headers, timeout=30,
+                     json={"workflow": "keywords", "records": list(products(30, seed=4))}).json()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status = httpx.get(f"{gw.url}/v1/enrichment/jobs/{job['id']}", headers=headers).json()
+        if status["status"] in ("completed", "failed"):
+            break
+        time.sleep(0.1)
+    progress = status["progress"]
+    assert progress["failed"] > 0, status
+    rows = [r for r in ledger_rows(database_url, wait_for=30) if r["team_id"] == team["id"]]
+    spent = sum(r["cost_usd"] for r in rows)
+    assert 0 < spent <= 0.7
+    assert any(r["status"] == 429 for r in rows)
+    assert progress["done"] >= 3 and progress["done"] + progress["failed"] == 30

@@ -25,6 +25,9 @@ class HeaderGuard:
     async def admit(self, request, ctx):
         ctx.principal = await self.authenticate(request, "inference")
 
+    async def admit_work(self, ctx, body_bytes):
+        return None
+
     def settle(self, ctx):
         return None
 

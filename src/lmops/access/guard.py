@@ -31,8 +31,10 @@ class AccessGuard:
     """Implements the Guard protocol; no database round trip per request."""
 
     def __init__(self, cache: KeyCache, counters: Counters, prices: PriceBook, ledger: BatchWriter,
-                 models: dict[str, ModelConfig], namespace: str, clock: Any = time.time):
+                 models: dict[str, ModelConfig], namespace: str, clock: Any = time.time,
+                 team_grants: KeyCache | None = None):
         self.cache = cache
+        self.team_grants = team_grants
         self.counters = counters
         self.prices = prices
         self.ledger = ledger
@@ -49,6 +51,21 @@ class AccessGuard:
     async def admit(self, request: Request, ctx: RequestContext) -> None:
         grant, principal = await self._identify(request, "inference")
         ctx.principal = principal
+        headers = await self._check(grant, ctx, _body_bytes(request))
+        if headers:
+            setattr(request.state, HEADERS_STATE, headers)
+
+    async def admit_work(self, ctx: RequestContext, body_bytes: int) -> None:
+        """Admit a call made for ``ctx.principal``'s team without an HTTP request (batch work): the team's
+        model rules, limits and budgets apply exactly as to its keys' requests."""
+        if ctx.principal is None or self.team_grants is None:
+            return
+        grant = await self.team_grants.get(ctx.principal.team_id)
+        if grant is not None:
+            await self._check(grant, ctx, body_bytes)
+
+    async def _check(self, grant: KeyGrant, ctx: RequestContext, body_bytes: int) -> dict[str, str]:
+        """Model rules, then limits and budgets (reserving the worst case); the rate-limit headers."""
         model = ctx.model or ""
         adapter = ctx.extra.get("adapter")
         name = f"{model}:{adapter}" if adapter else model
@@ -57,22 +74,21 @@ class AccessGuard:
                 raise PermissionDenied(f"This API key is not allowed to use the model '{name}'.", param="model",
                                        code="model_not_allowed")
         if grant.team_limits is None and grant.key_limits is None:
-            return
-        max_tokens, max_cost = self._worst_case(request, ctx)
+            return {}
+        max_tokens, max_cost = self._worst_case(body_bytes, ctx)
         plan = self._planner.plan(grant, max_cost, max_tokens, self._clock())
         if not plan.checks:
-            return
+            return {}
         try:
             admission = await self.counters.admit(plan.checks)
         except Exception as exc:  # noqa: BLE001 - fail closed: no limit or budget can be checked
             log.error("limit counters unavailable: %s", type(exc).__name__)
             raise LimitsUnavailable() from None
         headers = ratelimit_headers(plan.meters, admission.values)
-        if headers:
-            setattr(request.state, HEADERS_STATE, headers)
         if not admission.ok:
             raise _refusal(plan, admission.failed, headers)
         ctx.reservation = plan.hold
+        return headers
 
     def settle(self, ctx: RequestContext) -> None:
         principal = ctx.principal
@@ -114,7 +130,7 @@ class AccessGuard:
                               scopes=grant.scopes)
         return grant, principal
 
-    def _worst_case(self, request: Request, ctx: RequestContext) -> tuple[int, float]:
+    def _worst_case(self, body_bytes: int, ctx: RequestContext) -> tuple[int, float]:
         """The most tokens and dollars the request can use: what its budget reservation holds.
 
         A prompt has at most as many tokens as its body has bytes (every token is at least one byte),
@@ -122,16 +138,19 @@ class AccessGuard:
         """
         model = self.models.get(ctx.model or "")
         context = model.context_length if model else 0
-        try:
-            body_bytes = int(request.headers.get("content-length") or 0)
-        except ValueError:
-            body_bytes = 0
         if ctx.endpoint == "embeddings":
             prompt, output = body_bytes, 0
         else:
             prompt = min(body_bytes, context) if context else body_bytes
             output = ctx.max_tokens or context
         return prompt + output, self.prices.cost(ctx.model, prompt, output)
+
+
+def _body_bytes(request: Request) -> int:
+    try:
+        return int(request.headers.get("content-length") or 0)
+    except ValueError:
+        return 0
 
 
 class LimitsUnavailable(APIError):

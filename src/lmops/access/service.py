@@ -35,12 +35,14 @@ class AccessService:
         self.store = AccessStore(db)
         self.counters = counters or (RedisCounters(settings.redis_url) if settings.redis_url else MemoryCounters())
         self.cache = KeyCache(self._load_grant, cfg.key_cache_ttl)
+        self.team_grants = KeyCache(self._load_team_grant, cfg.key_cache_ttl)  # batch work: team rules only
         self.ledger = BatchWriter(db, LedgerEntry.__table__,  # type: ignore[arg-type]
                                   flush_interval=settings.usage.flush_interval, batch_size=settings.usage.batch_size,
                                   max_pending=settings.usage.max_pending)
         self.prices = PriceBook(cfg.prices)
         self.guard = AccessGuard(self.cache, self.counters, self.prices, self.ledger,
-                                 {m.name: m for m in settings.models}, cfg.redis_prefix)
+                                 {m.name: m for m in settings.models}, cfg.redis_prefix,
+                                 team_grants=self.team_grants)
         self.admin: AdminService | None = None  # ready after start
 
     async def start(self, *, bootstrap: bool | None = None, announce: TextIO | None = None) -> None:
@@ -96,16 +98,29 @@ class AccessService:
         """The key cache's loader: the grant, and budget counters seeded from the ledger when missing."""
         grant = await self.store.grant(prefix)
         if grant is not None:
-            now = datetime.now(timezone.utc)
-            for subject_type, subject_id, limits in (("team", grant.team_id, grant.team_limits),
-                                                     ("key", grant.key_id, grant.key_limits)):
-                if limits is None or not limits.has_budget:
-                    continue
-                keys = budget_keys(self.guard.namespace, subject_type, subject_id, limits, now)
-                missing = [(k, unit) for k, unit in keys if not await self.counters.exists(k)]
-                if missing:
-                    usd, tokens = await self.store.spent(subject_type, subject_id, limits.budget_period, now)
-                    ttl = budget_ttl(limits.budget_period, now)
-                    for key, unit in missing:
-                        await self.counters.seed(key, usd if unit == "usd" else float(tokens), ttl)
+            await self._seed_budgets(grant)
         return grant
+
+    async def _load_team_grant(self, team_id: str) -> KeyGrant | None:
+        """A grant holding only a team's rules, for work done on the team's behalf without a key (batch)."""
+        limits = await self.store.limits("team", team_id)
+        if limits is None:
+            return None
+        grant = KeyGrant(key_id="", hash="", team_id=team_id, user_id=None, role="member", scopes=frozenset(),
+                         expires_at=None, revoked=False, team_limits=limits, key_limits=None)
+        await self._seed_budgets(grant)
+        return grant
+
+    async def _seed_budgets(self, grant: KeyGrant) -> None:
+        now = datetime.now(timezone.utc)
+        for subject_type, subject_id, limits in (("team", grant.team_id, grant.team_limits),
+                                                 ("key", grant.key_id, grant.key_limits)):
+            if limits is None or not limits.has_budget:
+                continue
+            keys = budget_keys(self.guard.namespace, subject_type, subject_id, limits, now)
+            missing = [(k, unit) for k, unit in keys if not await self.counters.exists(k)]
+            if missing:
+                usd, tokens = await self.store.spent(subject_type, subject_id, limits.budget_period, now)
+                ttl = budget_ttl(limits.budget_period, now)
+                for key, unit in missing:
+                    await self.counters.seed(key, usd if unit == "usd" else float(tokens), ttl)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import orjson
 
 from pydantic import BaseModel, ValidationError
 
@@ -20,7 +22,7 @@ from lmops.engines.base import Body, Engine
 from lmops.protocol.chat import ChatCompletionRequest
 from lmops.protocol.completions import CompletionRequest
 from lmops.protocol.embeddings import EmbeddingRequest
-from lmops.protocol.errors import APIError, NoHealthyReplica, Overloaded, from_validation_error
+from lmops.protocol.errors import APIError, NoHealthyReplica, Overloaded, RateLimited, from_validation_error
 from lmops.routing.router import Routed
 from lmops.serving.context import Principal, RequestContext
 from lmops.serving.inference import upstream_body
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
     from lmops.services import Services
 
 MAX_BUSY_WAIT = 5.0
+BUDGET_RECHECKS = 10  # a spent budget fails the call after this many re-checks ...
+BUDGET_RECHECK_WAIT = 0.5  # ... this many seconds apart
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,7 @@ class ModelCaller:
             raise CallFailed(exc.code or "invalid_request", exc.message, retryable=False,
                              status=exc.status_code, body=exc.envelope()) from None
         async with self._limits[model]:
+            await self._admit(ctx, wire)
             result = await self._send(ctx, endpoint, model, wire)
         result["model"] = model
         usage = result.get("usage") or {}
@@ -135,6 +140,39 @@ class ModelCaller:
         ctx.completion_tokens = int(usage.get("completion_tokens") or 0)
         svc.inference.finish(ctx)
         return CallResult(result, ctx.request_id, ctx.prompt_tokens, ctx.completion_tokens, ctx.elapsed() * 1000.0)
+
+    async def _admit(self, ctx: RequestContext, wire: Body) -> None:
+        """The team's model rules, limits and budgets, as for its interactive requests.
+
+        A rate or parallel limit is back-pressure (wait, then ask again); a budget that stays spent
+        over several re-checks, or a refused model, fails the call without retries.
+        """
+        guard = self.services.guard
+        size = len(orjson.dumps(wire))
+        budget_refusals = 0
+        while True:
+            try:
+                await guard.admit_work(ctx, size)
+                return
+            except RateLimited as exc:
+                if exc.code == "budget_exceeded":
+                    # Reservations of calls in flight may be what fills the budget: they settle to less.
+                    budget_refusals += 1
+                    if budget_refusals > BUDGET_RECHECKS:
+                        self._refused(ctx, exc)
+                    await asyncio.sleep(BUDGET_RECHECK_WAIT)
+                    continue
+                await asyncio.sleep(min(float(exc.headers.get("Retry-After", 1)), MAX_BUSY_WAIT))
+            except APIError as exc:
+                if exc.status_code == 503:  # limits cannot be checked right now
+                    await asyncio.sleep(1.0)
+                    continue
+                self._refused(ctx, exc)
+
+    def _refused(self, ctx: RequestContext, exc: APIError) -> NoReturn:
+        self.services.inference.finish(ctx, exc)
+        raise CallFailed(exc.code or exc.error_type, exc.message, retryable=False, status=exc.status_code,
+                         body=exc.envelope())
 
     async def _send(self, ctx: RequestContext, endpoint: Endpoint, model: str, wire: Body) -> Body:
         wait = 0.05

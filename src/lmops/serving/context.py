@@ -62,6 +62,10 @@ class Guard(Protocol):
         """Authenticate and admit an inference request for ``ctx.model``; set ``ctx.principal``."""
         ...
 
+    async def admit_work(self, ctx: RequestContext, body_bytes: int) -> None:
+        """Admit a call made for ``ctx.principal`` without an HTTP request (batch work); raise to refuse."""
+        ...
+
     def settle(self, ctx: RequestContext) -> None: ...
 
 
@@ -73,6 +77,9 @@ class OpenGuard:
 
     async def admit(self, request: Request, ctx: RequestContext) -> None:
         ctx.principal = ANONYMOUS
+
+    async def admit_work(self, ctx: RequestContext, body_bytes: int) -> None:
+        return None
 
     def settle(self, ctx: RequestContext) -> None:
         return None
