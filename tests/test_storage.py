@@ -35,6 +35,13 @@ def read_records(url: str) -> list[RequestRecord]:
     return asyncio.run(go())
 
 
+def wait_for_records(srv, count: int) -> None:
+    services = srv.server.config.app.state.services
+    deadline = time.monotonic() + 5
+    while services.records.written < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def test_migrations_upgrade_to_head(database_url):
     upgrade(database_url)
     assert current_revision(database_url) is not None
@@ -51,10 +58,7 @@ def test_every_request_leaves_a_record(database_url, serve, settings_factory):
     list(client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True))
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="missing", messages=[{"role": "user", "content": "hi"}])
-    services = srv.server.config.app.state.services
-    deadline = time.monotonic() + 5
-    while services.records.written < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for_records(srv, 3)
     rows = read_records(database_url)
     assert len(rows) == 3
     plain, streamed, missing = rows
@@ -97,10 +101,7 @@ def test_a_reused_request_id_keeps_every_record(serve, settings_factory, tmp_pat
                            default_headers={"x-request-id": "same-id"})
     for _ in range(3):
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
-    services = srv.server.config.app.state.services
-    deadline = time.monotonic() + 5
-    while services.records.written < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for_records(srv, 3)
     rows = read_records(url)
     assert [r.request_id for r in rows] == ["same-id"] * 3
     assert len({r.id for r in rows}) == 3

@@ -13,6 +13,15 @@ from .helpers import ledger_rows
 FAST = {"poll_seconds": 0.05, "ack_interval": 0.02, "heartbeat_seconds": 0.5, "lease_seconds": 5}
 
 
+def finished_job(gw, job_id: str, headers: dict[str, str], timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = httpx.get(f"{gw.url}/v1/enrichment/jobs/{job_id}", headers=headers).json()
+        if status["status"] in ("completed", "failed") or time.monotonic() > deadline:
+            return status
+        time.sleep(0.1)
+
+
 def test_enrichment_job_usage_lands_in_the_ledger_under_its_team(start_gateway, tmp_path):
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'billing.db'}"
     gw = start_gateway(database_url=database_url, batch={"data_dir": str(tmp_path / "data"), "default_model": "fake", **FAST})
@@ -23,12 +32,7 @@ def test_enrichment_job_usage_lands_in_the_ledger_under_its_team(start_gateway, 
     job = httpx.post(f"{gw.url}/v1/enrichment/jobs", headers=headers, timeout=30,
                      json={"workflow": "keywords", "records": records}).json()
     assert "id" in job, job
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        status = httpx.get(f"{gw.url}/v1/enrichment/jobs/{job['id']}", headers=headers).json()
-        if status["status"] in ("completed", "failed"):
-            break
-        time.sleep(0.1)
+    status = finished_job(gw, job["id"], headers)
     assert status["status"] == "completed", status
     rows = [r for r in ledger_rows(database_url, wait_for=5) if r["team_id"] == team["id"]]
     assert len(rows) >= 5
@@ -61,12 +65,7 @@ def test_batch_work_respects_the_team_budget(start_gateway, tmp_path):
     headers = {"authorization": f"Bearer {key}"}
     job = httpx.post(f"{gw.url}/v1/enrichment/jobs", headers=headers, timeout=30,
                      json={"workflow": "keywords", "records": list(products(30, seed=4))}).json()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        status = httpx.get(f"{gw.url}/v1/enrichment/jobs/{job['id']}", headers=headers).json()
-        if status["status"] in ("completed", "failed"):
-            break
-        time.sleep(0.1)
+    status = finished_job(gw, job["id"], headers)
     progress = status["progress"]
     assert progress["failed"] > 0, status
     rows = [r for r in ledger_rows(database_url, wait_for=30) if r["team_id"] == team["id"]]

@@ -14,6 +14,13 @@ from lmops.protocol.errors import error_envelope
 log = logging.getLogger("lmops.http")
 
 
+def with_headers(start: Message, headers: list[tuple[bytes, bytes]]) -> Message:
+    """A response-start message with ``headers`` added, except those the response already sets."""
+    present = {k.lower() for k, _ in start.get("headers", ())}
+    added = [(k, v) for k, v in headers if k.lower() not in present]
+    return {**start, "headers": [*start.get("headers", ()), *added]} if added else start
+
+
 class RequestIdMiddleware:
     """Give every request an id (or keep the caller's ``x-request-id``) and return it as a header."""
 
@@ -39,10 +46,7 @@ class RequestIdMiddleware:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                headers = list(message.get("headers", ()))
-                if not any(k == b"x-request-id" for k, _ in headers):
-                    headers.append(header)
-                message = {**message, "headers": headers}
+                message = with_headers(message, [header])
             await send(message)
 
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lmops.access.guard import HEADERS_STATE
+from lmops.api.middleware import with_headers
 
 
 class RateLimitHeadersMiddleware:
@@ -20,9 +21,7 @@ class RateLimitHeadersMiddleware:
             if message["type"] == "http.response.start":
                 extra = scope.get("state", {}).get(HEADERS_STATE)
                 if extra:
-                    present = {k.lower() for k, _ in message.get("headers", ())}
-                    added = [(k.encode(), v.encode()) for k, v in extra.items() if k.encode() not in present]
-                    message = {**message, "headers": [*message.get("headers", ()), *added]}
+                    message = with_headers(message, [(k.encode(), v.encode()) for k, v in extra.items()])
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

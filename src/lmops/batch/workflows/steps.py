@@ -149,16 +149,8 @@ class LLMStep(Step):
                              prompt_version=self.prompt.version, model=self.model or ctx.default_model,
                              adapter=self.adapter, params=params, seed=params.get("seed"))
         for _ in range(self.max_reasks + 1 if self.schema is not None else 1):
-            try:
-                res = await ctx.caller.call(ctx.team_id, "/v1/chat/completions",
-                                            {"model": model, "messages": messages, **params},
-                                            checked=True)  # params were checked when the step was defined
-            except CallFailed as exc:
-                raise StepFailed.from_call(exc) from None
-            lineage.prompt_tokens += res.prompt_tokens
-            lineage.completion_tokens += res.completion_tokens
-            lineage.latency_ms += res.latency_ms
-            text = (res.body["choices"][0]["message"].get("content") or "").strip()
+            text = await _chat(ctx, lineage, {"model": model, "messages": messages, **params},
+                               checked=True)  # params were checked when the step was defined
             if self.schema is None:
                 lineage.output = self.parse(text) if self.parse else text
                 return lineage
@@ -229,15 +221,7 @@ class GuardrailStep(Step):
         model = self.model or ctx.default_model
         lineage.prompt, lineage.prompt_version, lineage.model = _prompt_text(system, user), self.prompt.version, model
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-        try:
-            res = await ctx.caller.call(ctx.team_id, "/v1/chat/completions",
-                                        {"model": model, "messages": messages, "max_tokens": 48, "temperature": 0})
-        except CallFailed as exc:
-            raise StepFailed.from_call(exc) from None
-        lineage.prompt_tokens += res.prompt_tokens
-        lineage.completion_tokens += res.completion_tokens
-        lineage.latency_ms += res.latency_ms
-        answer = (res.body["choices"][0]["message"].get("content") or "").strip()
+        answer = await _chat(ctx, lineage, {"model": model, "messages": messages, "max_tokens": 48, "temperature": 0})
         return None if answer.upper().startswith("PASS") else (answer or "FAIL")
 
     async def run(self, ctx: "StepContext") -> StepOutput:
@@ -281,3 +265,15 @@ def _check_json(text: str, schema: dict[str, Any]) -> tuple[str | None, Any]:
     except jsonschema.ValidationError as exc:
         return exc.message, None
     return None, value
+
+
+async def _chat(ctx: Any, lineage: Any, body: dict[str, Any], *, checked: bool = False) -> str:
+    """One chat call for a step: its answer text, its tokens and latency added to the step's lineage."""
+    try:
+        res = await ctx.caller.call(ctx.team_id, "/v1/chat/completions", body, checked=checked)
+    except CallFailed as exc:
+        raise StepFailed.from_call(exc) from None
+    lineage.prompt_tokens += res.prompt_tokens
+    lineage.completion_tokens += res.completion_tokens
+    lineage.latency_ms += res.latency_ms
+    return (res.body["choices"][0]["message"].get("content") or "").strip()
