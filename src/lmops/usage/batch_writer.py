@@ -3,21 +3,35 @@
 ``add`` only appends to an in-memory list; a background task inserts whatever has
 accumulated every ``flush_interval`` seconds (or sooner once ``batch_size`` rows wait).
 A database outage never blocks or fails a request: rows wait, are retried, and beyond
-``max_pending`` the oldest are dropped and counted.
+``max_pending`` the oldest are dropped and counted. On SQLite the insert runs in a thread with
+the standard sqlite3 driver: statement building for hundreds of rows would otherwise hold the
+event loop for milliseconds, which shows in the gateway's tail latency.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Table, insert
+from sqlalchemy import Engine, Table, event, insert
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 log = logging.getLogger("lmops.usage")
+
+# Rows the database refuses for good (as opposed to an outage, which is retried).
+_REFUSED = (IntegrityError, DataError, sqlite3.IntegrityError, sqlite3.DataError)
+
+# How SQLAlchemy stores these types in SQLite (so rows read back through SQLAlchemy are unchanged).
+_SQLITE_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "DateTime": lambda v: v.strftime("%Y-%m-%d %H:%M:%S.%f"),
+    "Date": lambda v: v.isoformat(),
+    "Boolean": int,
+}
 
 
 class BatchWriter:
@@ -42,6 +56,13 @@ class BatchWriter:
         self._task: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
         self._stopping = False
+        self._sync: Engine | None = None  # SQLite: inserts run in a thread
+        if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+            from lmops.store.database import _sqlite_pragmas
+
+            self._sync = create_sync_engine(engine.url.set(drivername="sqlite"),
+                                            connect_args={"check_same_thread": False, "timeout": 30})
+            event.listen(self._sync, "connect", _sqlite_pragmas)
         self.written = 0
         self.dropped = 0
 
@@ -74,6 +95,36 @@ class BatchWriter:
                 pass
             self._task = None
         await self.flush()
+        if self._sync is not None:
+            self._sync.dispose()
+
+    async def _insert(self, rows: list[dict[str, Any]]) -> None:
+        if self._sync is not None:
+            await asyncio.to_thread(self._insert_sync, rows)
+            return
+        async with self._engine.begin() as conn:
+            await conn.execute(insert(self._table), rows)
+
+    def _insert_sync(self, rows: list[dict[str, Any]]) -> None:
+        """One executemany on the raw sqlite3 connection: SQLAlchemy's per-row processing cost more CPU
+        than the rest of a gateway request."""
+        assert self._sync is not None
+        columns = list(rows[0])
+        convert = [_SQLITE_CONVERTERS.get(type(self._table.c[c].type).__name__) for c in columns]
+        values = [tuple(v if f is None or v is None else f(v) for f, v in zip(convert, (r[c] for c in columns)))
+                  for r in rows]
+        sql = (f'INSERT INTO "{self._table.name}" ({", ".join(chr(34) + c + chr(34) for c in columns)}) '
+               f'VALUES ({", ".join("?" for _ in columns)})')
+        raw = self._sync.raw_connection()
+        try:
+            try:
+                raw.cursor().executemany(sql, values)
+                raw.commit()
+            except Exception:
+                raw.rollback()
+                raise
+        finally:
+            raw.close()
 
     async def flush(self) -> None:
         """Write everything pending now (waits for a flush already running)."""
@@ -81,9 +132,8 @@ class BatchWriter:
             while self._pending:
                 batch = self._pending[: self._batch_size * 4]
                 try:
-                    async with self._engine.begin() as conn:
-                        await conn.execute(insert(self._table), batch)
-                except (IntegrityError, DataError):
+                    await self._insert(batch)
+                except _REFUSED:
                     # A row the database will never accept must not block the rows behind it forever.
                     await self._write_one_by_one(batch)
                 except Exception:
@@ -96,9 +146,8 @@ class BatchWriter:
     async def _write_one_by_one(self, batch: list[dict[str, Any]]) -> None:
         for row in batch:
             try:
-                async with self._engine.begin() as conn:
-                    await conn.execute(insert(self._table), [row])
-            except (IntegrityError, DataError):
+                await self._insert([row])
+            except _REFUSED:
                 log.error("dropped a %s row the database refused", self._table.name)
                 self.dropped += 1
                 if self._on_drop:
