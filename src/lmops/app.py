@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -24,6 +25,10 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await svc.start(migrate=migrate)
+        # Everything built at startup lives as long as the app: keep it out of the garbage collector's
+        # full passes, which otherwise stall requests for milliseconds (the gateway's p99).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
