@@ -58,7 +58,7 @@ class ModelConfig(_Strict):
     connect_timeout: float = Field(3.0, gt=0)
     max_retries: int | None = Field(None, ge=0, description="other replicas to try; default all")
     queue_size: int = Field(16, ge=1, description="embedded: requests that may wait for the model")
-    threads: int | None = Field(None, ge=1, description="embedded: llama.cpp threads")
+    threads: int | None = Field(None, ge=1, description="embedded: llama.cpp threads (default: half the cores)")
 
     @field_validator("replicas")
     @classmethod

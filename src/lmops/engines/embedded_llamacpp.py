@@ -38,6 +38,12 @@ def default_model_path() -> str:
     return str(ref)
 
 
+def default_threads() -> int:
+    """Half the cores, as llama-cpp-python itself defaults: decode threads spin-wait on each other, so
+    taking every core (with the event loop and other processes beside) was up to 10× slower here."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
 @dataclass
 class _Job:
     """One generation, shared between the event loop and the model thread."""
@@ -106,7 +112,7 @@ class EmbeddedLlamaEngine(Engine):
         if not os.path.exists(self.model_path):
             raise EngineError(f"model file not found: {self.model_path}")
         llm = Llama(model_path=self.model_path, n_ctx=self.config.context_length,
-                    n_threads=self.config.threads or max(1, os.cpu_count() or 1), verbose=False)
+                    n_threads=self.config.threads or default_threads(), verbose=False)
         template = llm.metadata.get("tokenizer.chat_template")
         if template:
             eos = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() >= 0 else ""
