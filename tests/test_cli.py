@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from lmops.testing.fake_openai import FakeOpenAI
 from lmops.testing.server import free_port

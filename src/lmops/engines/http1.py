@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import httptools
