@@ -18,14 +18,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 log = logging.getLogger("lmops.access")
 
 
-@dataclass(frozen=True)
-class Check:
+# Named tuples, not dataclasses: a request makes a dozen of these, and the counters unpack them in tight loops.
+class Check(NamedTuple):
     kind: str  # add | below | reserve
     key: str
     limit: float
@@ -34,15 +33,13 @@ class Check:
     key2: str = ""
 
 
-@dataclass(frozen=True)
-class Delta:
+class Delta(NamedTuple):
     key: str
     amount: float
     ttl: int = 0
 
 
-@dataclass(frozen=True)
-class Admission:
+class Admission(NamedTuple):
     ok: bool
     values: tuple[float, ...]  # per check: the usage counted against its limit
     failed: int = -1  # index of the first check that refused
@@ -66,36 +63,17 @@ class Counters(Protocol):
     async def close(self) -> None: ...
 
 
-def _verdict(check: Check, value: float, other: float) -> tuple[float, bool]:
-    """The usage a check counts and whether it passes."""
-    if check.kind == "add":
-        used = value + check.amount
-        return used, used <= check.limit
-    if check.kind == "below":
-        return value, value < check.limit
-    used = value + other + check.amount
-    return used, used <= check.limit
-
-
 class MemoryCounters:
-    """Counters of one process."""
+    """Counters of one process: ``key -> (value, expires at; 0 = never)``.
+
+    The loops are written out by hand (no helper calls per check): with every limit set on a team
+    and its key, a request makes ten checks and a dozen updates, and this is the gateway's hot path.
+    """
 
     def __init__(self, clock: Any = time.time):
         self._clock = clock
-        self._values: dict[str, tuple[float, float]] = {}  # key -> (value, expires at; 0 = never)
+        self._values: dict[str, tuple[float, float]] = {}
         self._next_purge = 0.0
-
-    def _get(self, key: str, now: float) -> float:
-        hit = self._values.get(key)
-        if hit is None:
-            return 0.0
-        if hit[1] and hit[1] <= now:
-            del self._values[key]
-            return 0.0
-        return hit[0]
-
-    def _add(self, key: str, amount: float, ttl: int, now: float) -> None:
-        self._values[key] = (self._get(key, now) + amount, now + ttl if ttl else 0.0)
 
     async def admit(self, checks: Sequence[Check]) -> Admission:
         return self.admit_now(checks)
@@ -104,27 +82,42 @@ class MemoryCounters:
         now = self._clock()
         if now >= self._next_purge:
             self._purge(now)
+        store = self._values
         values: list[float] = []
         failed = -1
-        for i, c in enumerate(checks):
-            used, ok = _verdict(c, self._get(c.key, now), self._get(c.key2, now) if c.key2 else 0.0)
+        for i, (kind, key, limit, amount, _, key2) in enumerate(checks):
+            hit = store.get(key)
+            used = hit[0] if hit is not None and (not hit[1] or hit[1] > now) else 0.0
+            if kind == "add":
+                used += amount
+                ok = used <= limit
+            elif kind == "below":
+                ok = used < limit
+            else:  # reserve: what was spent, what running requests hold, and this request
+                held = store.get(key2)
+                used += amount + (held[0] if held is not None and (not held[1] or held[1] > now) else 0.0)
+                ok = used <= limit
             values.append(used)
             if not ok and failed < 0:
                 failed = i
         if failed >= 0:
             return Admission(False, tuple(values), failed)
-        store = self._values
-        for c, used in zip(checks, values):
-            if c.kind == "add":  # used = value + amount
-                store[c.key] = (used, now + c.ttl if c.ttl else 0.0)
-            elif c.kind == "reserve":
-                self._add(c.key2, c.amount, c.ttl, now)
+        for (kind, key, _, amount, ttl, key2), used in zip(checks, values):
+            if kind == "add":  # used = value + amount
+                store[key] = (used, now + ttl if ttl else 0.0)
+            elif kind == "reserve":
+                held = store.get(key2)
+                base = held[0] if held is not None and (not held[1] or held[1] > now) else 0.0
+                store[key2] = (base + amount, now + ttl if ttl else 0.0)
         return Admission(True, tuple(values))
 
     def apply(self, deltas: Sequence[Delta]) -> None:
         now = self._clock()
-        for d in deltas:
-            self._add(d.key, d.amount, d.ttl, now)
+        store = self._values
+        for key, amount, ttl in deltas:
+            hit = store.get(key)
+            base = hit[0] if hit is not None and (not hit[1] or hit[1] > now) else 0.0
+            store[key] = (base + amount, now + ttl if ttl else 0.0)
 
     async def seed(self, key: str, value: float, ttl: int) -> None:
         now = self._clock()

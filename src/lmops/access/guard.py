@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import math
 import time
@@ -13,7 +14,7 @@ from starlette.requests import Request
 from lmops.access.counters import Counters
 from lmops.access.key_cache import KeyCache
 from lmops.access.keys import KeyHasher, bearer_token, key_prefix
-from lmops.access.plan import Meter, Plan, Planner, ratelimit_headers
+from lmops.access.plan import Meter, Plan, Planner
 from lmops.access.store import KeyGrant
 from lmops.config import ModelConfig
 from lmops.protocol.errors import APIError, AuthenticationError, PermissionDenied, RateLimited
@@ -23,8 +24,34 @@ from lmops.usage.pricing import PriceBook
 
 log = logging.getLogger("lmops.access")
 
-HEADERS_STATE = "ratelimit_headers"  # request.state attribute the headers middleware reads
 _BAD_KEY = "Incorrect API key provided."
+
+
+class _Verified:
+    """What the guard derives once from a cached grant: who it is, when it expires, and the key text that
+    matched its hash (so a key's next requests cost a constant-time compare instead of an HMAC)."""
+
+    __slots__ = ("allowed", "expires", "grant", "principal", "token")
+
+    def __init__(self, grant: KeyGrant, token: bytes):
+        self.grant = grant
+        self.token = token
+        self.expires = grant.expires_at.timestamp() if grant.expires_at is not None else math.inf
+        self.principal = Principal(team_id=grant.team_id, user_id=grant.user_id, key_id=grant.key_id,
+                                   role=grant.role, scopes=grant.scopes)
+        self.allowed: dict[str, bool] = {}  # model name -> allowed by both team and key rules
+
+    def allows(self, name: str) -> bool:
+        hit = self.allowed.get(name)
+        if hit is None:
+            hit = _allows(self.grant, name)
+            if len(self.allowed) < 1024:
+                self.allowed[name] = hit
+        return hit
+
+
+def _allows(grant: KeyGrant, name: str) -> bool:
+    return all(limits is None or limits.allows(name) for limits in (grant.team_limits, grant.key_limits))
 
 
 class AccessGuard:
@@ -43,17 +70,16 @@ class AccessGuard:
         self.hasher: KeyHasher | None = None  # set at start, once the server secret is known
         self._clock = clock
         self._planner = Planner(namespace)
+        self._verified: dict[str, _Verified] = {}  # key prefix -> the grant its last good key text matched
 
     # -- Guard protocol ------------------------------------------------------------------------
     async def authenticate(self, request: Request, scope: str) -> Principal:
-        return (await self._identify(request, scope))[1]
+        return (await self._identify(request, scope)).principal
 
     async def admit(self, request: Request, ctx: RequestContext) -> None:
-        grant, principal = await self._identify(request, "inference")
-        ctx.principal = principal
-        headers = await self._check(grant, ctx, _body_bytes(request))
-        if headers:
-            setattr(request.state, HEADERS_STATE, headers)
+        verified = await self._identify(request, "inference")
+        ctx.principal = verified.principal
+        ctx.headers = await self._check(verified.grant, ctx, _body_bytes(request), verified)
 
     async def admit_work(self, ctx: RequestContext, body_bytes: int) -> None:
         """Admit a call made for ``ctx.principal``'s team without an HTTP request (batch work): the team's
@@ -64,30 +90,30 @@ class AccessGuard:
         if grant is not None:
             await self._check(grant, ctx, body_bytes)
 
-    async def _check(self, grant: KeyGrant, ctx: RequestContext, body_bytes: int) -> dict[str, str]:
+    async def _check(self, grant: KeyGrant, ctx: RequestContext, body_bytes: int,
+                     verified: _Verified | None = None) -> dict[str, str] | None:
         """Model rules, then limits and budgets (reserving the worst case); the rate-limit headers."""
         model = ctx.model or ""
         adapter = ctx.extra.get("adapter")
         name = f"{model}:{adapter}" if adapter else model
-        for limits in (grant.team_limits, grant.key_limits):
-            if limits is not None and not limits.allows(name):
-                raise PermissionDenied(f"This API key is not allowed to use the model '{name}'.", param="model",
-                                       code="model_not_allowed")
+        if not (verified.allows(name) if verified is not None else _allows(grant, name)):
+            raise PermissionDenied(f"This API key is not allowed to use the model '{name}'.", param="model",
+                                   code="model_not_allowed")
         if grant.team_limits is None and grant.key_limits is None:
-            return {}
+            return None
         max_tokens, max_cost = self._worst_case(body_bytes, ctx)
         plan = self._planner.plan(grant, max_cost, max_tokens, self._clock())
         if not plan.checks:
-            return {}
+            return None
         try:
             admission = await self.counters.admit(plan.checks)
         except Exception as exc:  # noqa: BLE001 - fail closed: no limit or budget can be checked
             log.error("limit counters unavailable: %s", type(exc).__name__)
             raise LimitsUnavailable() from None
-        headers = ratelimit_headers(plan.meters, admission.values)
+        headers = plan.headers(admission.values)
         if not admission.ok:
             raise _refusal(plan, admission.failed, headers)
-        ctx.reservation = plan.hold
+        ctx.reservation = plan
         return headers
 
     def settle(self, ctx: RequestContext) -> None:
@@ -109,7 +135,7 @@ class AccessGuard:
         })
 
     # -- helpers -------------------------------------------------------------------------------
-    async def _identify(self, request: Request, scope: str) -> tuple[KeyGrant, Principal]:
+    async def _identify(self, request: Request, scope: str) -> _Verified:
         token = bearer_token(request.headers.get("authorization"))
         if token is None:
             raise AuthenticationError("You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
@@ -118,17 +144,27 @@ class AccessGuard:
         if prefix is None or self.hasher is None:
             raise AuthenticationError(_BAD_KEY)
         grant = await self.cache.get(prefix)
-        if grant is None or not self.hasher.matches(token, grant.hash):
+        if grant is None:
             raise AuthenticationError(_BAD_KEY)
+        text = token.encode()
+        verified = self._verified.get(prefix)
+        if verified is None or verified.grant is not grant or not hmac.compare_digest(text, verified.token):
+            if not self.hasher.matches(token, grant.hash):
+                raise AuthenticationError(_BAD_KEY)
+            verified = self._remember(prefix, grant, text)
         if grant.revoked:
             raise AuthenticationError("This API key has been revoked.", code="revoked_api_key")
-        if grant.expires_at is not None and grant.expires_at.timestamp() <= self._clock():
+        if verified.expires <= self._clock():
             raise AuthenticationError("This API key has expired.", code="expired_api_key")
         if scope not in grant.scopes:
             raise PermissionDenied(f"This API key does not have the '{scope}' scope.", code="insufficient_scope")
-        principal = Principal(team_id=grant.team_id, user_id=grant.user_id, key_id=grant.key_id, role=grant.role,
-                              scopes=grant.scopes)
-        return grant, principal
+        return verified
+
+    def _remember(self, prefix: str, grant: KeyGrant, text: bytes) -> _Verified:
+        if len(self._verified) >= 100_000:
+            self._verified.clear()
+        verified = self._verified[prefix] = _Verified(grant, text)
+        return verified
 
     def _worst_case(self, body_bytes: int, ctx: RequestContext) -> tuple[int, float]:
         """The most tokens and dollars the request can use: what its budget reservation holds.

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from lmops.access.counters import Check, Delta
@@ -27,30 +28,55 @@ class Meter:
     period: str = ""
 
 
-@dataclass
-class Hold:
-    """What an admitted request holds until it settles."""
+class Plan:
+    """One request's checks, in the order of its template's meters; once admitted, what it holds until it
+    settles: parallel slots, and its worst-case cost reserved against each budget."""
 
-    releases: list[Delta] = field(default_factory=list)  # parallel slots, reserved budget
-    spend: list[tuple[str, str, int]] = field(default_factory=list)  # (spent key, "usd" | "tokens", ttl)
-    token_windows: list[str] = field(default_factory=list)  # subjects whose tokens per minute are counted
+    __slots__ = ("checks", "template", "tokens", "usd")
+
+    def __init__(self, template: _Template, usd: float, tokens: float):
+        self.template = template
+        self.usd = usd
+        self.tokens = tokens
+        checks = list(template.checks)
+        for b in template.budgets:
+            checks.append(Check("reserve", b.spent_key, b.limit, usd if b.unit == "usd" else tokens, b.ttl,
+                                b.held_key))
+        self.checks = checks
 
     def settle(self, cost_usd: float, tokens: int, now: float) -> list[Delta]:
         """Release what was held and book the real usage."""
-        deltas = list(self.releases)
-        for key, unit, ttl in self.spend:
-            deltas.append(Delta(key, cost_usd if unit == "usd" else float(tokens), ttl))
-        if tokens:
-            window = int(now // WINDOW)
-            deltas += [Delta(f"{base}:{window}", float(tokens), _window_ttl(now)) for base in self.token_windows]
+        t = self.template
+        deltas = list(t.releases)
+        for b in t.budgets:
+            if b.unit == "usd":
+                deltas += (Delta(b.held_key, -self.usd, b.ttl), Delta(b.spent_key, cost_usd, b.ttl))
+            else:
+                deltas += (Delta(b.held_key, -self.tokens, b.ttl), Delta(b.spent_key, float(tokens), b.ttl))
+        if tokens and t.token_windows:
+            window, ttl = int(now // WINDOW), _window_ttl(now)
+            keys = t.window_keys if window == t.window else [f"{base}:{window}" for base in t.token_windows]
+            deltas += [Delta(key, float(tokens), ttl) for key in keys]
         return deltas
 
+    @property
+    def meters(self) -> tuple[Meter, ...]:
+        return self.template.meters
 
-@dataclass
-class Plan:
-    checks: list[Check] = field(default_factory=list)
-    meters: list[Meter] = field(default_factory=list)
-    hold: Hold = field(default_factory=Hold)
+    def headers(self, values: Sequence[float]) -> dict[str, str]:
+        """``x-ratelimit-*`` headers for requests and tokens per minute: the tightest of team and key."""
+        headers: dict[str, str] = {}
+        for names, slots, reset in self.template.rate_headers:
+            best = math.inf
+            limit_text = ""
+            for i, limit, text in slots:
+                remaining = limit - values[i]
+                if remaining < best:
+                    best, limit_text = remaining, text
+            headers[names[0]] = limit_text
+            headers[names[1]] = str(int(best)) if best > 0 else "0"
+            headers[names[2]] = reset
+        return headers
 
 
 def budget_keys(namespace: str, subject_type: str, subject_id: str, limits: Limits,
@@ -106,8 +132,12 @@ class _Template:
     checks: tuple[Check, ...]
     meters: tuple[Meter, ...]
     releases: tuple[Delta, ...]
-    token_windows: tuple[str, ...]
+    token_windows: tuple[str, ...]  # subjects whose tokens per minute are counted
+    window: int  # the minute the template was made in
+    window_keys: tuple[str, ...]  # their counters in that minute
     budgets: tuple[_Budget, ...]
+    # per header family: (limit, remaining, reset header names), ((check index, limit, limit text), ...), reset
+    rate_headers: tuple[tuple[tuple[str, str, str], tuple[tuple[int, float, str], ...], str], ...]
 
 
 class Planner:
@@ -126,14 +156,7 @@ class Planner:
         if hit is None or hit[0] is not grant:
             hit = (grant, self._template(grant, now))
             self._templates[grant.key_id] = hit
-        t = hit[1]
-        plan = Plan(list(t.checks), list(t.meters), Hold(list(t.releases), [], list(t.token_windows)))
-        for b in t.budgets:
-            amount = max_cost_usd if b.unit == "usd" else float(max_tokens)
-            plan.checks.append(Check("reserve", b.spent_key, b.limit, amount, b.ttl, b.held_key))
-            plan.hold.releases.append(Delta(b.held_key, -amount, b.ttl))
-            plan.hold.spend.append((b.spent_key, b.unit, b.ttl))
-        return plan
+        return Plan(hit[1], max_cost_usd, float(max_tokens))
 
     def _template(self, grant: KeyGrant, now: float) -> _Template:
         moment, ns = self._moment, self.namespace
@@ -170,26 +193,16 @@ class Planner:
                         budgets.append(_Budget(spent, spent + ":held", unit, limit, ttl))
                         budget_meters.append(Meter(f"budget_{unit}", subject_type, limit, until,
                                                    limits.budget_period))
+        rate_headers = []
+        for name in ("requests", "tokens"):
+            slots = tuple((i, m.limit, str(int(m.limit))) for i, m in enumerate(meters) if m.name == name)
+            if slots:
+                names = tuple(f"x-ratelimit-{part}-{name}" for part in ("limit", "remaining", "reset"))
+                rate_headers.append((names, slots, f"{math.ceil(reset)}s"))
         return _Template(tuple(checks), tuple(meters + budget_meters), tuple(releases), tuple(windows),
-                         tuple(budgets))
+                         moment.window, tuple(f"{base}:{moment.window}" for base in windows), tuple(budgets),
+                         tuple(rate_headers))
 
 
 def _window_ttl(now: float) -> int:
     return int(WINDOW - now % WINDOW) + 2
-
-
-def ratelimit_headers(meters: list[Meter], values: tuple[float, ...]) -> dict[str, str]:
-    """``x-ratelimit-*`` headers for requests and tokens per minute: the tightest of team and key."""
-    tightest: dict[str, tuple[float, Meter]] = {}
-    for meter, used in zip(meters, values):
-        name = meter.name
-        if name == "requests" or name == "tokens":
-            remaining = meter.limit - used
-            if name not in tightest or remaining < tightest[name][0]:
-                tightest[name] = (remaining, meter)
-    headers: dict[str, str] = {}
-    for name, (remaining, meter) in tightest.items():
-        headers[f"x-ratelimit-limit-{name}"] = str(int(meter.limit))
-        headers[f"x-ratelimit-remaining-{name}"] = str(int(max(0.0, remaining)))
-        headers[f"x-ratelimit-reset-{name}"] = f"{math.ceil(meter.reset)}s"
-    return headers

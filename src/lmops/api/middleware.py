@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lmops.ids import sortable_hex
 from lmops.observability.logging import request_id_var
 from lmops.protocol.errors import error_envelope
 
@@ -37,7 +37,7 @@ class RequestIdMiddleware:
                 rid = value.decode("latin-1")[:128]
                 break
         if not rid:
-            rid = "req_" + os.urandom(16).hex()  # as random as uuid4().hex, a quarter of the cost
+            rid = "req_" + sortable_hex()
         token = request_id_var.set(rid)
         header = (b"x-request-id", rid.encode("latin-1"))
         started = False

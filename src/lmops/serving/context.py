@@ -44,6 +44,7 @@ class RequestContext:
     completion_tokens: int = 0
     status: int = 200
     error: str | None = None
+    headers: dict[str, str] | None = None  # set by the guard (x-ratelimit-*): added to the response, errors too
     extra: dict[str, Any] = field(default_factory=dict)
     record_fields: dict[str, Any] = field(default_factory=dict)  # extra request-record columns (e.g. team, cost)
 

@@ -8,7 +8,6 @@ settled cost for every request, whatever its outcome.
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 from collections.abc import AsyncIterator
@@ -21,6 +20,7 @@ from starlette.responses import Response
 
 from lmops.config import EngineKind, ModelConfig
 from lmops.engines.base import Body, Engine
+from lmops.ids import sortable_hex
 from lmops.observability.metrics import Metrics
 from lmops.protocol import responses as R
 from lmops.protocol.chat import ChatCompletionRequest
@@ -66,13 +66,13 @@ class InferenceService:
             finally:
                 ctx.replica = routed.replica
         except APIError as exc:
-            self.finish(ctx, exc)
+            self._failed(ctx, exc)
             raise
         result["model"] = req.model
         usage = result.get("usage") or {}
         ctx.prompt_tokens = int(usage.get("prompt_tokens") or 0)
         self.finish(ctx)
-        return Response(orjson.dumps(result), media_type=JSON)
+        return Response(orjson.dumps(result), media_type=JSON, headers=ctx.headers)
 
     # -- shared generation path ----------------------------------------------------------------
     async def _generate(self, req: ChatCompletionRequest | CompletionRequest, http: Request, ctx: RequestContext,
@@ -95,20 +95,23 @@ class InferenceService:
             finally:
                 ctx.replica = routed.replica
         except APIError as exc:
-            self.finish(ctx, exc)
+            self._failed(ctx, exc)
             raise
         except ClientGone:
             self.finish(ctx, _ClientClosed())
             return Response(status_code=499)
         if req.stream:
             events = self._events(ctx, chunks, req.model, req.wants_usage_chunk())
-            return EventStreamResponse(events, headers={"x-request-id": ctx.request_id})
+            headers = {"x-request-id": ctx.request_id}
+            if ctx.headers:
+                headers.update(ctx.headers)
+            return EventStreamResponse(events, headers=headers)
         result["model"] = req.model
         usage = result.get("usage") or {}
         ctx.prompt_tokens = int(usage.get("prompt_tokens") or 0)
         ctx.completion_tokens = int(usage.get("completion_tokens") or 0)
         self.finish(ctx)
-        return Response(orjson.dumps(result), media_type=JSON)
+        return Response(orjson.dumps(result), media_type=JSON, headers=ctx.headers)
 
     async def _events(self, ctx: RequestContext, chunks: AsyncIterator[Body], model: str,
                       include_usage: bool) -> AsyncIterator[bytes]:
@@ -162,6 +165,13 @@ class InferenceService:
             self.finish(ctx, failure)
 
     # -- accounting ----------------------------------------------------------------------------
+    def _failed(self, ctx: RequestContext, exc: APIError) -> None:
+        """Record a refused or failed request; its error response carries the guard's headers too."""
+        self.finish(ctx, exc)
+        if ctx.headers:
+            for name, value in ctx.headers.items():
+                exc.headers.setdefault(name, value)
+
     def finish(self, ctx: RequestContext, error: APIError | None = None) -> None:
         """Record a finished request: metrics, request record and the guard's settlement."""
         if error is not None:
@@ -179,7 +189,7 @@ class InferenceService:
                              ctx.completion_tokens)
         if self.records is not None:
             self.records.add({
-                "id": os.urandom(16).hex(),
+                "id": sortable_hex(),
                 "request_id": ctx.request_id,
                 "created_at": datetime.now(timezone.utc),
                 "endpoint": ctx.endpoint,
