@@ -21,7 +21,7 @@ from lmops.protocol.errors import ModelNotFound
 from lmops.protocol.responses import model_card
 from lmops.routing.health import HealthChecker
 from lmops.routing.replicas import Deployment, Replica
-from lmops.routing.router import Router
+from lmops.routing.router import Router, Target
 from lmops.serving.context import Guard, OpenGuard
 from lmops.serving.inference import InferenceService
 from lmops.store.database import create_engine, upgrade_async
@@ -99,14 +99,22 @@ class Services:
 
     # -- small helpers the routers share -------------------------------------------------------
     def model_cards(self) -> list[dict[str, Any]]:
-        return [model_card(d.name, owned_by=d.config.engine.value) for d in self.router.deployments]
+        """Cards of every public name (adapters as ``model:adapter``)."""
+        return [_card(t) for t in self.router.targets]
 
     def model_card(self, name: str) -> dict[str, Any]:
-        for d in self.router.deployments:
-            if d.name == name:
-                return model_card(d.name, owned_by=d.config.engine.value)
-        raise ModelNotFound(name)
+        target = self.router.find(name)
+        if target is None:
+            raise ModelNotFound(name)
+        return _card(target)
 
     @staticmethod
     def json(payload: Any, status: int = 200) -> Response:
         return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
+
+
+def _card(target: Target) -> dict[str, Any]:
+    owned_by = target.config.engine.value
+    if target.adapter is None:
+        return model_card(target.name, owned_by=owned_by)
+    return model_card(target.name, owned_by=owned_by, parent=target.deployment.name, root=target.upstream_name)

@@ -50,6 +50,12 @@ class RequestContext:
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
+    @property
+    def public_model(self) -> str | None:
+        """The model as the client named it: ``model``, or ``model:adapter`` when an adapter serves it."""
+        adapter = self.extra.get("adapter")
+        return f"{self.model}:{adapter}" if adapter and self.model else self.model
+
 
 class Guard(Protocol):
     """Admits a request before it runs (raise an APIError to refuse) and settles it after."""
