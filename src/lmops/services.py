@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,13 +99,14 @@ class Services:
         await self.db.dispose()
 
     # -- small helpers the routers share -------------------------------------------------------
-    def model_cards(self) -> list[dict[str, Any]]:
-        """Cards of every public name (adapters as ``model:adapter``)."""
-        return [_card(t) for t in self.router.targets]
+    def model_cards(self, allowed: Callable[[str], bool] | None = None) -> list[dict[str, Any]]:
+        """Cards of every public name (adapters as ``model:adapter``), those ``allowed`` accepts when given."""
+        return [_card(t) for t in self.router.targets if allowed is None or allowed(t.name)]
 
-    def model_card(self, name: str) -> dict[str, Any]:
+    def model_card(self, name: str, allowed: Callable[[str], bool] | None = None) -> dict[str, Any]:
+        """The card of ``name``; 404 when unknown or not ``allowed`` (a hidden model is not revealed)."""
         target = self.router.find(name)
-        if target is None:
+        if target is None or (allowed is not None and not allowed(name)):
             raise ModelNotFound(name)
         return _card(target)
 

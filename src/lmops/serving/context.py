@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -74,6 +75,11 @@ class Guard(Protocol):
 
     def settle(self, ctx: RequestContext) -> None: ...
 
+    async def allowed_models(self, request: Request) -> Callable[[str], bool]:
+        """Authenticate as ``authenticate(request, "inference")`` does, and tell which public model names
+        (``model`` or ``model:adapter``) the caller may use: the model list shows it only those."""
+        ...
+
 
 class OpenGuard:
     """No access control: every request is admitted as the anonymous admin of team "default"."""
@@ -89,3 +95,10 @@ class OpenGuard:
 
     def settle(self, ctx: RequestContext) -> None:
         return None
+
+    async def allowed_models(self, request: Request) -> Callable[[str], bool]:
+        return _every_model
+
+
+def _every_model(name: str) -> bool:
+    return True
