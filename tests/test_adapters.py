@@ -176,12 +176,25 @@ def test_an_adapter_may_not_shadow_a_model_name(tmp_path):
     assert "same public name as the model 'qwen:sql'" in str(err.value)
 
 
+def _lmops(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "lmops", *args], check=False, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "COLUMNS": "200"})
+
+
 def test_config_check_reports_adapters_on_an_embedded_model(tmp_path):
     cfg = tmp_path / "lmops.yaml"
     cfg.write_text("models:\n  - name: small\n    engine: embedded\n    adapters: [{name: sql}]\n")
-    result = subprocess.run([sys.executable, "-m", "lmops", "config", "check", "--config", str(cfg)],
-                            check=False, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "COLUMNS": "200"})
+    result = _lmops("config", "check", "--config", str(cfg))
     err = " ".join(result.stderr.split())
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "line 4" in err and "models.0.adapters" in err and "only for openai engines" in err
+
+
+def test_lmops_models_lists_adapters(tmp_path):
+    cfg = tmp_path / "lmops.yaml"
+    cfg.write_text(f"database_url: sqlite:///{tmp_path / 'x.db'}\nmodels:\n  - name: qwen\n    engine: openai\n"
+                   "    replicas: ['http://127.0.0.1:1/v1']\n    adapters: [{name: sql, upstream_model: sql-lora-v2}]\n")
+    result = _lmops("models", "--config", str(cfg))
+    assert result.returncode == 0, result.stderr
+    (row,) = [line for line in result.stdout.splitlines() if "qwen:sql" in line]
+    assert "sql-lora-v2" in row and "openai" in row
