@@ -47,16 +47,18 @@ async def _remote(url: str, body: dict[str, Any], api_key: str | None, out: Text
 
 async def _local(settings: Settings, body: dict[str, Any], out: TextIO) -> None:
     from lmops.engines.factory import build_engines
-    from lmops.serving.inference import upstream_body
     from lmops.protocol.chat import ChatCompletionRequest
+    from lmops.routing.replicas import Deployment
+    from lmops.routing.router import Router
+    from lmops.serving.inference import upstream_body
 
-    model = settings.model(body["model"])
-    if model is None:
+    target = Router([Deployment(m) for m in settings.models], settings.health).find(body["model"])
+    if target is None:
         raise RuntimeError(f"unknown model {body['model']!r}")
-    engine = build_engines(model, settings)[0]
+    engine = build_engines(target.config, settings)[0]
     await engine.start()
     try:
-        wire = upstream_body(ChatCompletionRequest.model_validate(body), model)
+        wire = upstream_body(ChatCompletionRequest.model_validate(body), target)
         async for chunk in engine.stream_chat_completion(wire):
             for choice in chunk.get("choices", []):
                 out.write(choice.get("delta", {}).get("content") or "")

@@ -95,12 +95,14 @@ def serve(
 
 @app.command()
 def models(config: Optional[str] = ConfigOpt) -> None:
-    """List the configured models and their engines."""
+    """List the configured models (and their LoRA adapters, as model:adapter) and their engines."""
     settings = _settings(config)
     table = Table("model", "engine", "upstream", "replicas", "context")
     for m in settings.models:
         where = ", ".join(m.replicas) or (m.model_path or "built-in")
         table.add_row(m.name, m.engine.value, m.upstream_name, where, str(m.context_length))
+        for a in m.adapters:
+            table.add_row(f"{m.name}:{a.name}", m.engine.value, a.upstream_name, where, str(m.context_length))
     _console().print(table)
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_CONFIG_FILE = "lmops.yaml"
@@ -43,6 +44,28 @@ class SamplingDefaults(_Strict):
     seed: int | None = None
 
 
+class AdapterConfig(_Strict):
+    """A LoRA adapter served by its model's engines under a model name of its own.
+
+    Clients ask for ``"<model>:<adapter>"``; the request goes to the model's replicas with the
+    adapter's ``upstream_model`` as the model name (vLLM serves ``--lora-modules name=path`` as ``name``).
+    """
+
+    name: str = Field(min_length=1, description="public name: clients ask for '<model>:<name>'")
+    upstream_model: str | None = Field(None, description="the name the upstream serves it under (default: name)")
+
+    @field_validator("name")
+    @classmethod
+    def _no_colon(cls, v: str) -> str:
+        if ":" in v:
+            raise ValueError(f"an adapter name cannot contain ':' (it separates model and adapter): {v!r}")
+        return v
+
+    @property
+    def upstream_name(self) -> str:
+        return self.upstream_model or self.name
+
+
 class ModelConfig(_Strict):
     """One public model name and the engine(s) that serve it."""
 
@@ -59,6 +82,8 @@ class ModelConfig(_Strict):
     max_retries: int | None = Field(None, ge=0, description="other replicas to try; default all")
     queue_size: int = Field(16, ge=1, description="embedded: requests that may wait for the model")
     threads: int | None = Field(None, ge=1, description="embedded: llama.cpp threads (default: half the cores)")
+    adapters: list[AdapterConfig] = Field(default_factory=list,
+                                          description="openai: LoRA adapters the replicas serve, as '<model>:<name>'")
 
     @field_validator("replicas")
     @classmethod
@@ -67,6 +92,20 @@ class ModelConfig(_Strict):
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"replica URL must start with http:// or https://: {url!r}")
         return [u.rstrip("/") for u in v]
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapters(cls, v: list[AdapterConfig], info: ValidationInfo) -> list[AdapterConfig]:
+        engine = info.data.get("engine")
+        if v and engine is not None and engine is not EngineKind.openai:
+            raise ValueError(f"adapters are only for openai engines (an upstream that serves LoRA adapters, "
+                             f"such as vLLM with --lora-modules), not {engine.value}")
+        seen: set[str] = set()
+        for adapter in v:
+            if adapter.name in seen:
+                raise ValueError(f"adapter name {adapter.name!r} is declared twice")
+            seen.add(adapter.name)
+        return v
 
     @model_validator(mode="after")
     def _engine_fields(self) -> "ModelConfig":
@@ -201,6 +240,11 @@ class Settings(BaseSettings):
             if m.name in seen:
                 raise ValueError(f"model name {m.name!r} is declared twice")
             seen.add(m.name)
+        for m in self.models:
+            for a in m.adapters:
+                if f"{m.name}:{a.name}" in seen:
+                    raise ValueError(f"adapter {a.name!r} of model {m.name!r} has the same public name as the "
+                                     f"model '{m.name}:{a.name}'")
         return self
 
     def model(self, name: str) -> ModelConfig | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ from lmops.protocol.errors import ModelNotFound
 from lmops.protocol.responses import model_card
 from lmops.routing.health import HealthChecker
 from lmops.routing.replicas import Deployment, Replica
-from lmops.routing.router import Router
+from lmops.routing.router import Router, Target
 from lmops.serving.context import Guard, OpenGuard
 from lmops.serving.inference import InferenceService
 from lmops.store.database import create_engine, upgrade_async
@@ -98,15 +99,24 @@ class Services:
         await self.db.dispose()
 
     # -- small helpers the routers share -------------------------------------------------------
-    def model_cards(self) -> list[dict[str, Any]]:
-        return [model_card(d.name, owned_by=d.config.engine.value) for d in self.router.deployments]
+    def model_cards(self, allowed: Callable[[str], bool] | None = None) -> list[dict[str, Any]]:
+        """Cards of every public name (adapters as ``model:adapter``), those ``allowed`` accepts when given."""
+        return [_card(t) for t in self.router.targets if allowed is None or allowed(t.name)]
 
-    def model_card(self, name: str) -> dict[str, Any]:
-        for d in self.router.deployments:
-            if d.name == name:
-                return model_card(d.name, owned_by=d.config.engine.value)
-        raise ModelNotFound(name)
+    def model_card(self, name: str, allowed: Callable[[str], bool] | None = None) -> dict[str, Any]:
+        """The card of ``name``; 404 when unknown or not ``allowed`` (a hidden model is not revealed)."""
+        target = self.router.find(name)
+        if target is None or (allowed is not None and not allowed(name)):
+            raise ModelNotFound(name)
+        return _card(target)
 
     @staticmethod
     def json(payload: Any, status: int = 200) -> Response:
         return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
+
+
+def _card(target: Target) -> dict[str, Any]:
+    owned_by = target.config.engine.value
+    if target.adapter is None:
+        return model_card(target.name, owned_by=owned_by)
+    return model_card(target.name, owned_by=owned_by, parent=target.deployment.name, root=target.upstream_name)

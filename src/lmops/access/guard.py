@@ -6,6 +6,7 @@ import hmac
 import logging
 import math
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -75,6 +76,14 @@ class AccessGuard:
     # -- Guard protocol ------------------------------------------------------------------------
     async def authenticate(self, request: Request, scope: str) -> Principal:
         return (await self._identify(request, scope)).principal
+
+    async def allowed_models(self, request: Request) -> Callable[[str], bool]:
+        """The public names (``model`` or ``model:adapter``) the key may use: those both its team's and its
+        own model rules allow, the rule ``_check`` applies to each request."""
+        grant, _ = await self._identify(request, "inference")
+        rules = tuple(limits for limits in (grant.team_limits, grant.key_limits)
+                      if limits is not None and limits.models is not None)
+        return lambda name: all(limits.allows(name) for limits in rules)
 
     async def admit(self, request: Request, ctx: RequestContext) -> None:
         verified = await self._identify(request, "inference")

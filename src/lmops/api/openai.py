@@ -39,16 +39,17 @@ async def embeddings(request: Request) -> Response:
 
 @router.get("/models")
 async def list_models(request: Request) -> Response:
+    """The models (and adapters) the caller's key may use: its team's and its own model rules."""
     svc = services(request)
-    await svc.guard.authenticate(request, "inference")
-    return svc.json({"object": "list", "data": svc.model_cards()})
+    allowed = await svc.guard.allowed_models(request)
+    return svc.json({"object": "list", "data": svc.model_cards(allowed)})
 
 
 @router.get("/models/{model:path}")
 async def get_model(model: str, request: Request) -> Response:
     svc = services(request)
-    await svc.guard.authenticate(request, "inference")
-    return svc.json(svc.model_card(model))
+    allowed = await svc.guard.allowed_models(request)
+    return svc.json(svc.model_card(model, allowed))  # 404 for a model the key may not use
 
 
 # Served straight from the ASGI call by api/direct.py, skipping FastAPI's routing per request:

@@ -25,7 +25,7 @@ from lmops.protocol.embeddings import EmbeddingRequest
 from lmops.protocol.errors import APIError, NoHealthyReplica, Overloaded, RateLimited, from_validation_error
 from lmops.routing.router import Routed
 from lmops.serving.context import Principal, RequestContext
-from lmops.serving.inference import upstream_body
+from lmops.serving.inference import address, upstream_body
 
 if TYPE_CHECKING:
     from lmops.services import Services
@@ -120,18 +120,19 @@ class ModelCaller:
             req = _Checked(body) if checked else validate_request(endpoint, body)
             model: str = req.model  # type: ignore[union-attr]
             ctx.model = model
-            dep = svc.router.deployment(model)
+            target = svc.router.resolve(model)  # "<model>:<adapter>" too
+            address(ctx, model, target)
             if endpoint.schema is EmbeddingRequest:
                 wire = req.to_wire()  # type: ignore[union-attr]
-                wire["model"] = dep.config.upstream_name
+                wire["model"] = target.upstream_name
             else:
-                wire = upstream_body(req, dep.config)  # type: ignore[arg-type]
+                wire = upstream_body(req, target)  # type: ignore[arg-type]
                 ctx.max_tokens = wire.get("max_completion_tokens") or wire.get("max_tokens")
         except APIError as exc:
             svc.inference.finish(ctx, exc)
             raise CallFailed(exc.code or "invalid_request", exc.message, retryable=False,
                              status=exc.status_code, body=exc.envelope()) from None
-        async with self._limits[model]:
+        async with self._limits[target.deployment.name]:  # a model's adapters share its engines' limit
             await self._admit(ctx, wire)
             result = await self._send(ctx, endpoint, model, wire)
         result["model"] = model

@@ -52,7 +52,7 @@ class BatchService:
         for module in cfg.workflow_modules:
             self.registry.load_module(module)
         self.registry.load_entry_points()
-        models = {d.name for d in services.router.deployments}
+        models = {t.name for t in services.router.targets}  # adapters too: "<model>:<adapter>"
         self.intake = Intake(self.jobs, self.files, models, cfg.intake_chunk, cfg.max_line_bytes)
         self.metrics = BatchMetrics(services.metrics, services.db, cfg.metrics_interval)
         chat_models = [m.name for m in services.settings.models if m.engine.value != "sentence-transformers"]

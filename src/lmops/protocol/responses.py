@@ -76,5 +76,12 @@ def embeddings(model: str, vectors: list[Any], prompt_tokens: int) -> dict[str, 
     }
 
 
-def model_card(name: str, owned_by: str = "lmops", created: int = 0) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": created, "owned_by": owned_by}
+def model_card(name: str, owned_by: str = "lmops", created: int = 0, *, parent: str | None = None,
+               root: str | None = None) -> dict[str, Any]:
+    """A model object; a LoRA adapter's card names its base model (``parent``) and upstream name (``root``),
+    as vLLM's do."""
+    card: dict[str, Any] = {"id": name, "object": "model", "created": created, "owned_by": owned_by}
+    if parent is not None:
+        card["parent"] = parent
+        card["root"] = root
+    return card

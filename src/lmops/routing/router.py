@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lmops.config import HealthConfig
+from lmops.config import AdapterConfig, HealthConfig, ModelConfig
 from lmops.engines.base import Body, Engine, EngineBusy, EngineError, EngineRejected, EngineTimeout, Unsupported
 from lmops.protocol.errors import (
     APIError,
@@ -38,23 +38,66 @@ class Routed:
     attempts: int = 0
 
 
+@dataclass(frozen=True)
+class Target:
+    """What a public model name resolves to: the deployment that serves it and, for ``"<model>:<adapter>"``,
+    the LoRA adapter; the request goes to the deployment's replicas under ``upstream_name``."""
+
+    deployment: Deployment
+    adapter: AdapterConfig | None = None
+
+    @property
+    def name(self) -> str:
+        """The public name: ``model`` or ``model:adapter``."""
+        base = self.deployment.name
+        return f"{base}:{self.adapter.name}" if self.adapter is not None else base
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.deployment.config
+
+    @property
+    def upstream_name(self) -> str:
+        return self.adapter.upstream_name if self.adapter is not None else self.deployment.config.upstream_name
+
+
 class Router:
     def __init__(self, deployments: list[Deployment], health: HealthConfig):
         self._deployments = {d.name: d for d in deployments}
+        # Every public name, adapters included, resolved once: no string splitting per request.
+        # (Settings refuse an adapter whose public name is also a model's; the model would win.)
+        self._targets: dict[str, Target] = {}
+        for d in deployments:
+            self._targets[d.name] = Target(d)
+            for adapter in d.config.adapters:
+                name = f"{d.name}:{adapter.name}"
+                if name not in self._deployments:
+                    self._targets[name] = Target(d, adapter)
         self._health = health
 
     @property
     def deployments(self) -> list[Deployment]:
         return list(self._deployments.values())
 
-    def find(self, model: str) -> Deployment | None:
-        return self._deployments.get(model)
+    @property
+    def targets(self) -> list[Target]:
+        """Every public name: each model, then its adapters."""
+        return list(self._targets.values())
 
-    def deployment(self, model: str) -> Deployment:
+    def find(self, model: str) -> Target | None:
+        """The deployment (and adapter) serving the public name ``model``, or None."""
+        return self._targets.get(model)
+
+    def resolve(self, model: str) -> Target:
+        """Like ``find``; an unknown name (or an unknown adapter of a known model) is a 404."""
         try:
-            return self._deployments[model]
+            return self._targets[model]
         except KeyError:
             raise ModelNotFound(model) from None
+
+    def deployment(self, model: str) -> Deployment:
+        """The deployment serving the public name ``model`` (a model's adapters share its deployment)."""
+        return self.resolve(model).deployment
 
     async def call(self, model: str, op: CallOp, body: Body, routed: Routed) -> Body:
         dep = self.deployment(model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -51,6 +52,12 @@ class RequestContext:
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
+    @property
+    def public_model(self) -> str | None:
+        """The model as the client named it: ``model``, or ``model:adapter`` when an adapter serves it."""
+        adapter = self.extra.get("adapter")
+        return f"{self.model}:{adapter}" if adapter and self.model else self.model
+
 
 class Guard(Protocol):
     """Admits a request before it runs (raise an APIError to refuse) and settles it after."""
@@ -69,6 +76,11 @@ class Guard(Protocol):
 
     def settle(self, ctx: RequestContext) -> None: ...
 
+    async def allowed_models(self, request: Request) -> Callable[[str], bool]:
+        """Authenticate as ``authenticate(request, "inference")`` does, and tell which public model names
+        (``model`` or ``model:adapter``) the caller may use: the model list shows it only those."""
+        ...
+
 
 class OpenGuard:
     """No access control: every request is admitted as the anonymous admin of team "default"."""
@@ -84,3 +96,10 @@ class OpenGuard:
 
     def settle(self, ctx: RequestContext) -> None:
         return None
+
+    async def allowed_models(self, request: Request) -> Callable[[str], bool]:
+        return _every_model
+
+
+def _every_model(name: str) -> bool:
+    return True

@@ -18,7 +18,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from lmops.config import EngineKind, ModelConfig
+from lmops.config import EngineKind
 from lmops.engines.base import Body, Engine
 from lmops.ids import sortable_hex
 from lmops.observability.metrics import Metrics
@@ -27,7 +27,7 @@ from lmops.protocol.chat import ChatCompletionRequest
 from lmops.protocol.completions import CompletionRequest
 from lmops.protocol.embeddings import EmbeddingRequest
 from lmops.protocol.errors import APIError, InvalidRequest, UpstreamError
-from lmops.routing.router import Routed, Router
+from lmops.routing.router import Routed, Router, Target
 from lmops.serving.context import Guard, RequestContext
 from lmops.serving.disconnect import ClientGone, unless_disconnected
 from lmops.serving.sse import EventStreamResponse
@@ -54,12 +54,13 @@ class InferenceService:
         return await self._generate(req, http, ctx, _completion_call, _completion_stream, req.token_limit())
 
     async def embeddings(self, req: EmbeddingRequest, http: Request, ctx: RequestContext) -> Response:
-        ctx.model = req.model
+        target = self.router.find(req.model)
+        address(ctx, req.model, target)
         try:
             await self.guard.admit(http, ctx)
-            dep = self.router.deployment(req.model)
+            target = self.router.resolve(req.model)
             body = req.to_wire()
-            body["model"] = dep.config.upstream_name
+            body["model"] = target.upstream_name
             routed = Routed()
             try:
                 result = await self.router.call(req.model, _embeddings_call, body, routed)
@@ -77,18 +78,19 @@ class InferenceService:
     # -- shared generation path ----------------------------------------------------------------
     async def _generate(self, req: ChatCompletionRequest | CompletionRequest, http: Request, ctx: RequestContext,
                         call: Any, stream: Any, limit: int | None) -> Response:
-        ctx.model, ctx.stream = req.model, req.stream
+        ctx.stream = req.stream
         try:
             known = self.router.find(req.model)
+            address(ctx, req.model, known)
             ctx.max_tokens = limit or (known.config.defaults.max_tokens if known else None)
             await self.guard.admit(http, ctx)  # first: who may ask which models exist
-            dep = self.router.deployment(req.model)
-            body = upstream_body(req, dep.config)
+            target = self.router.resolve(req.model)
+            body = upstream_body(req, target)
             routed = Routed()
             try:
                 if req.stream:
                     chunks = await self.router.stream(req.model, stream, body, routed)
-                elif dep.config.engine is EngineKind.embedded:
+                elif target.config.engine is EngineKind.embedded:
                     result = await unless_disconnected(http, self.router.call(req.model, call, body, routed))
                 else:
                     result = await self.router.call(req.model, call, body, routed)
@@ -178,11 +180,12 @@ class InferenceService:
             ctx.status = error.status_code
             ctx.error = error.message
         latency = ctx.elapsed()
-        model = ctx.model or "-"
+        public = ctx.public_model  # "model:adapter" for an adapter: records and metrics keep it apart
+        model = public or "-"
         level = logging.WARNING if ctx.status >= 500 else logging.INFO
         if log.isEnabledFor(level):
             log.log(level, "request finished", extra={
-                "endpoint": ctx.endpoint, "model": ctx.model, "replica": ctx.replica, "status": ctx.status,
+                "endpoint": ctx.endpoint, "model": public, "replica": ctx.replica, "status": ctx.status,
                 "latency_ms": round(latency * 1000, 3), "prompt_tokens": ctx.prompt_tokens,
                 "completion_tokens": ctx.completion_tokens, "error": ctx.error})
         self.metrics.observe(model, ctx.endpoint, ctx.status, latency, ctx.ttft, ctx.prompt_tokens,
@@ -193,7 +196,7 @@ class InferenceService:
                 "request_id": ctx.request_id,
                 "created_at": datetime.now(timezone.utc),
                 "endpoint": ctx.endpoint,
-                "model": ctx.model,
+                "model": public,
                 "replica": ctx.replica,
                 "stream": ctx.stream,
                 "prompt_tokens": ctx.prompt_tokens,
@@ -227,10 +230,22 @@ def _chunk_object(ctx: RequestContext) -> str:
     return "chat.completion.chunk" if ctx.endpoint == "chat.completions" else "text_completion"
 
 
-def upstream_body(req: ChatCompletionRequest | CompletionRequest, model: ModelConfig) -> Body:
-    """The request as the upstream should see it: its model name, configured defaults applied."""
+def address(ctx: RequestContext, requested: str, target: Target | None) -> None:
+    """Name the request's model in ``ctx``: for ``"<model>:<adapter>"`` the model, and the adapter in
+    ``ctx.extra["adapter"]`` (what access rules, the ledger and ``ctx.public_model`` read); any other
+    name, known or not, as it was asked for."""
+    if target is not None and target.adapter is not None:
+        ctx.model = target.deployment.name
+        ctx.extra["adapter"] = target.adapter.name
+    else:
+        ctx.model = requested
+
+
+def upstream_body(req: ChatCompletionRequest | CompletionRequest, target: Target) -> Body:
+    """The request as the upstream should see it: its model (or adapter) name, configured defaults applied."""
+    model = target.config
     body = req.to_wire()
-    body["model"] = model.upstream_name
+    body["model"] = target.upstream_name
     for key, value in model.defaults.model_dump(exclude_none=True).items():
         body.setdefault(key, value)
     limit = body.get("max_completion_tokens") or body.get("max_tokens")

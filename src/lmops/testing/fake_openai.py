@@ -4,7 +4,10 @@ It answers /v1/chat/completions, /v1/completions, /v1/embeddings and /v1/models 
 fixed answer, streamed or not, exactly in the wire format a vLLM server uses, including the
 final usage chunk when ``stream_options.include_usage`` is set. Behaviour switches let
 tests simulate faults: ``fail`` (answer 500), ``hang`` (never answer), ``delay`` (seconds
-before answering), ``chunk_delay`` (seconds between stream chunks).
+before answering), ``chunk_delay`` (seconds between stream chunks). ``served`` names the
+models it serves, as a vLLM server started with ``--lora-modules name=path`` serves its base
+model and each adapter by name: any other model is a 404, as vLLM answers it. Answers echo the
+requested model; ``models_seen`` counts the model names requests asked for.
 
 Run: ``python -m lmops.testing.fake_openai --port 9000 [--fail|--hang|--delay S]``.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import orjson
@@ -30,6 +34,7 @@ class Behaviour:
     chunk_delay: float = 0.0
     words: int = len(WORDS)
     truncate_after: int | None = None  # end a stream after this many chunks, without [DONE]
+    served: tuple[str, ...] | None = None  # the model names served (first: the base model); None: any
 
 
 class FakeOpenAI:
@@ -39,6 +44,7 @@ class FakeOpenAI:
         self.behaviour = behaviour or Behaviour()
         self.requests = 0
         self.cancelled_streams = 0
+        self.models_seen: Counter[str] = Counter()  # model names asked for (completions, embeddings)
 
     async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         if scope["type"] == "lifespan":
@@ -58,8 +64,7 @@ class FakeOpenAI:
                 break
         b = self.behaviour
         if (path.endswith("/models") or path == "/health") and not b.fail_health:
-            await _json(send, 200, {"object": "list", "data": [{"id": "fake", "object": "model", "created": 0,
-                                                                  "owned_by": "fake"}]})
+            await _json(send, 200, {"object": "list", "data": _model_cards(b.served)})
             return
         self.requests += 1
         if b.hang:
@@ -77,6 +82,11 @@ class FakeOpenAI:
                                               "param": None, "code": None}})
             return
         model = req.get("model", "fake")
+        self.models_seen[model] += 1
+        if b.served is not None and model not in b.served:
+            await _json(send, 404, {"error": {"message": f"The model `{model}` does not exist.",
+                                              "type": "NotFoundError", "param": None, "code": 404}})
+            return
         words = WORDS[: b.words] if b.words <= len(WORDS) else (WORDS * (b.words // len(WORDS) + 1))[: b.words]
         if path.endswith("/embeddings"):
             inputs = req.get("input")
@@ -141,6 +151,15 @@ class FakeOpenAI:
             raise
         finally:
             watcher.cancel()
+
+
+def _model_cards(served: tuple[str, ...] | None) -> list[dict]:
+    """vLLM's /v1/models: the base model, then each LoRA adapter with the base as its ``parent``."""
+    if not served:
+        return [{"id": "fake", "object": "model", "created": 0, "owned_by": "fake"}]
+    base = served[0]
+    return [{"id": name, "object": "model", "created": 0, "owned_by": "vllm", "root": name,
+             "parent": None if name == base else base} for name in served]
 
 
 async def _watch_disconnect(receive, gone: asyncio.Event) -> None:  # type: ignore[no-untyped-def]

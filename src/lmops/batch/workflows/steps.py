@@ -115,8 +115,9 @@ class RequestStep(Step):
 class LLMStep(Step):
     """Render ``prompt``, call ``model`` (or the job's default model), optionally validate JSON against ``schema``.
 
-    ``adapter`` names a LoRA adapter: it is served as its own model name (vLLM style), so the call goes to
-    the model called ``adapter`` and the lineage keeps both. ``parse`` turns the text into the output.
+    ``adapter`` names a LoRA adapter of that model (declared under the model's ``adapters``): the call goes to
+    ``"<model>:<adapter>"``, served by the model's replicas, and the lineage keeps both. ``parse`` turns the
+    text into the output.
     """
 
     prompt: Prompt = Prompt("0", "")
@@ -138,7 +139,8 @@ class LLMStep(Step):
     async def run(self, ctx: "StepContext", feedback: str | None = None) -> StepOutput:
         system, user = self.prompt.render_for(self.name, ctx.variables(feedback=feedback))
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-        model = self.adapter or self.model or ctx.default_model
+        base = self.model or ctx.default_model
+        model = f"{base}:{self.adapter}" if self.adapter else base
         params = {**self.params}
         if ctx.seed is not None:
             params.setdefault("seed", ctx.seed)
@@ -146,7 +148,7 @@ class LLMStep(Step):
             params.setdefault("response_format", {"type": "json_schema",
                                                   "json_schema": {"name": self.name, "schema": self.schema}})
         lineage = StepOutput(None, inputs=ctx.inputs_of(self), prompt=_prompt_text(system, user),
-                             prompt_version=self.prompt.version, model=self.model or ctx.default_model,
+                             prompt_version=self.prompt.version, model=base,
                              adapter=self.adapter, params=params, seed=params.get("seed"))
         for _ in range(self.max_reasks + 1 if self.schema is not None else 1):
             text = await _chat(ctx, lineage, {"model": model, "messages": messages, **params},
