@@ -85,3 +85,35 @@ def test_metrics_count_requests_errors_tokens_and_replicas(gw):
     assert "lmops_replica_inflight_requests{" in text
     assert "lmops_replica_queue_depth{" in text
     assert 'lmops_replica_healthy{model="broken"' in text
+
+
+def test_an_unexpected_error_on_a_direct_route_is_a_500_envelope_with_the_request_id(serve, settings_factory):
+    """The inference routes skip FastAPI's layers (api/direct.py): the last line of defence must still hold."""
+    up = serve(FakeOpenAI())
+    app = create_app(settings_factory([{"name": "m", "engine": "openai", "replicas": [f"{up.url}/v1"]}]))
+
+    async def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("a bug")
+
+    app.state.services.inference.chat = broken
+    gw = serve(app)
+    resp = httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "m", "messages": [{"role": "user",
+                                                                                          "content": "x"}]})
+    assert resp.status_code == 500
+    assert resp.json()["error"]["code"] == "internal_error"
+    assert "a bug" not in resp.text and "Traceback" not in resp.text
+    assert resp.headers["x-request-id"].startswith("req_")
+
+
+def test_ids_are_time_ordered_and_unique():
+    import time
+
+    from lmops.ids import sortable_hex
+
+    first = [sortable_hex() for _ in range(2000)]
+    time.sleep(0.002)
+    later = sortable_hex()
+    assert len(set(first)) == len(first)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in first)
+    assert later > max(first)  # a later millisecond sorts after every id of an earlier one
+    assert abs(int(later[:12], 16) - time.time() * 1000) < 5000

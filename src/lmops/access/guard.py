@@ -80,10 +80,7 @@ class AccessGuard:
     async def allowed_models(self, request: Request) -> Callable[[str], bool]:
         """The public names (``model`` or ``model:adapter``) the key may use: those both its team's and its
         own model rules allow, the rule ``_check`` applies to each request."""
-        grant, _ = await self._identify(request, "inference")
-        rules = tuple(limits for limits in (grant.team_limits, grant.key_limits)
-                      if limits is not None and limits.models is not None)
-        return lambda name: all(limits.allows(name) for limits in rules)
+        return (await self._identify(request, "inference")).allows
 
     async def admit(self, request: Request, ctx: RequestContext) -> None:
         verified = await self._identify(request, "inference")

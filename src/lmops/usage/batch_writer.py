@@ -28,7 +28,7 @@ log = logging.getLogger("lmops.usage")
 _REFUSED = (IntegrityError, DataError, sqlite3.IntegrityError, sqlite3.DataError)
 
 _SQLITE_MAX_VARIABLES = 32766  # SQLite >= 3.32 (Python 3.11 ships 3.40+)
-_SQLITE_ROWS_PER_STATEMENT = 250  # a statement's text and plan grow with its rows
+_SQLITE_ROWS_PER_STATEMENT = 100  # a statement's text and plan grow with its rows; made in one loop step
 
 # How SQLAlchemy stores these types in SQLite (so rows read back through SQLAlchemy are unchanged).
 _SQLITE_CONVERTERS: dict[str, Callable[[Any], Any]] = {
@@ -104,7 +104,12 @@ class BatchWriter:
 
     async def _insert(self, rows: list[dict[str, Any]]) -> None:
         if self._sync is not None:
-            await asyncio.to_thread(self._execute_sync, self._sqlite_statements(rows))
+            statements = []
+            for start in range(0, len(rows), _SQLITE_ROWS_PER_STATEMENT):
+                if start:
+                    await asyncio.sleep(0)  # let requests run between chunks: this is the gateway's p99
+                statements += self._sqlite_statements(rows[start:start + _SQLITE_ROWS_PER_STATEMENT])
+            await asyncio.to_thread(self._execute_sync, statements)
             return
         async with self._engine.begin() as conn:
             await conn.execute(insert(self._table), rows)
