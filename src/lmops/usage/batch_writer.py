@@ -17,6 +17,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
+import asyncpg
 from sqlalchemy import Engine, Table, event, insert
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.exc import DataError, IntegrityError
@@ -25,7 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 log = logging.getLogger("lmops.usage")
 
 # Rows the database refuses for good (as opposed to an outage, which is retried).
-_REFUSED = (IntegrityError, DataError, sqlite3.IntegrityError, sqlite3.DataError)
+_REFUSED = (IntegrityError, DataError, sqlite3.IntegrityError, sqlite3.DataError,
+            asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
 
 _SQLITE_MAX_VARIABLES = 32766  # SQLite >= 3.32 (Python 3.11 ships 3.40+)
 _SQLITE_ROWS_PER_STATEMENT = 100  # a statement's text and plan grow with its rows; made in one loop step
@@ -111,8 +113,26 @@ class BatchWriter:
                 statements += self._sqlite_statements(rows[start:start + _SQLITE_ROWS_PER_STATEMENT])
             await asyncio.to_thread(self._execute_sync, statements)
             return
+        if self._engine.dialect.driver == "asyncpg":
+            await self._copy_asyncpg(rows)
+            return
         async with self._engine.begin() as conn:
             await conn.execute(insert(self._table), rows)
+
+    async def _copy_asyncpg(self, rows: list[dict[str, Any]]) -> None:
+        """PostgreSQL: one binary COPY on the raw asyncpg connection.
+
+        SQLAlchemy's multi-row INSERT processes every parameter in Python on the event loop (over
+        10 ms for 500 records); asyncpg encodes COPY rows in C. Rows hold plain values (str, int,
+        float, bool, datetime, date, None), which is what the record and ledger tables take.
+        """
+        columns = list(rows[0])
+        values_of = operator.itemgetter(*columns)
+        records = [values_of(r) for r in rows] if len(columns) > 1 else [(values_of(r),) for r in rows]
+        async with self._engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
+                self._table.name, records=records, columns=columns)
 
     def _sqlite_statements(self, rows: list[dict[str, Any]]) -> list[tuple[str, list[Any]]]:
         """Multi-row INSERTs with their parameters, made on the event loop.

@@ -1,0 +1,77 @@
+"""The batched row writer on SQLite (multi-row INSERTs in a thread) and PostgreSQL (binary COPY)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import func, select
+
+from lmops.store.database import create_engine, upgrade_async
+from lmops.usage.batch_writer import BatchWriter
+from lmops.usage.ledger import LedgerEntry
+from lmops.usage.records import RequestRecord
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'writer.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+def record(i: int, **changes: object) -> dict[str, object]:
+    row: dict[str, object] = {
+        "id": f"{i:032x}", "request_id": f"req_{i}", "created_at": datetime(2026, 11, 21, tzinfo=timezone.utc)
+        + timedelta(microseconds=i), "endpoint": "chat.completions", "model": "m", "replica": None,
+        "stream": i % 2 == 0, "prompt_tokens": i, "completion_tokens": 2 * i, "latency_ms": 1.5, "ttft_ms": None,
+        "status": 200, "error": None,
+    }
+    row.update(changes)
+    return row
+
+
+async def test_rows_are_written_exactly_and_a_refused_row_is_dropped_alone(database_url):
+    await upgrade_async(database_url)
+    engine = create_engine(database_url)
+    writer = BatchWriter(engine, RequestRecord.__table__, batch_size=50)  # type: ignore[arg-type]
+    try:
+        for i in range(1, 731):  # several statements (SQLite) and batches
+            writer.add(record(i))
+        writer.add(record(5, request_id="duplicate"))  # same primary key as row 5: refused for good
+        writer.add(record(10_000, error="after the refused one"))
+        await writer.flush()
+        async with engine.connect() as conn:
+            count = await conn.scalar(select(func.count()).select_from(RequestRecord.__table__))
+            rows = {r.id: r for r in (await conn.execute(select(RequestRecord.__table__))).all()}
+    finally:
+        await writer.stop()
+        await engine.dispose()
+    assert (writer.written, writer.dropped, count) == (731, 1, 731)
+    five = rows[f"{5:032x}"]
+    assert (five.request_id, five.prompt_tokens, five.completion_tokens, five.stream) == ("req_5", 5, 10, False)
+    created = five.created_at if five.created_at.tzinfo else five.created_at.replace(tzinfo=timezone.utc)
+    assert created == datetime(2026, 11, 21, tzinfo=timezone.utc) + timedelta(microseconds=5)
+    assert rows[f"{10_000:032x}"].error == "after the refused one"
+
+
+async def test_ledger_rows_with_dates_and_serial_ids(database_url):
+    await upgrade_async(database_url)
+    engine = create_engine(database_url)
+    writer = BatchWriter(engine, LedgerEntry.__table__)  # type: ignore[arg-type]
+    now = datetime.now(timezone.utc)
+    try:
+        for i in range(3):
+            writer.add({"request_id": f"r{i}", "created_at": now, "day": now.date(), "team_id": "t", "user_id": None,
+                        "key_id": "k", "model": "m", "adapter": None, "endpoint": "chat.completions", "stream": True,
+                        "prompt_tokens": 1, "completion_tokens": i, "cost_usd": 0.25 * i, "latency_ms": 2.0,
+                        "status": 200})
+        await writer.flush()
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(LedgerEntry.__table__).order_by("request_id"))).all()
+    finally:
+        await writer.stop()
+        await engine.dispose()
+    assert [(r.request_id, r.completion_tokens, r.cost_usd, r.day) for r in rows] == [
+        (f"r{i}", i, 0.25 * i, now.date()) for i in range(3)]
+    assert len({r.id for r in rows}) == 3
