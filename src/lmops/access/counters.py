@@ -19,8 +19,25 @@ import logging
 import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
+from urllib.parse import urlparse
+
+from lmops.access.resp import NoScript, PipelinedScript
 
 log = logging.getLogger("lmops.access")
+
+
+def pipelined_script(url: str) -> PipelinedScript | None:
+    """The pipelined connection for a plain ``redis://host:port/db`` URL (TLS and sockets: redis-py only)."""
+    from redis.asyncio.connection import parse_url
+
+    if urlparse(url).scheme != "redis":
+        return None
+    options = parse_url(url)
+    if set(options) - {"host", "port", "db", "username", "password"}:
+        return None
+    return PipelinedScript(options.get("host", "localhost"), int(options.get("port", 6379)),
+                           db=int(options.get("db", 0)), username=options.get("username"),
+                           password=options.get("password"))
 
 
 # Named tuples, not dataclasses: a request makes a dozen of these, and the counters unpack them in tight loops.
@@ -212,6 +229,7 @@ class RedisCounters:
         self._apply = self._redis.register_script(_APPLY)
         self._seed = self._redis.register_script(_SEED)
         self._pending: dict[str, tuple[float, int]] = {}  # key -> (summed amount, ttl)
+        self._fast = pipelined_script(url)  # admissions, on the request path; None: redis-py only
         self._flusher: asyncio.Task[None] | None = None
 
     async def admit(self, checks: Sequence[Check]) -> Admission:
@@ -220,9 +238,17 @@ class RedisCounters:
         for c in checks:
             keys += [c.key, c.key2 or c.key]
             spec.append(f"{c.kind} {float(c.limit)!r} {float(c.amount)!r} {c.ttl}")
-        reply = (await self._admit(keys=keys, args=[" ".join(spec)])).split()
+        reply = (await self._run_admit(keys, [" ".join(spec)])).split()
         failed = int(reply[0])
         return Admission(failed < 0, tuple(float(v) for v in reply[1:]), failed)
+
+    async def _run_admit(self, keys: list[str], args: list[str]) -> str:
+        if self._fast is not None:
+            try:
+                return (await self._fast.call(self._admit.sha, keys, args)).decode()
+            except NoScript:
+                pass  # redis-py loads the script and runs it; later calls find it loaded
+        return await self._admit(keys=keys, args=args)
 
     def apply(self, deltas: Sequence[Delta]) -> None:
         pending = self._pending
@@ -265,4 +291,6 @@ class RedisCounters:
             await self.drain()
         except Exception:  # noqa: BLE001 - Redis gone: the updates expire with their keys
             log.exception("could not apply the last counter updates in Redis")
+        if self._fast is not None:
+            await self._fast.close()
         await self._redis.aclose()
