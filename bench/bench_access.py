@@ -202,9 +202,8 @@ def guard(args: argparse.Namespace) -> dict[str, Any]:
     from starlette.requests import Request
 
     from lmops.access.rules import Limits
-    from lmops.access.service import AccessService
     from lmops.serving.context import RequestContext
-    from lmops.store.database import create_engine, upgrade_async
+    from lmops.testing.access import running_access
     from lmops.testing.settings import make_settings
 
     async def run() -> dict[str, float]:
@@ -214,13 +213,7 @@ def guard(args: argparse.Namespace) -> dict[str, Any]:
         access_cfg = {"enabled": True, "bootstrap": False, "redis_prefix": f"bg{secrets.token_hex(3)}",
                       "prices": {"fake": {"input": 0.5, "output": 1.5}}}
         settings = make_settings(workdir, models, access=access_cfg, **extra)
-        await upgrade_async(settings.database_url)
-        db = create_engine(settings.database_url)
-        access = AccessService(settings, db)
-        await access.start()
-        try:
-            admin = access.admin
-            assert admin is not None
+        async with running_access(settings) as (access, admin):
             team = await admin.create_team(None, "bench")
             row, key = await admin.issue_key(None, team["id"])
             limits = Limits(models=("fake",), rpm=10**9, tpm=10**12, max_parallel=10**6, budget_usd=1e9,
@@ -247,9 +240,6 @@ def guard(args: argparse.Namespace) -> dict[str, Any]:
             await access.counters.drain()
             return {"cpu_us_per_request": (time.process_time() - cpu) / args.requests * 1e6,
                     "wall_us_per_request": (time.perf_counter() - wall) / args.requests * 1e6}
-        finally:
-            await access.stop()
-            await db.dispose()
 
     return {"counters": "redis" if args.redis else "memory", "requests": args.requests, **asyncio.run(run()),
             "machine": _machine()}

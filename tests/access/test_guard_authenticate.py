@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 from starlette.requests import Request
 
-from lmops.access.service import AccessService
 from lmops.protocol.errors import AuthenticationError, PermissionDenied
-from lmops.store.database import create_engine, upgrade_async
+from lmops.testing.access import running_access
 from lmops.testing.settings import make_settings
 
 
@@ -18,13 +17,7 @@ def _request(key: str | None) -> Request:
 
 async def test_authenticate_gives_the_team_of_the_key(tmp_path):
     settings = make_settings(tmp_path, [], access={"enabled": True, "bootstrap": False})
-    await upgrade_async(settings.database_url)
-    db = create_engine(settings.database_url)
-    access = AccessService(settings, db)
-    await access.start()
-    try:
-        admin = access.admin
-        assert admin is not None
+    async with running_access(settings) as (access, admin):
         a, b = await admin.create_team(None, "a"), await admin.create_team(None, "b")
         user = await admin.create_user(None, "ann", "a")
         _, key_a = await admin.issue_key(None, "a", user_id=user["id"], scopes=frozenset({"batch"}))
@@ -37,6 +30,3 @@ async def test_authenticate_gives_the_team_of_the_key(tmp_path):
         for bad in (None, "lmops-abcdefgh-" + "x" * 30):
             with pytest.raises(AuthenticationError):
                 await access.guard.authenticate(_request(bad), "batch")
-    finally:
-        await access.stop()
-        await db.dispose()

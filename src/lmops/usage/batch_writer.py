@@ -106,11 +106,12 @@ class BatchWriter:
 
     async def _insert(self, rows: list[dict[str, Any]]) -> None:
         if self._sync is not None:
+            per_statement = max(1, min(_SQLITE_ROWS_PER_STATEMENT, _SQLITE_MAX_VARIABLES // len(rows[0])))
             statements = []
-            for start in range(0, len(rows), _SQLITE_ROWS_PER_STATEMENT):
+            for start in range(0, len(rows), per_statement):
                 if start:
                     await asyncio.sleep(0)  # let requests run between chunks: this is the gateway's p99
-                statements += self._sqlite_statements(rows[start:start + _SQLITE_ROWS_PER_STATEMENT])
+                statements.append(self._sqlite_statement(rows[start:start + per_statement]))
             await asyncio.to_thread(self._execute_sync, statements)
             return
         if self._engine.dialect.driver == "asyncpg":
@@ -127,15 +128,15 @@ class BatchWriter:
         float, bool, datetime, date, None), which is what the record and ledger tables take.
         """
         columns = list(rows[0])
-        values_of = operator.itemgetter(*columns)
-        records = [values_of(r) for r in rows] if len(columns) > 1 else [(values_of(r),) for r in rows]
+        values_of = _values_getter(columns)
+        records = [values_of(r) for r in rows]
         async with self._engine.connect() as conn:
             raw = await conn.get_raw_connection()
             await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
                 self._table.name, records=records, columns=columns)
 
-    def _sqlite_statements(self, rows: list[dict[str, Any]]) -> list[tuple[str, list[Any]]]:
-        """Multi-row INSERTs with their parameters, made on the event loop.
+    def _sqlite_statement(self, rows: list[dict[str, Any]]) -> tuple[str, list[Any]]:
+        """One multi-row INSERT with its parameters, made on the event loop.
 
         The Python work is done here rather than in the writer thread: a thread that needs the GIL
         while the event loop is busy is woken at every one of the loop's GIL releases, which cost
@@ -143,24 +144,19 @@ class BatchWriter:
         one statement per chunk of rows (``executemany`` would hand the GIL over once per row).
         """
         columns = list(rows[0])
-        values_of = operator.itemgetter(*columns)
+        values_of = _values_getter(columns)
         convert = [(i, f) for i, c in enumerate(columns)
                    if (f := _SQLITE_CONVERTERS.get(type(self._table.c[c].type).__name__)) is not None]
-        per_row = max(1, min(_SQLITE_ROWS_PER_STATEMENT, _SQLITE_MAX_VARIABLES // len(columns)))
-        head = f'INSERT INTO "{self._table.name}" ({", ".join(chr(34) + c + chr(34) for c in columns)}) VALUES '
+        values: list[Any] = []
+        for row in rows:
+            row_values = list(values_of(row))
+            for i, f in convert:
+                if row_values[i] is not None:
+                    row_values[i] = f(row_values[i])
+            values += row_values
+        names = ", ".join(f'"{c}"' for c in columns)
         one = f'({", ".join("?" for _ in columns)})'
-        statements = []
-        for start in range(0, len(rows), per_row):
-            chunk = rows[start:start + per_row]
-            values: list[Any] = []
-            for row in chunk:
-                row_values = list(values_of(row)) if len(columns) > 1 else [values_of(row)]
-                for i, f in convert:
-                    if row_values[i] is not None:
-                        row_values[i] = f(row_values[i])
-                values += row_values
-            statements.append((head + ", ".join([one] * len(chunk)), values))
-        return statements
+        return f'INSERT INTO "{self._table.name}" ({names}) VALUES {", ".join([one] * len(rows))}', values
 
     def _execute_sync(self, statements: list[tuple[str, list[Any]]]) -> None:
         """Run the statements in one transaction on the raw sqlite3 connection (SQLAlchemy's per-row
@@ -221,3 +217,11 @@ class BatchWriter:
                 await self.flush()
             except Exception:  # noqa: BLE001 - keep rows and retry on the next tick
                 await asyncio.sleep(self._interval)
+
+
+def _values_getter(columns: list[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """A row's values in ``columns`` order, always as a tuple."""
+    if len(columns) == 1:
+        column = columns[0]
+        return lambda row: (row[column],)
+    return operator.itemgetter(*columns)
