@@ -1,7 +1,9 @@
-"""The batched row writer on SQLite (multi-row INSERTs in a thread) and PostgreSQL (binary COPY)."""
+"""The batched row writer on SQLite (multi-row INSERTs from the loop, chunk by chunk) and PostgreSQL (binary COPY)."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -75,3 +77,31 @@ async def test_ledger_rows_with_dates_and_serial_ids(database_url):
     assert [(r.request_id, r.completion_tokens, r.cost_usd, r.day) for r in rows] == [
         (f"r{i}", i, 0.25 * i, now.date()) for i in range(3)]
     assert len({r.id for r in rows}) == 3
+
+
+async def test_sqlite_rows_wait_for_another_writer_without_holding_the_loop(tmp_path):
+    """Inserts run on the event loop, but a write lock held elsewhere is waited for in a thread: the loop
+    keeps serving, and the rows land once the lock is released."""
+    url = f"sqlite:///{tmp_path / 'locked.db'}"
+    await upgrade_async(url)
+    engine = create_engine(url)
+    writer = BatchWriter(engine, RequestRecord.__table__)  # type: ignore[arg-type]
+    other = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another connection is writing
+        for i in range(1, 101):
+            writer.add(record(i))
+        flush = asyncio.create_task(writer.flush())
+        ticks = 0
+        for _ in range(20):  # the loop is free while the flush waits
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not flush.done() and writer.pending == 100
+        other.execute("COMMIT")
+        await asyncio.wait_for(flush, 10)
+        count = other.execute("SELECT count(*) FROM request_records").fetchone()[0]
+    finally:
+        other.close()
+        await writer.stop()
+        await engine.dispose()
+    assert (ticks, count, writer.written, writer.pending) == (20, 100, 100, 0)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 
 import openai
 import pytest
-from sqlalchemy import select
+from sqlalchemy import make_url, select
 
 from lmops.app import create_app
 from lmops.store.database import create_engine, current_revision, upgrade
@@ -72,19 +73,24 @@ def test_every_request_leaves_a_record(database_url, serve, settings_factory):
 
 
 def test_database_outage_never_fails_requests(serve, settings_factory, tmp_path):
-    """Rows wait in memory while the database is unwritable; requests are not slowed or failed."""
+    """Rows wait in memory while the database cannot be written; requests are not slowed or failed."""
     up = serve(FakeOpenAI())
     settings = settings_factory([{"name": "m", "engine": "openai", "replicas": [f"{up.url}/v1"]}])
     srv = serve(create_app(settings))
     services = srv.server.config.app.state.services
-    original = services.records._table
-    services.records._table = original.to_metadata(__import__("sqlalchemy").MetaData(), name="no_such_table")
-    client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="x", max_retries=0)
-    for _ in range(5):
-        assert client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}]).choices
-    time.sleep(0.3)
-    assert services.records.pending == 5 and services.records.written == 0
-    services.records._table = original
+    blocker = sqlite3.connect(make_url(settings.database_url).database, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="x", max_retries=0)
+        for _ in range(5):
+            started = time.monotonic()
+            assert client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}]).choices
+            assert time.monotonic() - started < 1.0
+        time.sleep(0.3)
+        assert services.records.pending == 5 and services.records.written == 0
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
     deadline = time.monotonic() + 5
     while services.records.written < 5 and time.monotonic() < deadline:
         time.sleep(0.05)

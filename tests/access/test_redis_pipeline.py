@@ -11,6 +11,8 @@ import redis.asyncio as aioredis
 from lmops.access.counters import Check, RedisCounters, pipelined_script
 from lmops.access.resp import PipelinedScript, RespError
 
+ONE = (1.0,)  # the amount of a check counting one request
+
 
 def _db(url: str, db: int) -> str:
     return url.rsplit("/", 1)[0] + f"/{db}"
@@ -21,7 +23,7 @@ async def test_concurrent_admissions_are_pipelined_and_exact(redis_url):
     key = f"t{secrets.token_hex(4)}:rpm"
     try:
         assert counters._fast is not None  # a plain redis:// URL takes the pipelined path
-        results = await asyncio.gather(*(counters.admit([Check("add", key, 150, 1.0, 60)]) for _ in range(200)))
+        results = await asyncio.gather(*(counters.admit([Check("add", key, 150, 0, 60)], ONE) for _ in range(200)))
     finally:
         await counters.close()
     assert sum(r.ok for r in results) == 150  # each admission saw every earlier one: none lost, none doubled
@@ -34,10 +36,10 @@ async def test_a_flushed_script_is_loaded_again(redis_url):
     key = f"t{secrets.token_hex(4)}:rpm"
     raw = aioredis.Redis.from_url(redis_url)
     try:
-        assert (await counters.admit([Check("add", key, 10, 1.0, 60)])).values == (1.0,)
+        assert (await counters.admit([Check("add", key, 10, 0, 60)], ONE)).values == (1.0,)
         await raw.script_flush()  # as after a Redis restart
-        assert (await counters.admit([Check("add", key, 10, 1.0, 60)])).values == (2.0,)
-        assert (await counters.admit([Check("add", key, 10, 1.0, 60)])).values == (3.0,)
+        assert (await counters.admit([Check("add", key, 10, 0, 60)], ONE)).values == (2.0,)
+        assert (await counters.admit([Check("add", key, 10, 0, 60)], ONE)).values == (3.0,)
     finally:
         await counters.close()
         await raw.aclose()
@@ -49,7 +51,7 @@ async def test_the_database_number_in_the_url_is_used(redis_url):
     key = f"t{secrets.token_hex(4)}:rpm"
     raw = aioredis.Redis.from_url(url, decode_responses=True)
     try:
-        await counters.admit([Check("add", key, 10, 1.0, 60)])
+        await counters.admit([Check("add", key, 10, 0, 60)], ONE)
         assert await raw.get(key) == "1"
         assert await aioredis.Redis.from_url(_db(redis_url, 0)).get(key) is None
     finally:
@@ -104,9 +106,9 @@ async def test_a_password_and_user_in_the_url_authenticate(redis_url):
     good = RedisCounters(f"redis://{user}:{password}@{host_port}/0")
     bad = RedisCounters(f"redis://{user}:wrong@{host_port}/0")
     try:
-        assert (await good.admit([Check("add", key, 10, 1.0, 60)])).values == (1.0,)
+        assert (await good.admit([Check("add", key, 10, 0, 60)], ONE)).values == (1.0,)
         with pytest.raises(Exception, match="WRONGPASS|invalid"):
-            await bad.admit([Check("add", key, 10, 1.0, 60)])
+            await bad.admit([Check("add", key, 10, 0, 60)], ONE)
     finally:
         await good.close()
         await bad.close()

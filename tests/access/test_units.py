@@ -40,31 +40,29 @@ def test_key_text_hash_and_prefix():
     assert bearer_token("Bearer abc") == "abc" and bearer_token("Basic abc") is None and bearer_token(None) is None
 
 
-def _script(seed: int) -> list[tuple[str, object]]:
+def _script(seed: int) -> list[tuple[str, object, tuple[float, ...]]]:
+    """Admissions of random subsets of checks (a budget reserving a random amount) and settlements."""
     rng = random.Random(seed)
-    steps: list[tuple[str, object]] = []
+    steps: list[tuple[str, object, tuple[float, ...]]] = []
+    checks = [Check("add", "rpm", 20, 0, 60), Check("below", "tpm", 500), Check("add", "par", 3, 0, 600),
+              Check("add", "spent", 50.0, 1, 0)]
     for _ in range(300):
-        checks = [Check("add", "rpm", 20, 1.0, 60), Check("below", "tpm", 500),
-                  Check("add", "par", 3, 1.0, 600), Check("reserve", "spent", 50.0, rng.uniform(0, 5), 0, "held")]
-        steps.append(("admit", rng.sample(checks, rng.randint(1, 4))))
+        steps.append(("admit", rng.sample(checks, rng.randint(1, 4)), (1.0, rng.uniform(0, 5))))
         if rng.random() < 0.5:
-            steps.append(("apply", [Delta("par", -1.0, 600), Delta("tpm", float(rng.randint(0, 40)), 60),
-                                    Delta("spent", rng.uniform(0, 2)), Delta("held", -rng.uniform(0, 2))]))
+            steps.append(("apply", [Delta("par", 0, 600), Delta("tpm", 1, 60), Delta("spent", 2)],
+                          (-1.0, float(rng.randint(0, 40)), rng.uniform(-2, 2))))
     return steps
 
 
 async def _play(counters, steps, prefix: str) -> list[tuple[bool, int, tuple[float, ...]]]:
-    def named(c: Check) -> Check:
-        return Check(c.kind, prefix + c.key, c.limit, c.amount, c.ttl, prefix + c.key2 if c.key2 else "")
-
     outcomes = []
     await counters.seed(prefix + "spent", 1.5, 0)
-    for op, arg in steps:
+    for op, items, amounts in steps:
         if op == "admit":
-            a = await counters.admit([named(c) for c in arg])
+            a = await counters.admit([c._replace(key=prefix + c.key) for c in items], amounts)
             outcomes.append((a.ok, a.failed, tuple(round(v, 6) for v in a.values)))
         else:
-            counters.apply([Delta(prefix + d.key, d.amount, d.ttl) for d in arg])
+            counters.apply([d._replace(key=prefix + d.key) for d in items], amounts)
             await counters.drain()
     return outcomes
 

@@ -5,17 +5,21 @@ if all pass, applies them — atomically (a single event-loop step in memory, on
 in Redis, so one round trip). ``apply`` adds deltas after the request (releases, real usage)
 without blocking the caller.
 
+A key's checks and deltas are the same for every request in one second; only the amounts
+differ. So they are built once and name their amount by its index (``slot``) in the amounts
+the caller passes with them.
+
 Check kinds:
-- ``add``: refuse when ``value + amount > limit``, else add ``amount`` (requests in a window, parallel requests)
+- ``add``: refuse when ``value + amount > limit``, else add ``amount`` (requests in a window,
+  parallel requests, a budget's spent-plus-reserved total)
 - ``below``: refuse when ``value >= limit``; nothing is added (tokens in a window, booked after the request)
-- ``reserve``: refuse when ``value(key) + value(key2) + amount > limit``, else add ``amount`` to ``key2``
-  (a budget: ``key`` holds what was spent, ``key2`` what running requests reserved)
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
@@ -40,19 +44,18 @@ def pipelined_script(url: str) -> PipelinedScript | None:
                            password=options.get("password"))
 
 
-# Named tuples, not dataclasses: a request makes a dozen of these, and the counters unpack them in tight loops.
+# Named tuples, not dataclasses: the counters unpack them in tight loops.
 class Check(NamedTuple):
-    kind: str  # add | below | reserve
+    kind: str  # add | below
     key: str
     limit: float
-    amount: float = 0.0
+    slot: int = 0  # index of its amount in the amounts admitted with it
     ttl: int = 0  # seconds the written key lives; 0 = forever
-    key2: str = ""
 
 
 class Delta(NamedTuple):
     key: str
-    amount: float
+    slot: int  # index of its amount in the amounts applied with it
     ttl: int = 0
 
 
@@ -62,10 +65,13 @@ class Admission(NamedTuple):
     failed: int = -1  # index of the first check that refused
 
 
-class Counters(Protocol):
-    async def admit(self, checks: Sequence[Check]) -> Admission: ...
+Amounts = Sequence[float]
 
-    def apply(self, deltas: Sequence[Delta]) -> None: ...
+
+class Counters(Protocol):
+    async def admit(self, checks: Sequence[Check], amounts: Amounts) -> Admission: ...
+
+    def apply(self, deltas: Sequence[Delta], amounts: Amounts) -> None: ...
 
     async def seed(self, key: str, value: float, ttl: int) -> None:
         """Set ``key`` to ``value`` unless it exists (load what the ledger says was spent)."""
@@ -81,10 +87,10 @@ class Counters(Protocol):
 
 
 class MemoryCounters:
-    """Counters of one process: ``key -> (value, expires at; 0 = never)``.
+    """Counters of one process: ``key -> (value, expires at)``.
 
     The loops are written out by hand (no helper calls per check): with every limit set on a team
-    and its key, a request makes ten checks and a dozen updates, and this is the gateway's hot path.
+    and its key, a request makes ten checks and eight updates, and this is the gateway's hot path.
     """
 
     def __init__(self, clock: Any = time.time):
@@ -92,61 +98,52 @@ class MemoryCounters:
         self._values: dict[str, tuple[float, float]] = {}
         self._next_purge = 0.0
 
-    async def admit(self, checks: Sequence[Check]) -> Admission:
-        return self.admit_now(checks)
+    async def admit(self, checks: Sequence[Check], amounts: Amounts) -> Admission:
+        return self.admit_now(checks, amounts)
 
-    def admit_now(self, checks: Sequence[Check]) -> Admission:
+    def admit_now(self, checks: Sequence[Check], amounts: Amounts) -> Admission:
         now = self._clock()
         if now >= self._next_purge:
             self._purge(now)
         store = self._values
         values: list[float] = []
         failed = -1
-        for i, (kind, key, limit, amount, _, key2) in enumerate(checks):
+        for i, (kind, key, limit, slot, _) in enumerate(checks):
             hit = store.get(key)
-            used = hit[0] if hit is not None and (not hit[1] or hit[1] > now) else 0.0
+            used = hit[0] if hit is not None and hit[1] > now else 0.0
             if kind == "add":
-                used += amount
-                ok = used <= limit
-            elif kind == "below":
-                ok = used < limit
-            else:  # reserve: what was spent, what running requests hold, and this request
-                held = store.get(key2)
-                used += amount + (held[0] if held is not None and (not held[1] or held[1] > now) else 0.0)
-                ok = used <= limit
-            values.append(used)
-            if not ok and failed < 0:
+                used += amounts[slot]
+                if used > limit and failed < 0:
+                    failed = i
+            elif used >= limit and failed < 0:
                 failed = i
+            values.append(used)
         if failed >= 0:
             return Admission(False, tuple(values), failed)
-        for (kind, key, _, amount, ttl, key2), used in zip(checks, values):
+        for (kind, key, _, _, ttl), used in zip(checks, values):
             if kind == "add":  # used = value + amount
-                store[key] = (used, now + ttl if ttl else 0.0)
-            elif kind == "reserve":
-                held = store.get(key2)
-                base = held[0] if held is not None and (not held[1] or held[1] > now) else 0.0
-                store[key2] = (base + amount, now + ttl if ttl else 0.0)
+                store[key] = (used, now + ttl if ttl else math.inf)
         return Admission(True, tuple(values))
 
-    def apply(self, deltas: Sequence[Delta]) -> None:
+    def apply(self, deltas: Sequence[Delta], amounts: Amounts) -> None:
         now = self._clock()
         store = self._values
-        for key, amount, ttl in deltas:
+        for key, slot, ttl in deltas:
             hit = store.get(key)
-            base = hit[0] if hit is not None and (not hit[1] or hit[1] > now) else 0.0
-            store[key] = (base + amount, now + ttl if ttl else 0.0)
+            base = hit[0] if hit is not None and hit[1] > now else 0.0
+            store[key] = (base + amounts[slot], now + ttl if ttl else math.inf)
 
     async def seed(self, key: str, value: float, ttl: int) -> None:
         now = self._clock()
         if not self._live(key, now):
-            self._values[key] = (value, now + ttl if ttl else 0.0)
+            self._values[key] = (value, now + ttl if ttl else math.inf)
 
     async def exists(self, key: str) -> bool:
         return self._live(key, self._clock())
 
     def _live(self, key: str, now: float) -> bool:
         hit = self._values.get(key)
-        return hit is not None and (not hit[1] or hit[1] > now)
+        return hit is not None and hit[1] > now
 
     async def drain(self) -> None:
         return None
@@ -155,11 +152,11 @@ class MemoryCounters:
         self._values.clear()
 
     def _purge(self, now: float) -> None:
-        self._values = {k: v for k, v in self._values.items() if not v[1] or v[1] > now}
+        self._values = {k: v for k, v in self._values.items() if v[1] > now}
         self._next_purge = now + 30.0
 
 
-# KEYS: key, key2 per check. ARGV[1]: per check "kind limit amount ttl", space-separated.
+# KEYS: one per check. ARGV[1]: per check "kind limit amount ttl", space-separated.
 # Returns "failed value1 value2 ..." (failed = -1 when admitted).
 _ADMIT = """
 local spec = {}
@@ -169,34 +166,28 @@ local values = {}
 local failed = -1
 for i = 1, n do
   local kind, limit, amount = spec[4*i-3], tonumber(spec[4*i-2]), tonumber(spec[4*i-1])
-  local value = tonumber(redis.call('GET', KEYS[2*i-1]) or '0')
+  local value = tonumber(redis.call('GET', KEYS[i]) or '0')
   local ok
   if kind == 'add' then
     value = value + amount
     ok = value <= limit
-  elseif kind == 'below' then
-    ok = value < limit
   else
-    value = value + tonumber(redis.call('GET', KEYS[2*i]) or '0') + amount
-    ok = value <= limit
+    ok = value < limit
   end
   values[i] = tostring(value)
   if not ok and failed < 0 then failed = i - 1 end
 end
 if failed < 0 then
   for i = 1, n do
-    local kind, amount, ttl = spec[4*i-3], spec[4*i-1], tonumber(spec[4*i])
-    local key = nil
-    if kind == 'add' then key = KEYS[2*i-1] elseif kind == 'reserve' then key = KEYS[2*i] end
-    if key then
-      redis.call('INCRBYFLOAT', key, amount)
-      if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+    if spec[4*i-3] == 'add' then
+      redis.call('INCRBYFLOAT', KEYS[i], spec[4*i-1])
+      local ttl = tonumber(spec[4*i])
+      if ttl > 0 then redis.call('EXPIRE', KEYS[i], ttl) end
     end
   end
 end
 return tostring(failed) .. ' ' .. table.concat(values, ' ')
 """
-
 # KEYS: keys. ARGV: per key amount, ttl.
 _APPLY = """
 for i = 1, #KEYS do
@@ -232,13 +223,10 @@ class RedisCounters:
         self._fast = pipelined_script(url)  # admissions, on the request path; None: redis-py only
         self._flusher: asyncio.Task[None] | None = None
 
-    async def admit(self, checks: Sequence[Check]) -> Admission:
-        keys: list[str] = []
-        spec: list[str] = []
-        for c in checks:
-            keys += [c.key, c.key2 or c.key]
-            spec.append(f"{c.kind} {float(c.limit)!r} {float(c.amount)!r} {c.ttl}")
-        reply = (await self._run_admit(keys, [" ".join(spec)])).split()
+    async def admit(self, checks: Sequence[Check], amounts: Amounts) -> Admission:
+        keys = [c.key for c in checks]
+        spec = " ".join([f"{c.kind} {float(c.limit)!r} {float(amounts[c.slot])!r} {c.ttl}" for c in checks])
+        reply = (await self._run_admit(keys, [spec])).split()
         failed = int(reply[0])
         return Admission(failed < 0, tuple(float(v) for v in reply[1:]), failed)
 
@@ -250,11 +238,11 @@ class RedisCounters:
                 pass  # redis-py loads the script and runs it; later calls find it loaded
         return await self._admit(keys=keys, args=args)
 
-    def apply(self, deltas: Sequence[Delta]) -> None:
+    def apply(self, deltas: Sequence[Delta], amounts: Amounts) -> None:
         pending = self._pending
-        for d in deltas:
-            amount, ttl = pending.get(d.key, (0.0, 0))
-            pending[d.key] = (amount + d.amount, max(ttl, d.ttl))
+        for key, slot, ttl in deltas:
+            amount, longest = pending.get(key, (0.0, 0))
+            pending[key] = (amount + amounts[slot], max(ttl, longest))
         if pending and (self._flusher is None or self._flusher.done()):
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
 

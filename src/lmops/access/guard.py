@@ -112,7 +112,7 @@ class AccessGuard:
         if not plan.checks:
             return None
         try:
-            admission = await self.counters.admit(plan.checks)
+            admission = await self.counters.admit(plan.checks, plan.amounts)
         except Exception as exc:  # noqa: BLE001 - fail closed: no limit or budget can be checked
             log.error("limit counters unavailable: %s", type(exc).__name__)
             raise LimitsUnavailable() from None
@@ -129,7 +129,7 @@ class AccessGuard:
         cost = self.prices.cost(ctx.model, ctx.prompt_tokens, ctx.completion_tokens)
         if ctx.reservation is not None:
             tokens = ctx.prompt_tokens + ctx.completion_tokens
-            self.counters.apply(ctx.reservation.settle(cost, tokens, self._clock()))
+            self.counters.apply(*ctx.reservation.settle(cost, tokens, self._clock()))
             ctx.reservation = None
         now = datetime.now(timezone.utc)
         self.ledger.add({

@@ -28,36 +28,32 @@ class Meter:
     period: str = ""
 
 
-class Plan:
-    """One request's checks, in the order of its template's meters; once admitted, what it holds until it
-    settles: parallel slots, and its worst-case cost reserved against each budget."""
+# Amount slots. At admission: a request counts one, and reserves its worst-case cost in dollars and tokens.
+COUNT, USD, TOKENS = 0, 1, 2
+# At settlement: a parallel slot is released, the reservations are replaced by the real cost (so each
+# budget's counter holds what was spent plus what running requests reserved), tokens are booked.
+RELEASE, USD_CORRECTION, TOKENS_CORRECTION, TOKENS_USED = 0, 1, 2, 3
 
-    __slots__ = ("checks", "template", "tokens", "usd")
+
+class Plan:
+    """One request's checks (its key's template) and the amounts it reserved until it settles."""
+
+    __slots__ = ("amounts", "template")
 
     def __init__(self, template: _Template, usd: float, tokens: float):
         self.template = template
-        self.usd = usd
-        self.tokens = tokens
-        checks = list(template.checks)
-        for b in template.budgets:
-            checks.append(Check("reserve", b.spent_key, b.limit, usd if b.unit == "usd" else tokens, b.ttl,
-                                b.held_key))
-        self.checks = checks
+        self.amounts = (1.0, usd, tokens)
 
-    def settle(self, cost_usd: float, tokens: int, now: float) -> list[Delta]:
-        """Release what was held and book the real usage."""
+    @property
+    def checks(self) -> tuple[Check, ...]:
+        return self.template.checks
+
+    def settle(self, cost_usd: float, tokens: int, now: float) -> tuple[tuple[Delta, ...], tuple[float, ...]]:
+        """The deltas (and their amounts) that release what was held and book the real usage."""
         t = self.template
-        deltas = list(t.releases)
-        for b in t.budgets:
-            if b.unit == "usd":
-                deltas += (Delta(b.held_key, -self.usd, b.ttl), Delta(b.spent_key, cost_usd, b.ttl))
-            else:
-                deltas += (Delta(b.held_key, -self.tokens, b.ttl), Delta(b.spent_key, float(tokens), b.ttl))
-        if tokens and t.token_windows:
-            window, ttl = int(now // WINDOW), _window_ttl(now)
-            keys = t.window_keys if window == t.window else [f"{base}:{window}" for base in t.token_windows]
-            deltas += [Delta(key, float(tokens), ttl) for key in keys]
-        return deltas
+        deltas = t.settlement if int(now // WINDOW) == t.window else t.settlement_at(now)
+        _, usd, reserved_tokens = self.amounts
+        return deltas, (-1.0, cost_usd - usd, tokens - reserved_tokens, float(tokens))
 
     @property
     def meters(self) -> tuple[Meter, ...]:
@@ -117,27 +113,22 @@ class Moment:
 
 
 @dataclass(frozen=True)
-class _Budget:
-    spent_key: str
-    held_key: str
-    unit: str  # usd | tokens
-    limit: float
-    ttl: int
-
-
-@dataclass(frozen=True)
 class _Template:
     """The part of a key's plan that is the same for every request in one second."""
 
     checks: tuple[Check, ...]
-    meters: tuple[Meter, ...]
-    releases: tuple[Delta, ...]
+    meters: tuple[Meter, ...]  # one per check
+    settlement: tuple[Delta, ...]  # releases, budget corrections, then tokens per minute in ``window``
+    fixed: tuple[Delta, ...]  # the releases and budget corrections alone
     token_windows: tuple[str, ...]  # subjects whose tokens per minute are counted
     window: int  # the minute the template was made in
-    window_keys: tuple[str, ...]  # their counters in that minute
-    budgets: tuple[_Budget, ...]
     # per header family: (limit, remaining, reset header names), ((check index, limit, limit text), ...), reset
     rate_headers: tuple[tuple[tuple[str, str, str], tuple[tuple[int, float, str], ...], str], ...]
+
+    def settlement_at(self, now: float) -> tuple[Delta, ...]:
+        """The settlement of a request that ends in a later minute than it began."""
+        window, ttl = int(now // WINDOW), _window_ttl(now)
+        return self.fixed + tuple(Delta(f"{base}:{window}", TOKENS_USED, ttl) for base in self.token_windows)
 
 
 class Planner:
@@ -162,10 +153,8 @@ class Planner:
         moment, ns = self._moment, self.namespace
         checks: list[Check] = []
         meters: list[Meter] = []
-        releases: list[Delta] = []
+        fixed: list[Delta] = []
         windows: list[str] = []
-        budgets: list[_Budget] = []
-        budget_meters: list[Meter] = []
         reset = WINDOW - now % WINDOW
         for subject_type, subject_id, limits in (("team", grant.team_id, grant.team_limits),
                                                  ("key", grant.key_id, grant.key_limits)):
@@ -173,7 +162,7 @@ class Planner:
                 continue
             if limits.rpm is not None:
                 key = f"{ns}:rpm:{subject_type}:{subject_id}:{moment.window}"
-                checks.append(Check("add", key, limits.rpm, 1.0, moment.window_ttl))
+                checks.append(Check("add", key, limits.rpm, COUNT, moment.window_ttl))
                 meters.append(Meter("requests", subject_type, limits.rpm, reset))
             if limits.tpm is not None:
                 base = f"{ns}:tpm:{subject_type}:{subject_id}"
@@ -182,25 +171,27 @@ class Planner:
                 windows.append(base)
             if limits.max_parallel is not None:
                 key = f"{ns}:par:{subject_type}:{subject_id}"
-                checks.append(Check("add", key, limits.max_parallel, 1.0, PARALLEL_TTL))
+                checks.append(Check("add", key, limits.max_parallel, COUNT, PARALLEL_TTL))
                 meters.append(Meter("parallel", subject_type, limits.max_parallel, 1.0))
-                releases.append(Delta(key, -1.0, PARALLEL_TTL))
+                fixed.append(Delta(key, RELEASE, PARALLEL_TTL))
             if limits.has_budget:
                 pid, ttl, until = moment.periods[limits.budget_period]
-                for unit, limit in (("usd", limits.budget_usd), ("tokens", limits.budget_tokens)):
+                for unit, limit, slot, correction in (("usd", limits.budget_usd, USD, USD_CORRECTION),
+                                                      ("tokens", limits.budget_tokens, TOKENS, TOKENS_CORRECTION)):
                     if limit is not None:
-                        spent = f"{ns}:{_UNIT_TAG[unit]}:{subject_type}:{subject_id}:{pid}"
-                        budgets.append(_Budget(spent, spent + ":held", unit, limit, ttl))
-                        budget_meters.append(Meter(f"budget_{unit}", subject_type, limit, until,
-                                                   limits.budget_period))
+                        key = f"{ns}:{_UNIT_TAG[unit]}:{subject_type}:{subject_id}:{pid}"
+                        checks.append(Check("add", key, limit, slot, ttl))
+                        meters.append(Meter(f"budget_{unit}", subject_type, limit, until, limits.budget_period))
+                        fixed.append(Delta(key, correction, ttl))
         rate_headers = []
         for name in ("requests", "tokens"):
             slots = tuple((i, m.limit, str(int(m.limit))) for i, m in enumerate(meters) if m.name == name)
             if slots:
                 names = tuple(f"x-ratelimit-{part}-{name}" for part in ("limit", "remaining", "reset"))
                 rate_headers.append((names, slots, f"{math.ceil(reset)}s"))
-        return _Template(tuple(checks), tuple(meters + budget_meters), tuple(releases), tuple(windows),
-                         moment.window, tuple(f"{base}:{moment.window}" for base in windows), tuple(budgets),
+        settlement = tuple(fixed) + tuple(Delta(f"{base}:{moment.window}", TOKENS_USED, moment.window_ttl)
+                                          for base in windows)
+        return _Template(tuple(checks), tuple(meters), settlement, tuple(fixed), tuple(windows), moment.window,
                          tuple(rate_headers))
 
 

@@ -3,25 +3,24 @@
 ``add`` only appends to an in-memory list; a background task inserts whatever has
 accumulated every ``flush_interval`` seconds (or sooner once ``batch_size`` rows wait).
 A database outage never blocks or fails a request: rows wait, are retried, and beyond
-``max_pending`` the oldest are dropped and counted. On SQLite the insert runs in a thread with
-the standard sqlite3 driver: statement building for hundreds of rows would otherwise hold the
-event loop for milliseconds, which shows in the gateway's tail latency.
+``max_pending`` the oldest are dropped and counted. SQLite files are written from the event loop a
+small chunk per step (``sqlite_rows``); PostgreSQL through one binary COPY per batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import operator
 import sqlite3
 from collections.abc import Callable
 from typing import Any
 
 import asyncpg
-from sqlalchemy import Engine, Table, event, insert
-from sqlalchemy import create_engine as create_sync_engine
+from sqlalchemy import Table, insert
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from lmops.usage.sqlite_rows import Locked, SQLiteRows, values_getter
 
 log = logging.getLogger("lmops.usage")
 
@@ -29,15 +28,7 @@ log = logging.getLogger("lmops.usage")
 _REFUSED = (IntegrityError, DataError, sqlite3.IntegrityError, sqlite3.DataError,
             asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
 
-_SQLITE_MAX_VARIABLES = 32766  # SQLite >= 3.32 (Python 3.11 ships 3.40+)
-_SQLITE_ROWS_PER_STATEMENT = 100  # a statement's text and plan grow with its rows; made in one loop step
-
-# How SQLAlchemy stores these types in SQLite (so rows read back through SQLAlchemy are unchanged).
-_SQLITE_CONVERTERS: dict[str, Callable[[Any], Any]] = {
-    "DateTime": lambda v: v.replace(tzinfo=None).isoformat(" ", "microseconds"),  # = "%Y-%m-%d %H:%M:%S.%f"
-    "Date": lambda v: v.isoformat(),
-    "Boolean": int,
-}
+_CHECKPOINT_EVERY = 5000  # SQLite rows written between two WAL checkpoints (taken in a thread)
 
 
 class BatchWriter:
@@ -62,13 +53,10 @@ class BatchWriter:
         self._task: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
         self._stopping = False
-        self._sync: Engine | None = None  # SQLite: inserts run in a thread
+        self._sqlite: SQLiteRows | None = None  # a SQLite file: written from the loop
         if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
-            from lmops.store.database import _sqlite_pragmas
-
-            self._sync = create_sync_engine(engine.url.set(drivername="sqlite"),
-                                            connect_args={"check_same_thread": False, "timeout": 30})
-            event.listen(self._sync, "connect", _sqlite_pragmas)
+            self._sqlite = SQLiteRows(engine.url, table)
+        self._since_checkpoint = 0
         self.written = 0
         self.dropped = 0
 
@@ -101,24 +89,52 @@ class BatchWriter:
                 pass
             self._task = None
         await self.flush()
-        if self._sync is not None:
-            self._sync.dispose()
+        if self._sqlite is not None:
+            self._sqlite.close()
+
+    async def flush(self) -> None:
+        """Write everything pending now (waits for a flush already running).
+
+        Rows leave the pending list as soon as the database has them, chunk by chunk: a failure keeps
+        the rest for the next attempt, and a row the database refuses for good is dropped alone.
+        """
+        async with self._flush_lock:
+            while self._pending:
+                size = (self._sqlite.rows_per_statement(len(self._pending[0])) if self._sqlite is not None
+                        else self._batch_size * 4)
+                chunk = self._pending[:size]
+                try:
+                    await self._insert(chunk)
+                except _REFUSED:
+                    await self._write_one_by_one(chunk)
+                except Exception:
+                    log.exception("could not write %d %s rows; will retry", len(chunk), self._table.name)
+                    raise
+                else:
+                    self.written += len(chunk)
+                del self._pending[: len(chunk)]
+                if self._sqlite is not None:
+                    await asyncio.sleep(0)  # serve requests between chunks: this is the gateway's p99
+            if self._sqlite is not None and self._since_checkpoint >= _CHECKPOINT_EVERY:
+                self._since_checkpoint = 0
+                try:
+                    await asyncio.to_thread(self._sqlite.checkpoint)
+                except sqlite3.Error:
+                    log.exception("WAL checkpoint of %s failed", self._table.name)
 
     async def _insert(self, rows: list[dict[str, Any]]) -> None:
-        if self._sync is not None:
-            per_statement = max(1, min(_SQLITE_ROWS_PER_STATEMENT, _SQLITE_MAX_VARIABLES // len(rows[0])))
-            statements = []
-            for start in range(0, len(rows), per_statement):
-                if start:
-                    await asyncio.sleep(0)  # let requests run between chunks: this is the gateway's p99
-                statements.append(self._sqlite_statement(rows[start:start + per_statement]))
-            await asyncio.to_thread(self._execute_sync, statements)
-            return
-        if self._engine.dialect.driver == "asyncpg":
+        if self._sqlite is not None:
+            statement = self._sqlite.statement(rows)
+            try:
+                self._sqlite.insert_now(statement)
+            except Locked:  # another connection is writing: wait for it in a thread, not on the loop
+                await asyncio.to_thread(self._sqlite.insert_waiting, statement)
+            self._since_checkpoint += len(rows)
+        elif self._engine.dialect.driver == "asyncpg":
             await self._copy_asyncpg(rows)
-            return
-        async with self._engine.begin() as conn:
-            await conn.execute(insert(self._table), rows)
+        else:
+            async with self._engine.begin() as conn:
+                await conn.execute(insert(self._table), rows)
 
     async def _copy_asyncpg(self, rows: list[dict[str, Any]]) -> None:
         """PostgreSQL: one binary COPY on the raw asyncpg connection.
@@ -128,69 +144,12 @@ class BatchWriter:
         float, bool, datetime, date, None), which is what the record and ledger tables take.
         """
         columns = list(rows[0])
-        values_of = _values_getter(columns)
+        values_of = values_getter(columns)
         records = [values_of(r) for r in rows]
         async with self._engine.connect() as conn:
             raw = await conn.get_raw_connection()
             await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
                 self._table.name, records=records, columns=columns)
-
-    def _sqlite_statement(self, rows: list[dict[str, Any]]) -> tuple[str, list[Any]]:
-        """One multi-row INSERT with its parameters, made on the event loop.
-
-        The Python work is done here rather than in the writer thread: a thread that needs the GIL
-        while the event loop is busy is woken at every one of the loop's GIL releases, which cost
-        several times the insert itself. SQLite's own work then runs in the thread without the GIL,
-        one statement per chunk of rows (``executemany`` would hand the GIL over once per row).
-        """
-        columns = list(rows[0])
-        values_of = _values_getter(columns)
-        convert = [(i, f) for i, c in enumerate(columns)
-                   if (f := _SQLITE_CONVERTERS.get(type(self._table.c[c].type).__name__)) is not None]
-        values: list[Any] = []
-        for row in rows:
-            row_values = list(values_of(row))
-            for i, f in convert:
-                if row_values[i] is not None:
-                    row_values[i] = f(row_values[i])
-            values += row_values
-        names = ", ".join(f'"{c}"' for c in columns)
-        one = f'({", ".join("?" for _ in columns)})'
-        return f'INSERT INTO "{self._table.name}" ({names}) VALUES {", ".join([one] * len(rows))}', values
-
-    def _execute_sync(self, statements: list[tuple[str, list[Any]]]) -> None:
-        """Run the statements in one transaction on the raw sqlite3 connection (SQLAlchemy's per-row
-        processing cost more CPU than the rest of a gateway request)."""
-        assert self._sync is not None
-        raw = self._sync.raw_connection()
-        try:
-            try:
-                cursor = raw.cursor()
-                for sql, values in statements:
-                    cursor.execute(sql, values)
-                raw.commit()
-            except Exception:
-                raw.rollback()
-                raise
-        finally:
-            raw.close()
-
-    async def flush(self) -> None:
-        """Write everything pending now (waits for a flush already running)."""
-        async with self._flush_lock:
-            while self._pending:
-                batch = self._pending[: self._batch_size * 4]
-                try:
-                    await self._insert(batch)
-                except _REFUSED:
-                    # A row the database will never accept must not block the rows behind it forever.
-                    await self._write_one_by_one(batch)
-                except Exception:
-                    log.exception("could not write %d %s rows; will retry", len(batch), self._table.name)
-                    raise
-                else:
-                    self.written += len(batch)
-                del self._pending[: len(batch)]
 
     async def _write_one_by_one(self, batch: list[dict[str, Any]]) -> None:
         for row in batch:
@@ -217,11 +176,3 @@ class BatchWriter:
                 await self.flush()
             except Exception:  # noqa: BLE001 - keep rows and retry on the next tick
                 await asyncio.sleep(self._interval)
-
-
-def _values_getter(columns: list[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
-    """A row's values in ``columns`` order, always as a tuple."""
-    if len(columns) == 1:
-        column = columns[0]
-        return lambda row: (row[column],)
-    return operator.itemgetter(*columns)
