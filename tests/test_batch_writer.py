@@ -1,4 +1,4 @@
-"""The batched row writer on SQLite (multi-row INSERTs from the loop, chunk by chunk) and PostgreSQL (binary COPY)."""
+"""The batched row writer on SQLite (multi-row INSERTs in a thread) and PostgreSQL (binary COPY)."""
 
 from __future__ import annotations
 
@@ -80,8 +80,8 @@ async def test_ledger_rows_with_dates_and_serial_ids(database_url):
 
 
 async def test_sqlite_rows_wait_for_another_writer_without_holding_the_loop(tmp_path):
-    """Inserts run on the event loop, but a write lock held elsewhere is waited for in a thread: the loop
-    keeps serving, and the rows land once the lock is released."""
+    """A write lock held by another connection is waited for in the writer's thread: the loop keeps
+    serving, the rows stay pending, and they land once the lock is released."""
     url = f"sqlite:///{tmp_path / 'locked.db'}"
     await upgrade_async(url)
     engine = create_engine(url)

@@ -3,8 +3,8 @@
 ``add`` only appends to an in-memory list; a background task inserts whatever has
 accumulated every ``flush_interval`` seconds (or sooner once ``batch_size`` rows wait).
 A database outage never blocks or fails a request: rows wait, are retried, and beyond
-``max_pending`` the oldest are dropped and counted. SQLite files are written from the event loop a
-small chunk per step (``sqlite_rows``); PostgreSQL through one binary COPY per batch.
+``max_pending`` the oldest are dropped and counted. SQLite files are written in a thread
+(``sqlite_rows``); PostgreSQL through one binary COPY per batch.
 """
 
 from __future__ import annotations
@@ -20,16 +20,13 @@ from sqlalchemy import Table, insert
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from lmops.usage.sqlite_rows import Locked, SQLiteRows, values_getter
+from lmops.usage.sqlite_rows import SQLiteRows, values_getter
 
 log = logging.getLogger("lmops.usage")
 
 # Rows the database refuses for good (as opposed to an outage, which is retried).
 _REFUSED = (IntegrityError, DataError, sqlite3.IntegrityError, sqlite3.DataError,
             asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
-
-_CHECKPOINT_EVERY = 5000  # SQLite rows written between two WAL checkpoints (taken in a thread)
-
 
 class BatchWriter:
     def __init__(
@@ -53,10 +50,9 @@ class BatchWriter:
         self._task: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
         self._stopping = False
-        self._sqlite: SQLiteRows | None = None  # a SQLite file: written from the loop
+        self._sqlite: SQLiteRows | None = None  # a SQLite file: written in a thread
         if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
             self._sqlite = SQLiteRows(engine.url, table)
-        self._since_checkpoint = 0
         self.written = 0
         self.dropped = 0
 
@@ -95,14 +91,14 @@ class BatchWriter:
     async def flush(self) -> None:
         """Write everything pending now (waits for a flush already running).
 
-        Rows leave the pending list as soon as the database has them, chunk by chunk: a failure keeps
+        Rows leave the pending list as soon as the database has them, batch by batch: a failure keeps
         the rest for the next attempt, and a row the database refuses for good is dropped alone.
         """
         async with self._flush_lock:
-            while self._pending:
-                size = (self._sqlite.rows_per_statement(len(self._pending[0])) if self._sqlite is not None
-                        else self._batch_size * 4)
-                chunk = self._pending[:size]
+            left = len(self._pending)  # not the rows added meanwhile: chasing them would write a few at a time
+            while left > 0 and self._pending:
+                chunk = self._pending[:min(self._batch_size * 4, left)]
+                left -= len(chunk)
                 try:
                     await self._insert(chunk)
                 except _REFUSED:
@@ -113,23 +109,16 @@ class BatchWriter:
                 else:
                     self.written += len(chunk)
                 del self._pending[: len(chunk)]
-                if self._sqlite is not None:
-                    await asyncio.sleep(0)  # serve requests between chunks: this is the gateway's p99
-            if self._sqlite is not None and self._since_checkpoint >= _CHECKPOINT_EVERY:
-                self._since_checkpoint = 0
-                try:
-                    await asyncio.to_thread(self._sqlite.checkpoint)
-                except sqlite3.Error:
-                    log.exception("WAL checkpoint of %s failed", self._table.name)
 
     async def _insert(self, rows: list[dict[str, Any]]) -> None:
         if self._sqlite is not None:
-            statement = self._sqlite.statement(rows)
-            try:
-                self._sqlite.insert_now(statement)
-            except Locked:  # another connection is writing: wait for it in a thread, not on the loop
-                await asyncio.to_thread(self._sqlite.insert_waiting, statement)
-            self._since_checkpoint += len(rows)
+            per_statement = self._sqlite.rows_per_statement(len(rows[0]))
+            statements = []
+            for start in range(0, len(rows), per_statement):
+                if start:
+                    await asyncio.sleep(0)  # let requests run between chunks: this is the gateway's p99
+                statements.append(self._sqlite.statement(rows[start:start + per_statement]))
+            await asyncio.to_thread(self._sqlite.insert, statements)
         elif self._engine.dialect.driver == "asyncpg":
             await self._copy_asyncpg(rows)
         else:

@@ -1,15 +1,10 @@
-"""Insert batches of rows into a SQLite file from the event loop, a small chunk per loop step.
+"""Insert batches of rows into a SQLite file: statements made on the event loop, run in a thread.
 
-Why not a thread: in a busy gateway, a writer thread that needs the GIL makes the event loop hand it
-over at every one of its socket calls, and those hand-offs cost more CPU than the inserts themselves
-(measured: ~50 µs per row in total vs ~20 µs inline). A chunk of a few dozen rows takes well under a
-millisecond, so the loop serves requests between chunks.
-
-Two things could still hold the loop: another connection's write lock (the loop must never wait for
-it: the holder may be a coroutine on this very loop) and a WAL checkpoint. So a chunk begins with
-``BEGIN IMMEDIATE`` under a zero busy timeout; when the database is locked, that chunk goes to a
-thread that waits for the lock. Checkpoints are taken off the loop: this connection never checkpoints
-on commit, and the writer asks for a passive checkpoint in a thread every so often.
+The Python work (a few microseconds a row) is done on the loop, a chunk per step: a thread that needs
+the GIL while the loop is busy is woken at every one of the loop's GIL releases, which costs more than
+the work. SQLite's own work then runs in a thread without the GIL, all of a batch's statements in one
+transaction: a transaction costs dozens of page writes whatever its size, so batches stay large, and the
+loop never waits for the disk or for another connection's write lock.
 """
 
 from __future__ import annotations
@@ -23,7 +18,7 @@ from sqlalchemy import Table
 from sqlalchemy.engine import URL
 
 SQLITE_MAX_VARIABLES = 32766  # SQLite >= 3.32 (Python 3.11 ships 3.40+)
-ROWS_PER_STEP = 40  # rows inserted in one event-loop step: about half a millisecond of work
+ROWS_PER_STATEMENT = 100  # a statement's text and plan grow with its rows; made in one loop step
 WAIT_FOR_LOCK_S = 30.0
 
 Statement = tuple[str, list[Any]]
@@ -36,22 +31,18 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-class Locked(Exception):
-    """Another connection holds the write lock."""
-
-
 class SQLiteRows:
-    """One table's inserts on one raw sqlite3 connection, used by one writer at a time."""
+    """One table's inserts on one raw sqlite3 connection (no pool: less Python in the thread)."""
 
     def __init__(self, url: URL, table: Table):
         self.table = table
-        self._conn = sqlite3.connect(url.database or "", timeout=0, isolation_level=None,
-                                     check_same_thread=False)  # a locked chunk moves to a thread
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "wal_autocheckpoint=0"):
+        self._conn = sqlite3.connect(url.database or "", timeout=WAIT_FOR_LOCK_S, isolation_level=None,
+                                     check_same_thread=False)  # made on the loop, used in a thread
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL"):
             self._conn.execute(f"PRAGMA {pragma}")
 
     def rows_per_statement(self, columns: int) -> int:
-        return max(1, min(ROWS_PER_STEP, SQLITE_MAX_VARIABLES // columns))
+        return max(1, min(ROWS_PER_STATEMENT, SQLITE_MAX_VARIABLES // columns))
 
     def statement(self, rows: Sequence[dict[str, Any]]) -> Statement:
         """One multi-row INSERT and its parameters (one statement: ``executemany`` costs a call per row)."""
@@ -70,36 +61,16 @@ class SQLiteRows:
         one = f'({", ".join("?" for _ in columns)})'
         return f'INSERT INTO "{self.table.name}" ({names}) VALUES {", ".join([one] * len(rows))}', values
 
-    def insert_now(self, statement: Statement) -> None:
-        """Insert in one transaction, or raise ``Locked`` at once if another connection is writing."""
+    def insert(self, statements: Sequence[Statement]) -> None:
+        """Run the statements in one transaction, waiting for the write lock (in a thread)."""
+        self._conn.execute("BEGIN IMMEDIATE")
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if _is_locked(exc):
-                raise Locked() from None
-            raise
-        self._finish(statement)
-
-    def insert_waiting(self, statement: Statement) -> None:
-        """Insert in one transaction, waiting for the write lock (in a thread, never on the loop)."""
-        self._conn.execute(f"PRAGMA busy_timeout={int(WAIT_FOR_LOCK_S * 1000)}")
-        try:
-            self._conn.execute("BEGIN IMMEDIATE")
-        finally:
-            self._conn.execute("PRAGMA busy_timeout=0")
-        self._finish(statement)
-
-    def _finish(self, statement: Statement) -> None:
-        try:
-            self._conn.execute(*statement)
+            for statement in statements:
+                self._conn.execute(*statement)
             self._conn.execute("COMMIT")
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
-
-    def checkpoint(self) -> None:
-        """Copy the WAL into the database file where no reader needs it (in a thread: it writes and syncs)."""
-        self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def close(self) -> None:
         self._conn.close()
