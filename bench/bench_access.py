@@ -5,6 +5,7 @@ throughput: requests/s through the gateway with access control + limits + ledger
 report:     the usage report over 1,000,000 ledger rows on PostgreSQL.
 
     python bench/bench_access.py throughput --seconds 10 --rounds 3 [--redis redis://127.0.0.1:6379/0]
+        [--pg postgresql://postgres@127.0.0.1:5432/test]  (each gateway on a fresh database there, not SQLite)
     python bench/bench_access.py report --rows 1000000 [--pg postgresql://postgres@127.0.0.1:5432/test]
     python bench/bench_access.py guard [--redis redis://127.0.0.1:6379/0]
 guard:      CPU time of the access guard alone (admit + settle), in process: immune to the load generator.
@@ -95,12 +96,12 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _gateway(workdir: Path, name: str, upstream: str, access: dict[str, Any], env: dict[str, str]
-             ) -> tuple[subprocess.Popen[bytes], int]:
+def _gateway(workdir: Path, name: str, upstream: str, access: dict[str, Any], env: dict[str, str],
+             database_url: str | None = None) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     config = workdir / f"{name}.yaml"
     config.write_text(yaml.safe_dump({
-        "database_url": f"sqlite:///{workdir / (name + '.db')}",
+        "database_url": database_url or f"sqlite:///{workdir / (name + '.db')}",
         "models": [{"name": "fake", "engine": "openai", "replicas": [f"{upstream}/v1"]}],
         "access": access, "server": {"log_level": "warning"},
         # A starved 2-core machine must not eject the upstream mid-run (that would turn a round into fast 503s).
@@ -116,7 +117,7 @@ def _limited_key(port: int, admin_key: str) -> str:
     """A team and a key with every kind of limit set (high enough never to refuse) and a budget."""
     admin = httpx.Client(base_url=f"http://127.0.0.1:{port}/admin", headers={"authorization": f"Bearer {admin_key}"})
     team = admin.post("/teams", json={"name": "bench"}).json()
-    limits = {"models": ["fake"], "rpm": 10**9, "tpm": 10**12, "max_parallel": 10**6, "budget_usd": 10**9,
+    limits = {"models": ["fake"], "rpm": 10**9, "tpm": 2**31 - 1, "max_parallel": 10**6, "budget_usd": 10**9,
               "budget_tokens": 10**12, "budget_period": "month"}
     admin.put(f"/limits/team/{team['id']}", json=limits).raise_for_status()
     key = admin.post("/keys", json={"team": team["id"]}).json()
@@ -128,6 +129,14 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="lmops-bench-"))
     up_port = free_port()
     procs: list[subprocess.Popen[bytes]] = []
+    databases: dict[str, str] = {}
+
+    def database(mode: str) -> str | None:
+        if not args.pg:
+            return None
+        databases[mode] = _create_pg_database(args.pg)
+        return databases[mode]
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("LMOPS_")}
     admin_key = f"lmops-{secrets.token_hex(4)}-{secrets.token_urlsafe(24)}"
     try:
@@ -139,17 +148,18 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         prices = {"fake": {"input": 0.5, "output": 1.5}}
         modes: dict[str, tuple[int, str | None]] = {}
         pids: dict[str, int] = {}
-        proc, port = _gateway(workdir, "off", upstream, {"enabled": False}, env)
+        proc, port = _gateway(workdir, "off", upstream, {"enabled": False}, env, database("off"))
         procs.append(proc)
         modes["off"], pids["off"] = (port, None), proc.pid
         on_env = {**env, "LMOPS_ADMIN_KEY": admin_key, "LMOPS_SECRET": secrets.token_hex(16)}
-        proc, port = _gateway(workdir, "on", upstream, {"prices": prices}, on_env)
+        proc, port = _gateway(workdir, "on", upstream, {"prices": prices}, on_env, database("on"))
         procs.append(proc)
         modes["on"], pids["on"] = (port, _limited_key(port, admin_key)), proc.pid
         if args.redis:
             redis_env = {**on_env, "LMOPS_REDIS_URL": args.redis}
             proc, port = _gateway(workdir, "on_redis", upstream,
-                                  {"prices": prices, "redis_prefix": f"bench{secrets.token_hex(3)}"}, redis_env)
+                                  {"prices": prices, "redis_prefix": f"bench{secrets.token_hex(3)}"}, redis_env,
+                                  database("on_redis"))
             procs.append(proc)
             modes["on_redis"], pids["on_redis"] = (port, _limited_key(port, admin_key)), proc.pid
         for port, key in modes.values():  # warm up
@@ -166,12 +176,14 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
                       f"p99 {result['p99_ms']:.1f} ms  gateway CPU {result['cpu_ms_per_request']:.3f} ms/request "
                       f"(= {result['rps_per_core']:.0f} req/s per core)  errors {result['errors']}", file=sys.stderr)
         time.sleep(1.0)
-        ledger = _ledger_count(workdir / "on.db")
+        ledger = _ledger_count(databases.get("on") or f"sqlite:///{workdir / 'on.db'}")
     finally:
         for proc in reversed(procs):
             proc.terminate()
         for proc in procs:
             proc.wait(timeout=20)
+        for url in databases.values():
+            _drop_pg_database(args.pg, url)
     # A round in which any mode answered an error is left out of the comparison (and reported).
     valid = [i for i in range(args.rounds) if all(rounds[m][i]["errors"] == 0 for m in modes)]
     measures = ("rps", "p50_ms", "p99_ms", "cpu_ms_per_request", "rps_per_core")
@@ -185,15 +197,35 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         summary[mode]["paired_cpu_per_request_vs_off"] = statistics.median(
             rounds[mode][i]["cpu_ms_per_request"] / rounds["off"][i]["cpu_ms_per_request"] - 1.0 for i in valid)
     return {"modes": summary, "rounds": rounds, "valid_rounds": valid, "ledger_rows_on": ledger,
-            "seconds": args.seconds,
+            "database": "postgresql" if args.pg else "sqlite", "seconds": args.seconds,
             "rounds_n": args.rounds, "concurrency": args.concurrency, "machine": _machine()}
 
 
-def _ledger_count(path: Path) -> int:
-    import sqlite3
+def _ledger_count(url: str) -> int:
+    from sqlalchemy import create_engine, text
 
-    with sqlite3.connect(path) as conn:
-        return conn.execute("SELECT count(*) FROM usage_ledger").fetchone()[0]
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text("SELECT count(*) FROM usage_ledger")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def _create_pg_database(admin_url: str) -> str:
+    import psycopg
+
+    name = f"lmops_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{admin_url.rsplit('/', 1)[0]}/{name}"
+
+
+def _drop_pg_database(admin_url: str, url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
 
 
 # -- the guard alone, in process ------------------------------------------------------------------------------
@@ -216,7 +248,7 @@ def guard(args: argparse.Namespace) -> dict[str, Any]:
         async with running_access(settings) as (access, admin):
             team = await admin.create_team(None, "bench")
             row, key = await admin.issue_key(None, team["id"])
-            limits = Limits(models=("fake",), rpm=10**9, tpm=10**12, max_parallel=10**6, budget_usd=1e9,
+            limits = Limits(models=("fake",), rpm=10**9, tpm=2**31 - 1, max_parallel=10**6, budget_usd=1e9,
                             budget_tokens=10**12)
             await admin.set_limits(None, "team", team["id"], limits)
             await admin.set_limits(None, "key", row["id"], limits)
@@ -334,6 +366,7 @@ def main() -> None:
     t.add_argument("--rounds", type=int, default=3)
     t.add_argument("--concurrency", type=int, default=32)
     t.add_argument("--redis", default=None, help="also measure with limits in this Redis")
+    t.add_argument("--pg", default=None, help="PostgreSQL server URL: each gateway gets a fresh database there")
     g = sub.add_parser("guard")
     g.add_argument("--requests", type=int, default=20000)
     g.add_argument("--redis", default=None, help="counters in this Redis instead of memory")

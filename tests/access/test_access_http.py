@@ -136,6 +136,16 @@ def test_admin_routes_refuse_non_admins_and_hide_other_teams(gateway):
     assert b["id"] in {r["group"] for r in everyone["rows"]}
 
 
+def test_limits_beyond_what_the_database_holds_are_refused_with_400(gateway):
+    team = gateway.team()
+    for field, value in (("tpm", 2**31), ("rpm", 10**12), ("max_parallel", -1), ("budget_tokens", 2**63)):
+        response = gateway.admin("PUT", f"/limits/team/{team['id']}", json={field: value})
+        assert response.status_code == 400, (field, response.text)
+        assert response.json()["error"]["param"] == field
+    largest = {"rpm": 2**31 - 1, "tpm": 2**31 - 1, "max_parallel": 2**31 - 1, "budget_tokens": 2**63 - 1}
+    assert gateway.ok("PUT", f"/limits/team/{team['id']}", json=largest)["tpm"] == 2**31 - 1
+
+
 def test_requests_per_minute_429_with_headers(gateway):
     clear_of_minute_boundary()
     key, _ = gateway.key(gateway.team(rpm=10)["id"], rpm=3)

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lmops.access.admin import AdminService, limits_dict
-from lmops.access.rules import Limits
+from lmops.access.rules import MAX_RATE, MAX_TOKENS_BUDGET, Limits
 from lmops.protocol.errors import APIError
 
 T = TypeVar("T")
@@ -140,11 +140,11 @@ def limits_set(
     subject_type: str = typer.Argument(..., help="team | key"),
     subject: str = typer.Argument(..., help="team id/name or key id/prefix"),
     models: Optional[str] = typer.Option(None, help="allowed models, comma-separated patterns; 'all' = every model"),
-    rpm: Optional[int] = typer.Option(None, help="requests per minute"),
-    tpm: Optional[int] = typer.Option(None, help="tokens per minute"),
-    parallel: Optional[int] = typer.Option(None, help="requests at a time"),
-    budget_usd: Optional[float] = typer.Option(None, help="dollars per period"),
-    budget_tokens: Optional[int] = typer.Option(None, help="tokens per period"),
+    rpm: Optional[int] = typer.Option(None, min=0, max=MAX_RATE, help="requests per minute"),
+    tpm: Optional[int] = typer.Option(None, min=0, max=MAX_RATE, help="tokens per minute"),
+    parallel: Optional[int] = typer.Option(None, min=0, max=MAX_RATE, help="requests at a time"),
+    budget_usd: Optional[float] = typer.Option(None, min=0, help="dollars per period"),
+    budget_tokens: Optional[int] = typer.Option(None, min=0, max=MAX_TOKENS_BUDGET, help="tokens per period"),
     period: Optional[str] = typer.Option(None, help="day | month | total"),
     clear: bool = typer.Option(False, help="start from no limits instead of the current ones"),
     config: Optional[str] = ConfigOpt,

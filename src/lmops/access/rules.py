@@ -12,6 +12,10 @@ ROLES = ("admin", "team_admin", "member")
 SCOPES = ("inference", "batch", "admin")
 
 
+MAX_RATE = 2**31 - 1  # requests or tokens per minute, parallel requests: what an INTEGER column holds
+MAX_TOKENS_BUDGET = 2**63 - 1  # a BIGINT column
+
+
 @dataclass(frozen=True)
 class Limits:
     """What one team or key may do; None means unlimited."""

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lmops.access.rules import Limits
+from lmops.access.rules import MAX_RATE, MAX_TOKENS_BUDGET, Limits
 
 
 class _Body(BaseModel):
@@ -33,10 +33,10 @@ class KeyCreate(_Body):
 
 class LimitsBody(_Body):
     models: list[str] | None = Field(None, description="allowed models (fnmatch patterns); null = all")
-    rpm: int | None = Field(None, ge=0)
-    tpm: int | None = Field(None, ge=0)
-    max_parallel: int | None = Field(None, ge=0)
-    budget_tokens: int | None = Field(None, ge=0)
+    rpm: int | None = Field(None, ge=0, le=MAX_RATE)
+    tpm: int | None = Field(None, ge=0, le=MAX_RATE)
+    max_parallel: int | None = Field(None, ge=0, le=MAX_RATE)
+    budget_tokens: int | None = Field(None, ge=0, le=MAX_TOKENS_BUDGET)
     budget_usd: float | None = Field(None, ge=0)
     budget_period: str = Field("month", pattern="^(day|month|total)$")
 
