@@ -16,8 +16,10 @@ does only what an upstream call needs, at a few tens of microseconds per request
 - a reused keep-alive connection that the server closed before answering is retried once on a
   fresh connection (the usual race with the server's keep-alive timeout).
 
-http:// and https:// (TLS with the system's default verification) only; no proxies, redirects
-or HTTP/2, which upstream engines do not need.
+http:// and https:// (TLS with the system's default verification, or the given ``ssl_context``),
+directly or through an http:// proxy taken from ``HTTP(S)_PROXY`` / ``NO_PROXY`` as httpx does
+(``engines.proxy``; chosen once per pool, so a direct pool does no extra work per request); no
+redirects or HTTP/2, which upstream engines do not need.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from collections import deque
 from urllib.parse import urlsplit
 
 import httptools
+
+from lmops.engines.proxy import open_tunnel, select
 
 
 class HTTPError(Exception):
@@ -209,20 +213,36 @@ class Pool:
     """Keep-alive HTTP/1.1 connections to one upstream (scheme, host and port of ``base_url``)."""
 
     def __init__(self, base_url: str, *, headers: dict[str, str] | None = None, timeout: float = 60.0,
-                 connect_timeout: float = 3.0, max_connections: int = 1000):
+                 connect_timeout: float = 3.0, max_connections: int = 1000, proxy: str | bool = True,
+                 ssl_context: ssl.SSLContext | None = None):
+        """``proxy``: True (default) to take it from the environment, False for none, or an http:// proxy URL
+        (then used whatever ``NO_PROXY`` says).
+
+        ``ssl_context``: for https:// upstreams, instead of the system's default verification.
+        """
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
         self.host = url.hostname
         self.port = url.port or (443 if url.scheme == "https" else 80)
         self.prefix = url.path.rstrip("/")
-        self._ssl = ssl.create_default_context() if url.scheme == "https" else None
+        self._ssl = (ssl_context or ssl.create_default_context()) if url.scheme == "https" else None
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.max_connections = max_connections
         host_header = url.netloc.rsplit("@", 1)[-1]
         fixed = {"host": host_header, "user-agent": "lmops", "accept": "*/*", **(headers or {})}
         self._fixed_headers = "".join(f"{k}: {v}\r\n" for k, v in fixed.items()).encode("latin-1")
+        self._target = self.prefix  # the request target before the path: origin form
+        self._address = (self.host, self.port)  # where connections go
+        self._where = f"{self.host}:{self.port}"
+        self._proxy = select(proxy, url.scheme, self.host, self.port)
+        if self._proxy is not None:
+            self._where += f" through the proxy {self._proxy.host}:{self._proxy.port}"
+            if self._ssl is None:  # http://: absolute-form requests to the proxy itself
+                self._target = f"http://{host_header}{self.prefix}"
+                self._address = (self._proxy.host, self._proxy.port)
+                self._fixed_headers += self._proxy.auth_header
         self._idle: deque[_Connection] = deque()
         self._in_use = 0
         self._waiting: deque[asyncio.Future[None]] = deque()
@@ -232,7 +252,7 @@ class Pool:
                       content_type: bytes = b"application/json", timeout: float | None = None) -> Response:
         """Send a request and return once the response headers are in (the body is read from the Response)."""
         timeout = self.timeout if timeout is None else timeout
-        head = [method.encode(), b" ", (self.prefix + path).encode(), b" HTTP/1.1\r\n", self._fixed_headers]
+        head = [method.encode(), b" ", (self._target + path).encode(), b" HTTP/1.1\r\n", self._fixed_headers]
         if body is not None:
             head += [b"content-type: ", content_type, b"\r\ncontent-length: ", str(len(body)).encode(), b"\r\n"]
         head.append(b"\r\n")
@@ -274,14 +294,19 @@ class Pool:
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: _Connection(loop), self.host, self.port, ssl=self._ssl,
-                                       server_hostname=self.host if self._ssl else None),
-                self.connect_timeout)
+            if self._proxy is not None and self._ssl is not None:  # https:// through a CONNECT tunnel
+                conn = _Connection(loop)
+                await asyncio.wait_for(open_tunnel(self._proxy, self.host, self.port, self._ssl, conn),
+                                       self.connect_timeout)
+            else:
+                _, conn = await asyncio.wait_for(
+                    loop.create_connection(lambda: _Connection(loop), *self._address, ssl=self._ssl,
+                                           server_hostname=self.host if self._ssl else None),
+                    self.connect_timeout)
         except asyncio.TimeoutError:
-            raise Timeout(f"could not connect to {self.host}:{self.port} in {self.connect_timeout:g} s") from None
+            raise Timeout(f"could not connect to {self._where} in {self.connect_timeout:g} s") from None
         except (OSError, ssl.SSLError) as exc:
-            raise ConnectError(f"could not connect to {self.host}:{self.port}: {exc}") from exc
+            raise ConnectError(f"could not connect to {self._where}: {exc}") from exc
         return conn
 
     def release(self, conn: _Connection) -> None:

@@ -3,7 +3,9 @@
 One pool of keep-alive connections per upstream (``engines.http1``, a lean HTTP/1.1 client:
 httpx cost more CPU per request than the rest of the gateway together). Streams are forwarded
 chunk by chunk as they arrive, and usage is always requested (``stream_options.include_usage``)
-so accounting uses the engine's own numbers.
+so accounting uses the engine's own numbers. Like httpx, it honours the ``HTTP_PROXY`` /
+``HTTPS_PROXY`` / ``NO_PROXY`` environment variables (http:// proxies; https:// upstreams through a
+CONNECT tunnel).
 """
 
 from __future__ import annotations
