@@ -84,9 +84,11 @@ class BatchWriter:
             except Exception:  # noqa: BLE001 - the final flush below reports its own failure
                 pass
             self._task = None
-        await self.flush()
-        if self._sqlite is not None:
-            self._sqlite.close()
+        try:
+            await self.flush()
+        finally:
+            if self._sqlite is not None:
+                self._sqlite.close()
 
     async def flush(self) -> None:
         """Write everything pending now (waits for a flush already running).
