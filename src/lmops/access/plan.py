@@ -79,12 +79,13 @@ def budget_keys(namespace: str, subject_type: str, subject_id: str, limits: Limi
                 now: datetime) -> list[tuple[str, str]]:
     """(spent key, unit) of each budget the limits set, in the current period."""
     pid = period_id(limits.budget_period, now)
-    keys = []
-    if limits.budget_usd is not None:
-        keys.append((f"{namespace}:{_UNIT_TAG['usd']}:{subject_type}:{subject_id}:{pid}", "usd"))
-    if limits.budget_tokens is not None:
-        keys.append((f"{namespace}:{_UNIT_TAG['tokens']}:{subject_type}:{subject_id}:{pid}", "tokens"))
-    return keys
+    return [(_budget_key(namespace, unit, subject_type, subject_id, pid), unit)
+            for unit, limit in (("usd", limits.budget_usd), ("tokens", limits.budget_tokens)) if limit is not None]
+
+
+def _budget_key(namespace: str, unit: str, subject_type: str, subject_id: str, period: str) -> str:
+    """The counter of one budget in one period: what was spent plus what running requests reserved."""
+    return f"{namespace}:{_UNIT_TAG[unit]}:{subject_type}:{subject_id}:{period}"
 
 
 def budget_ttl(period: str, now: datetime) -> int:
@@ -179,7 +180,7 @@ class Planner:
                 for unit, limit, slot, correction in (("usd", limits.budget_usd, USD, USD_CORRECTION),
                                                       ("tokens", limits.budget_tokens, TOKENS, TOKENS_CORRECTION)):
                     if limit is not None:
-                        key = f"{ns}:{_UNIT_TAG[unit]}:{subject_type}:{subject_id}:{pid}"
+                        key = _budget_key(ns, unit, subject_type, subject_id, pid)
                         checks.append(Check("add", key, limit, slot, ttl))
                         meters.append(Meter(f"budget_{unit}", subject_type, limit, until, limits.budget_period))
                         fixed.append(Delta(key, correction, ttl))
