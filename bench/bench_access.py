@@ -207,7 +207,7 @@ def _ledger_count(url: str) -> int:
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     try:
         with engine.connect() as conn:
-            return int(conn.execute(text("SELECT count(*) FROM usage_ledger")).scalar_one())
+            return int(conn.execute(text("SELECT count(*) FROM request_records WHERE team_id IS NOT NULL")).scalar_one())
     finally:
         engine.dispose()
 
@@ -327,19 +327,19 @@ def _copy_rows(url: str, rows: int) -> None:
     rng = random.Random(1)
     start = datetime(2025, 1, 1, tzinfo=timezone.utc)
     models = ["llama-70b", "llama-8b", "qwen-32b", "smollm2", "mistral-7b", "embed"]
-    columns = ("request_id, created_at, day, team_id, user_id, key_id, model, endpoint, stream, prompt_tokens, "
+    columns = ("id, request_id, created_at, day, team_id, user_id, key_id, model, endpoint, stream, prompt_tokens, "
                "completion_tokens, cost_usd, latency_ms, status")
     with psycopg.connect(url.replace("+asyncpg", "")) as conn:
         with conn.cursor() as cur:
-            with cur.copy(f"COPY usage_ledger ({columns}) FROM STDIN") as copy:
+            with cur.copy(f"COPY request_records ({columns}) FROM STDIN") as copy:
                 for i in range(rows):
                     team = rng.randrange(50)
                     p, c = rng.randrange(2000), rng.randrange(500)
                     at = start + timedelta(seconds=rng.randrange(365 * 86400))
-                    copy.write_row((f"req_{i}", at, at.date(), f"team_{team}", f"user_{team}_{rng.randrange(10)}",
+                    copy.write_row((f"{i:032x}", f"req_{i}", at, at.date(), f"team_{team}", f"user_{team}_{rng.randrange(10)}",
                                     f"key_{rng.randrange(1000)}", rng.choice(models), "chat.completions", False,
                                     p, c, (p * 0.5 + c * 1.5) / 1e6, rng.uniform(50, 2000), 200))
-        conn.execute("ANALYZE usage_ledger")
+        conn.execute("ANALYZE request_records")
         conn.commit()
 
 

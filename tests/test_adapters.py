@@ -93,18 +93,18 @@ def test_model_list_shows_adapters_as_their_own_cards(gw):
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
 
 
-def test_request_records_and_metrics_carry_the_full_name(gw):
+def test_records_split_model_and_adapter_and_metrics_carry_the_full_name(gw):
     gw.client.chat.completions.create(model="qwen:sql", messages=MESSAGES)
     gw.client.chat.completions.create(model="qwen", messages=MESSAGES)
     db = gw.settings.database_url.split("///", 1)[1]
     deadline = time.monotonic() + 5
     while True:
         with sqlite3.connect(db) as conn:
-            models = sorted(r[0] for r in conn.execute("SELECT model FROM request_records"))
+            models = conn.execute("SELECT model, adapter FROM request_records ORDER BY adapter IS NOT NULL").fetchall()
         if len(models) >= 2 or time.monotonic() > deadline:
             break
         time.sleep(0.05)
-    assert models == ["qwen", "qwen:sql"]
+    assert models == [("qwen", None), ("qwen", "sql")]
     metrics = httpx.get(f"{gw.url}/metrics").text
     assert 'lmops_requests_total{endpoint="chat.completions",model="qwen:sql",status="200"} 1.0' in metrics
 

@@ -11,7 +11,6 @@ from sqlalchemy import func, select
 
 from lmops.store.database import create_engine, upgrade_async
 from lmops.usage.batch_writer import BatchWriter
-from lmops.usage.ledger import LedgerEntry
 from lmops.usage.records import RequestRecord
 
 
@@ -57,26 +56,29 @@ async def test_rows_are_written_exactly_and_a_refused_row_is_dropped_alone(datab
     assert rows[f"{10_000:032x}"].error == "after the refused one"
 
 
-async def test_ledger_rows_with_dates_and_serial_ids(database_url):
+async def test_billed_records_keep_dates_and_nulls(database_url):
+    """Billing columns (the ledger) ride in the request record: a date, a cost, and NULLs for an unbilled row."""
     await upgrade_async(database_url)
     engine = create_engine(database_url)
-    writer = BatchWriter(engine, LedgerEntry.__table__)  # type: ignore[arg-type]
+    writer = BatchWriter(engine, RequestRecord.__table__)  # type: ignore[arg-type]
     now = datetime.now(timezone.utc)
     try:
         for i in range(3):
-            writer.add({"request_id": f"r{i}", "created_at": now, "day": now.date(), "team_id": "t", "user_id": None,
-                        "key_id": "k", "model": "m", "adapter": None, "endpoint": "chat.completions", "stream": True,
-                        "prompt_tokens": 1, "completion_tokens": i, "cost_usd": 0.25 * i, "latency_ms": 2.0,
-                        "status": 200})
+            billed = i > 0
+            writer.add({"id": f"{i:032x}", "request_id": f"r{i}", "created_at": now, "endpoint": "chat.completions",
+                        "model": "m", "adapter": "a" if billed else None, "replica": None, "stream": True,
+                        "prompt_tokens": 1, "completion_tokens": i, "latency_ms": 2.0, "ttft_ms": None,
+                        "status": 200, "error": None, "team_id": "t" if billed else None, "user_id": None,
+                        "key_id": "k" if billed else None, "cost_usd": 0.25 * i if billed else None,
+                        "day": now.date() if billed else None})
         await writer.flush()
         async with engine.connect() as conn:
-            rows = (await conn.execute(select(LedgerEntry.__table__).order_by("request_id"))).all()
+            rows = (await conn.execute(select(RequestRecord.__table__).order_by("request_id"))).all()
     finally:
         await writer.stop()
         await engine.dispose()
-    assert [(r.request_id, r.completion_tokens, r.cost_usd, r.day) for r in rows] == [
-        (f"r{i}", i, 0.25 * i, now.date()) for i in range(3)]
-    assert len({r.id for r in rows}) == 3
+    assert [(r.request_id, r.completion_tokens, r.team_id, r.adapter, r.cost_usd, r.day) for r in rows] == [
+        ("r0", 0, None, None, None, None)] + [(f"r{i}", i, "t", "a", 0.25 * i, now.date()) for i in (1, 2)]
 
 
 async def test_sqlite_rows_wait_for_another_writer_without_holding_the_loop(tmp_path):

@@ -49,6 +49,60 @@ def test_migrations_upgrade_to_head(database_url):
     upgrade(database_url)  # idempotent
 
 
+def _sync_url(url: str) -> str:
+    return url.replace("+asyncpg", "").replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+def test_ledger_moves_into_the_records_without_losing_a_row(database_url):
+    """Migration 0004: a ledger row joins the one record of its request; a ledger row with no such record
+    (a reused request id, a dropped record) becomes a record of its own; downgrading gives the ledger back."""
+    from datetime import date, datetime, timezone
+
+    from sqlalchemy import create_engine as create_sync_engine, text
+
+    from lmops.store.database import command, alembic_config
+
+    upgrade(database_url, "0003_batch")
+    at = datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
+    record = ("INSERT INTO request_records (id, request_id, created_at, endpoint, model, replica, stream, "
+              "prompt_tokens, completion_tokens, latency_ms, ttft_ms, status, error) VALUES "
+              "(:id, :rid, :at, 'chat.completions', :model, 'http://r1', false, 3, 4, 9.5, 2.5, :status, NULL)")
+    ledger = ("INSERT INTO usage_ledger (request_id, created_at, day, team_id, user_id, key_id, model, adapter, "
+              "endpoint, stream, prompt_tokens, completion_tokens, cost_usd, latency_ms, status) VALUES "
+              "(:rid, :at, :day, 'team_1', 'user_1', 'key_1', 'fake', :adapter, 'chat.completions', false, 3, 4, "
+              ":cost, 9.5, :status)")
+    engine = create_sync_engine(_sync_url(database_url))
+    try:
+        with engine.begin() as conn:
+            for n, (rid, model, status) in enumerate((("req_a", "fake:lora", 200), ("req_b", "fake", 200),
+                                                      ("req_b", "fake", 200), ("req_c", "fake", 401))):
+                conn.execute(text(record), {"id": f"{n:032x}", "rid": rid, "at": at, "model": model, "status": status})
+            for rid, adapter, cost in (("req_a", "lora", 0.5), ("req_b", None, 0.25), ("req_d", None, 0.125)):
+                conn.execute(text(ledger), {"rid": rid, "at": at, "day": date(2026, 3, 1), "adapter": adapter,
+                                            "cost": cost, "status": 200})
+        upgrade(database_url)
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT request_id, model, adapter, replica, team_id, key_id, cost_usd, day "
+                                     "FROM request_records ORDER BY request_id, id")).all()
+        day = "2026-03-01"
+        assert [(*r[:-1], r[-1] and str(r[-1])) for r in rows] == [
+            ("req_a", "fake", "lora", "http://r1", "team_1", "key_1", 0.5, day),  # joined its record
+            ("req_b", "fake", None, "http://r1", None, None, None, None),  # two records for one id: left alone
+            ("req_b", "fake", None, "http://r1", None, None, None, None),
+            ("req_b", "fake", None, None, "team_1", "key_1", 0.25, day),  # ... and the ledger row kept apart
+            ("req_c", "fake", None, "http://r1", None, None, None, None),  # never billed
+            ("req_d", "fake", None, None, "team_1", "key_1", 0.125, day),  # its record was lost: kept anyway
+        ]
+        command.downgrade(alembic_config(database_url), "0003_batch")
+        with engine.connect() as conn:
+            back = conn.execute(text("SELECT request_id, adapter, cost_usd FROM usage_ledger ORDER BY request_id"))
+            assert [tuple(r) for r in back] == [("req_a", "lora", 0.5), ("req_b", None, 0.25), ("req_d", None, 0.125)]
+            assert conn.execute(text("SELECT count(*) FROM request_records")).scalar() == 4
+    finally:
+        engine.dispose()
+    upgrade(database_url)
+
+
 def test_every_request_leaves_a_record(database_url, serve, settings_factory):
     up = serve(FakeOpenAI())
     settings = settings_factory([{"name": "m", "engine": "openai", "replicas": [f"{up.url}/v1"]}],

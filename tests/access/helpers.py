@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 
 from lmops.store.database import create_engine
-from lmops.usage.ledger import LedgerEntry
+from lmops.usage.records import RequestRecord
 
 CHAT = [{"role": "user", "content": "hi"}]
 
@@ -22,14 +22,16 @@ def clear_of_minute_boundary(margin: float = 4.0) -> None:
 
 
 def ledger_rows(database_url: str, wait_for: int = 0, timeout: float = 5.0) -> list[dict[str, Any]]:
-    """The ledger's rows, waiting until at least ``wait_for`` have been written (they are batched)."""
+    """The ledger's rows (billed request records), waiting until at least ``wait_for`` have been written (they
+    are batched)."""
 
     async def read() -> list[dict[str, Any]]:
         db = create_engine(database_url)
         try:
             async with db.connect() as conn:
-                return [dict(r) for r in (await conn.execute(select(LedgerEntry).order_by(LedgerEntry.id)))
-                        .mappings().all()]
+                billed = select(RequestRecord).where(RequestRecord.team_id.is_not(None))
+                query = billed.order_by(RequestRecord.created_at, RequestRecord.id)
+                return [dict(r) for r in (await conn.execute(query)).mappings().all()]
         finally:
             await db.dispose()
 

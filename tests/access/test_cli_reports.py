@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from lmops.cli import app as cli
 from lmops.store.database import create_engine, upgrade
-from lmops.usage.ledger import LedgerEntry
+from lmops.usage.records import RequestRecord
 from lmops.usage.reports import usage_report
 
 from .helpers import CHAT, ledger_rows
@@ -62,18 +62,22 @@ def test_cli_manages_principals_that_the_gateway_enforces(start_gateway, databas
 def _seed_ledger(url: str, rows: int) -> list[dict]:
     start = datetime(2025, 3, 1, tzinfo=timezone.utc)
     rng = random.Random(7)
-    data = [{"request_id": f"r{i}", "created_at": start + timedelta(hours=rng.randrange(24 * 10)),
+    data = [{"id": f"{i:032x}", "request_id": f"r{i}", "created_at": start + timedelta(hours=rng.randrange(24 * 10)),
              "day": None, "team_id": rng.choice(["t1", "t2", "t3"]), "user_id": rng.choice(["u1", "u2", None]),
              "key_id": "k1", "model": rng.choice(["fake", "big"]), "adapter": None, "endpoint": "chat.completions",
              "stream": False, "prompt_tokens": rng.randrange(100), "completion_tokens": rng.randrange(100),
              "cost_usd": rng.random() / 100, "latency_ms": 1.0, "status": 200} for i in range(rows)]
+    unbilled = {"id": "f" * 32, "request_id": "anonymous", "created_at": start + timedelta(days=4), "day": None,
+                "team_id": None, "user_id": None, "key_id": None, "model": "fake", "adapter": None,
+                "endpoint": "chat.completions", "stream": False, "prompt_tokens": 5, "completion_tokens": 5,
+                "cost_usd": None, "latency_ms": 1.0, "status": 401}  # a record that is not in the ledger
     for row in data:
         row["day"] = row["created_at"].date()
 
     async def write() -> None:
         db = create_engine(url)
         async with db.begin() as conn:
-            await conn.execute(insert(LedgerEntry), data)
+            await conn.execute(insert(RequestRecord), [*data, unbilled])
         await db.dispose()
 
     upgrade(url)

@@ -1,4 +1,4 @@
-"""The access guard: API key → principal, model access, limits and budgets; settles usage into the ledger."""
+"""The access guard: API key → principal, model access, limits and budgets; prices what a request used."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import Any
 
 from starlette.requests import Request
@@ -20,7 +19,6 @@ from lmops.access.store import KeyGrant
 from lmops.config import ModelConfig
 from lmops.protocol.errors import APIError, AuthenticationError, PermissionDenied, RateLimited
 from lmops.serving.context import Principal, RequestContext
-from lmops.usage.batch_writer import BatchWriter
 from lmops.usage.pricing import PriceBook
 
 log = logging.getLogger("lmops.access")
@@ -58,14 +56,13 @@ def _allows(grant: KeyGrant, name: str) -> bool:
 class AccessGuard:
     """Implements the Guard protocol; no database round trip per request."""
 
-    def __init__(self, cache: KeyCache, counters: Counters, prices: PriceBook, ledger: BatchWriter,
+    def __init__(self, cache: KeyCache, counters: Counters, prices: PriceBook,
                  models: dict[str, ModelConfig], namespace: str, clock: Any = time.time,
                  team_grants: KeyCache | None = None):
         self.cache = cache
         self.team_grants = team_grants
         self.counters = counters
         self.prices = prices
-        self.ledger = ledger
         self.models = models
         self.namespace = namespace
         self.hasher: KeyHasher | None = None  # set at start, once the server secret is known
@@ -122,23 +119,16 @@ class AccessGuard:
         ctx.reservation = plan
         return headers
 
-    def settle(self, ctx: RequestContext) -> None:
-        principal = ctx.principal
-        if principal is None:
-            return  # never authenticated: nothing to bill (batch work carries its job's team, without a key)
+    def settle(self, ctx: RequestContext) -> float | None:
+        """Release what admission reserved and book the real usage; the cost that the request's record bills."""
+        if ctx.principal is None:
+            return None  # never authenticated: nothing to bill (batch work carries its job's team, without a key)
         cost = self.prices.cost(ctx.model, ctx.prompt_tokens, ctx.completion_tokens)
         if ctx.reservation is not None:
             tokens = ctx.prompt_tokens + ctx.completion_tokens
             self.counters.apply(*ctx.reservation.settle(cost, tokens, self._clock()))
             ctx.reservation = None
-        now = datetime.now(timezone.utc)
-        self.ledger.add({
-            "request_id": ctx.request_id, "created_at": now, "day": now.date(), "team_id": principal.team_id,
-            "user_id": principal.user_id, "key_id": principal.key_id, "model": ctx.model,
-            "adapter": ctx.extra.get("adapter"), "endpoint": ctx.endpoint, "stream": ctx.stream,
-            "prompt_tokens": ctx.prompt_tokens, "completion_tokens": ctx.completion_tokens, "cost_usd": cost,
-            "latency_ms": ctx.elapsed() * 1000.0, "status": ctx.status,
-        })
+        return cost
 
     # -- helpers -------------------------------------------------------------------------------
     async def _identify(self, request: Request, scope: str) -> _Verified:

@@ -1,4 +1,4 @@
-"""The access capability of one app: store, key cache, counters, guard, ledger writer, bootstrap."""
+"""The access capability of one app: store, key cache, counters, guard, bootstrap."""
 
 from __future__ import annotations
 
@@ -19,8 +19,6 @@ from lmops.access.plan import budget_keys, budget_ttl
 from lmops.access.rules import SCOPES
 from lmops.access.store import AccessStore, Conflict, KeyGrant
 from lmops.config import Settings
-from lmops.usage.batch_writer import BatchWriter
-from lmops.usage.ledger import LedgerEntry
 from lmops.usage.pricing import PriceBook
 
 log = logging.getLogger("lmops.access")
@@ -36,11 +34,8 @@ class AccessService:
         self.counters = counters or (RedisCounters(settings.redis_url) if settings.redis_url else MemoryCounters())
         self.cache = KeyCache(self._load_grant, cfg.key_cache_ttl)
         self.team_grants = KeyCache(self._load_team_grant, cfg.key_cache_ttl)  # batch work: team rules only
-        self.ledger = BatchWriter(db, LedgerEntry.__table__,  # type: ignore[arg-type]
-                                  flush_interval=settings.usage.flush_interval, batch_size=settings.usage.batch_size,
-                                  max_pending=settings.usage.max_pending)
         self.prices = PriceBook(cfg.prices)
-        self.guard = AccessGuard(self.cache, self.counters, self.prices, self.ledger,
+        self.guard = AccessGuard(self.cache, self.counters, self.prices,
                                  {m.name: m for m in settings.models}, cfg.redis_prefix,
                                  team_grants=self.team_grants)
         self.admin: AdminService | None = None  # ready after start
@@ -52,13 +47,8 @@ class AccessService:
         self.admin = AdminService(self.store, hasher, self.cache)
         if serving:
             await self.bootstrap(announce or sys.stderr)
-        self.ledger.start()
 
     async def stop(self) -> None:
-        try:
-            await self.ledger.stop()
-        except Exception:  # noqa: BLE001 - report, but still release the counters
-            log.exception("could not flush the usage ledger at shutdown")
         await self.counters.close()
 
     async def bootstrap(self, out: TextIO) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lmops.access.rules import Limits, period_start
 from lmops.access.tables import ApiKey, LimitRule, ServerSecret, Team, User
-from lmops.usage.ledger import LedgerEntry
+from lmops.usage.records import RequestRecord
 
 SECRET_NAME = "key_hashing"
 
@@ -99,13 +99,13 @@ class AccessStore:
     # -- spend already booked (budgets survive restarts) ------------------------------------------
     async def spent(self, subject_type: str, subject_id: str, period: str, now: datetime) -> tuple[float, int]:
         """Dollars and tokens booked in the ledger for a team or key in the period containing ``now``."""
-        column = LedgerEntry.team_id if subject_type == "team" else LedgerEntry.key_id
-        query = select(func.coalesce(func.sum(LedgerEntry.cost_usd), 0.0),
-                       func.coalesce(func.sum(LedgerEntry.prompt_tokens + LedgerEntry.completion_tokens), 0)
+        column = RequestRecord.team_id if subject_type == "team" else RequestRecord.key_id
+        query = select(func.coalesce(func.sum(RequestRecord.cost_usd), 0.0),
+                       func.coalesce(func.sum(RequestRecord.prompt_tokens + RequestRecord.completion_tokens), 0)
                        ).where(column == subject_id)
         start = period_start(period, now)
         if start is not None:
-            query = query.where(LedgerEntry.created_at >= start)
+            query = query.where(RequestRecord.created_at >= start)
         async with self.db.connect() as conn:
             usd, tokens = (await conn.execute(query)).one()
         return float(usd), int(tokens)

@@ -47,7 +47,6 @@ class RequestContext:
     error: str | None = None
     headers: dict[str, str] | None = None  # set by the guard (x-ratelimit-*): added to the response, errors too
     extra: dict[str, Any] = field(default_factory=dict)
-    record_fields: dict[str, Any] = field(default_factory=dict)  # extra request-record columns (e.g. team, cost)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -74,7 +73,10 @@ class Guard(Protocol):
         """Admit a call made for ``ctx.principal`` without an HTTP request (batch work); raise to refuse."""
         ...
 
-    def settle(self, ctx: RequestContext) -> None: ...
+    def settle(self, ctx: RequestContext) -> float | None:
+        """Release what admission held and book the real usage; the request's cost in dollars if it is billed
+        (its record then carries the principal and the cost: the ledger), else None."""
+        ...
 
     async def allowed_models(self, request: Request) -> Callable[[str], bool]:
         """Authenticate as ``authenticate(request, "inference")`` does, and tell which public model names
@@ -94,7 +96,7 @@ class OpenGuard:
     async def admit_work(self, ctx: RequestContext, body_bytes: int) -> None:
         return None
 
-    def settle(self, ctx: RequestContext) -> None:
+    def settle(self, ctx: RequestContext) -> float | None:
         return None
 
     async def allowed_models(self, request: Request) -> Callable[[str], bool]:

@@ -175,7 +175,7 @@ class InferenceService:
                 exc.headers.setdefault(name, value)
 
     def finish(self, ctx: RequestContext, error: APIError | None = None) -> None:
-        """Record a finished request: metrics, request record and the guard's settlement."""
+        """Record a finished request: metrics, the guard's settlement, and its record (billed if the guard says so)."""
         if error is not None:
             ctx.status = error.status_code
             ctx.error = error.message
@@ -190,13 +190,21 @@ class InferenceService:
                 "completion_tokens": ctx.completion_tokens, "error": ctx.error})
         self.metrics.observe(model, ctx.endpoint, ctx.status, latency, ctx.ttft, ctx.prompt_tokens,
                              ctx.completion_tokens)
+        try:
+            cost = self.guard.settle(ctx)
+        except Exception:  # noqa: BLE001 - settlement must never fail a served request
+            log.exception("settling the request failed")
+            cost = None
         if self.records is not None:
+            now = datetime.now(timezone.utc)
+            billed = ctx.principal if cost is not None else None
             self.records.add({
                 "id": sortable_hex(),
                 "request_id": ctx.request_id,
-                "created_at": datetime.now(timezone.utc),
+                "created_at": now,
                 "endpoint": ctx.endpoint,
-                "model": public,
+                "model": ctx.model,
+                "adapter": ctx.extra.get("adapter"),
                 "replica": ctx.replica,
                 "stream": ctx.stream,
                 "prompt_tokens": ctx.prompt_tokens,
@@ -205,12 +213,12 @@ class InferenceService:
                 "ttft_ms": ctx.ttft * 1000.0 if ctx.ttft is not None else None,
                 "status": ctx.status,
                 "error": ctx.error,
-                **ctx.record_fields,
+                "team_id": billed.team_id if billed else None,
+                "user_id": billed.user_id if billed else None,
+                "key_id": billed.key_id if billed else None,
+                "cost_usd": cost,
+                "day": now.date() if billed else None,
             })
-        try:
-            self.guard.settle(ctx)
-        except Exception:  # noqa: BLE001 - settlement must never fail a served request
-            log.exception("settling the request failed")
 
 
 class _ClientClosed(APIError):

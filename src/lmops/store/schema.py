@@ -3,6 +3,6 @@
 from lmops.access import tables as access_tables  # noqa: F401
 from lmops.store.base import Base
 from lmops.batch import tables as batch_tables  # noqa: F401
-from lmops.usage import ledger, records  # noqa: F401
+from lmops.usage import records  # noqa: F401
 
 metadata = Base.metadata

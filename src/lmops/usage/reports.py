@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from lmops.usage.ledger import LedgerEntry
+from lmops.usage.records import RequestRecord as Ledger  # the billed rows are the ledger
 
 GROUPINGS = ("team", "user", "key", "model", "day")
 
@@ -53,18 +53,19 @@ class UsageReport:
 def _group(by: str) -> ColumnElement[Any]:
     if by not in GROUPINGS:
         raise ValueError(f"group by one of {', '.join(GROUPINGS)}, not {by!r}")
-    columns = {"team": LedgerEntry.team_id, "user": LedgerEntry.user_id, "key": LedgerEntry.key_id,
-               "model": LedgerEntry.model, "day": LedgerEntry.day}
+    columns = {"team": Ledger.team_id, "user": Ledger.user_id, "key": Ledger.key_id,
+               "model": Ledger.model, "day": Ledger.day}
     return columns[by]
 
 
 def _filtered(query: Any, since: datetime | None, until: datetime | None, team_id: str | None) -> Any:
+    query = query.where(Ledger.team_id.is_not(None))  # billed requests only
     if since is not None:
-        query = query.where(LedgerEntry.created_at >= _utc(since))
+        query = query.where(Ledger.created_at >= _utc(since))
     if until is not None:
-        query = query.where(LedgerEntry.created_at < _utc(until))
+        query = query.where(Ledger.created_at < _utc(until))
     if team_id is not None:
-        query = query.where(LedgerEntry.team_id == team_id)
+        query = query.where(Ledger.team_id == team_id)
     return query
 
 
@@ -78,8 +79,8 @@ def _label(value: Any) -> str:
     return value.isoformat() if isinstance(value, date) else str(value)
 
 
-_SUMS = (func.count(), func.coalesce(func.sum(LedgerEntry.prompt_tokens), 0),
-         func.coalesce(func.sum(LedgerEntry.completion_tokens), 0), func.coalesce(func.sum(LedgerEntry.cost_usd), 0.0))
+_SUMS = (func.count(), func.coalesce(func.sum(Ledger.prompt_tokens), 0),
+         func.coalesce(func.sum(Ledger.completion_tokens), 0), func.coalesce(func.sum(Ledger.cost_usd), 0.0))
 
 
 async def usage_report(db: AsyncEngine, by: str, *, since: datetime | None = None, until: datetime | None = None,
@@ -95,7 +96,7 @@ async def usage_report(db: AsyncEngine, by: str, *, since: datetime | None = Non
 async def usage_over_time(db: AsyncEngine, by: str, *, since: datetime | None = None, until: datetime | None = None,
                           team_id: str | None = None) -> list[tuple[str, str, UsageRow]]:
     """(day, group, usage) per day and group: the data of the chart."""
-    day = LedgerEntry.day.label("day")
+    day = Ledger.day.label("day")
     group = _group(by).label("grp")
     query = _filtered(select(day, group, *_SUMS), since, until, team_id).group_by(day, group).order_by(day)
     async with db.connect() as conn:
