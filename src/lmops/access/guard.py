@@ -18,7 +18,7 @@ from lmops.access.plan import Meter, Plan, Planner
 from lmops.access.store import KeyGrant
 from lmops.config import ModelConfig
 from lmops.protocol.errors import APIError, AuthenticationError, PermissionDenied, RateLimited
-from lmops.serving.context import Principal, RequestContext
+from lmops.serving.context import Principal, RawHeaders, RequestContext
 from lmops.usage.pricing import PriceBook
 
 log = logging.getLogger("lmops.access")
@@ -72,17 +72,23 @@ class AccessGuard:
 
     # -- Guard protocol ------------------------------------------------------------------------
     async def authenticate(self, request: Request, scope: str) -> Principal:
-        return (await self._identify(request, scope)).principal
+        return (await self._identify(_header(request, b"authorization"), scope)).principal
 
     async def allowed_models(self, request: Request) -> Callable[[str], bool]:
         """The public names (``model`` or ``model:adapter``) the key may use: those both its team's and its
         own model rules allow, the rule ``_check`` applies to each request."""
-        return (await self._identify(request, "inference")).allows
+        return (await self._identify(_header(request, b"authorization"), "inference")).allows
 
     async def admit(self, request: Request, ctx: RequestContext) -> None:
-        verified = await self._identify(request, "inference")
+        authorization = length = None
+        for name, value in request.scope["headers"]:  # one pass; ASGI servers send lower-case names
+            if name == b"authorization":
+                authorization = authorization or value  # the first, as Starlette's Headers.get
+            elif name == b"content-length":
+                length = value
+        verified = await self._identify(authorization, "inference")
         ctx.principal = verified.principal
-        ctx.headers = await self._check(verified.grant, ctx, _body_bytes(request), verified)
+        ctx.rate_headers = await self._check(verified.grant, ctx, _content_length(length), verified)
 
     async def admit_work(self, ctx: RequestContext, body_bytes: int) -> None:
         """Admit a call made for ``ctx.principal``'s team without an HTTP request (batch work): the team's
@@ -94,7 +100,7 @@ class AccessGuard:
             await self._check(grant, ctx, body_bytes)
 
     async def _check(self, grant: KeyGrant, ctx: RequestContext, body_bytes: int,
-                     verified: _Verified | None = None) -> dict[str, str] | None:
+                     verified: _Verified | None = None) -> RawHeaders | None:
         """Model rules, then limits and budgets (reserving the worst case); the rate-limit headers."""
         model = ctx.model or ""
         adapter = ctx.extra.get("adapter")
@@ -131,8 +137,8 @@ class AccessGuard:
         return cost
 
     # -- helpers -------------------------------------------------------------------------------
-    async def _identify(self, request: Request, scope: str) -> _Verified:
-        token = bearer_token(request.headers.get("authorization"))
+    async def _identify(self, authorization: bytes | None, scope: str) -> _Verified:
+        token = bearer_token(authorization.decode("latin-1") if authorization is not None else None)
         if token is None:
             raise AuthenticationError("You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
                                       code="missing_api_key")
@@ -178,9 +184,16 @@ class AccessGuard:
         return prompt + output, self.prices.cost(ctx.model, prompt, output)
 
 
-def _body_bytes(request: Request) -> int:
+def _header(request: Request, name: bytes) -> bytes | None:
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return value
+    return None
+
+
+def _content_length(value: bytes | None) -> int:
     try:
-        return int(request.headers.get("content-length") or 0)
+        return int(value or 0)
     except ValueError:
         return 0
 
@@ -195,8 +208,9 @@ class LimitsUnavailable(APIError):
                          headers={"Retry-After": "1"})
 
 
-def _refusal(plan: Plan, failed: int, headers: dict[str, str]) -> RateLimited:
+def _refusal(plan: Plan, failed: int, raw: RawHeaders) -> RateLimited:
     meter: Meter = plan.meters[failed]
+    headers = {name.decode(): value.decode() for name, value in raw}
     whose = "your team" if meter.subject == "team" else "this API key"
     retry = {"Retry-After": str(max(1, math.ceil(meter.reset)))}
     if meter.name.startswith("budget_"):

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from lmops.access.counters import Check, Delta
 from lmops.access.rules import Limits, period_end, period_id
 from lmops.access.store import KeyGrant
+from lmops.serving.context import RawHeaders
 
 WINDOW = 60  # seconds: limits are per minute
 PARALLEL_TTL = 3600  # a slot leaked by a crashed replica frees itself after this long
@@ -59,19 +60,19 @@ class Plan:
     def meters(self) -> tuple[Meter, ...]:
         return self.template.meters
 
-    def headers(self, values: Sequence[float]) -> dict[str, str]:
-        """``x-ratelimit-*`` headers for requests and tokens per minute: the tightest of team and key."""
-        headers: dict[str, str] = {}
-        for names, slots, reset in self.template.rate_headers:
+    def headers(self, values: Sequence[float]) -> RawHeaders:
+        """``x-ratelimit-*`` headers for requests and tokens per minute, the tightest of team and key; encoded
+        once here (names, limits and resets come encoded from the template) rather than by each layer."""
+        headers: RawHeaders = []
+        for (limit_name, remaining_name, reset_name), slots, reset in self.template.rate_headers:
             best = math.inf
-            limit_text = ""
+            limit_text = b""
             for i, limit, text in slots:
                 remaining = limit - values[i]
                 if remaining < best:
                     best, limit_text = remaining, text
-            headers[names[0]] = limit_text
-            headers[names[1]] = str(int(best)) if best > 0 else "0"
-            headers[names[2]] = reset
+            headers += ((limit_name, limit_text), (remaining_name, b"%d" % best if best > 0 else b"0"),
+                        (reset_name, reset))
         return headers
 
 
@@ -124,7 +125,7 @@ class _Template:
     token_windows: tuple[str, ...]  # subjects whose tokens per minute are counted
     window: int  # the minute the template was made in
     # per header family: (limit, remaining, reset header names), ((check index, limit, limit text), ...), reset
-    rate_headers: tuple[tuple[tuple[str, str, str], tuple[tuple[int, float, str], ...], str], ...]
+    rate_headers: tuple[tuple[tuple[bytes, bytes, bytes], tuple[tuple[int, float, bytes], ...], bytes], ...]
 
     def settlement_at(self, now: float) -> tuple[Delta, ...]:
         """The settlement of a request that ends in a later minute than it began."""
@@ -186,10 +187,11 @@ class Planner:
                         fixed.append(Delta(key, correction, ttl))
         rate_headers = []
         for name in ("requests", "tokens"):
-            slots = tuple((i, m.limit, str(int(m.limit))) for i, m in enumerate(meters) if m.name == name)
+            slots = tuple((i, m.limit, b"%d" % m.limit) for i, m in enumerate(meters) if m.name == name)
             if slots:
-                names = tuple(f"x-ratelimit-{part}-{name}" for part in ("limit", "remaining", "reset"))
-                rate_headers.append((names, slots, f"{math.ceil(reset)}s"))
+                limit_name, remaining_name, reset_name = (f"x-ratelimit-{part}-{name}".encode()
+                                                          for part in ("limit", "remaining", "reset"))
+                rate_headers.append(((limit_name, remaining_name, reset_name), slots, b"%ds" % math.ceil(reset)))
         settlement = tuple(fixed) + tuple(Delta(f"{base}:{moment.window}", TOKENS_USED, moment.window_ttl)
                                           for base in windows)
         return _Template(tuple(checks), tuple(meters), settlement, tuple(fixed), tuple(windows), moment.window,

@@ -9,6 +9,8 @@ from typing import Any, Protocol
 
 from starlette.requests import Request
 
+RawHeaders = list[tuple[bytes, bytes]]  # (lower-case name, value), as ASGI sends them
+
 
 @dataclass(frozen=True)
 class Principal:
@@ -45,7 +47,7 @@ class RequestContext:
     completion_tokens: int = 0
     status: int = 200
     error: str | None = None
-    headers: dict[str, str] | None = None  # set by the guard (x-ratelimit-*): added to the response, errors too
+    rate_headers: RawHeaders | None = None  # set by the guard (x-ratelimit-*): added to the response, errors too
     extra: dict[str, Any] = field(default_factory=dict)
 
     def elapsed(self) -> float:

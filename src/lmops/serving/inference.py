@@ -73,7 +73,7 @@ class InferenceService:
         usage = result.get("usage") or {}
         ctx.prompt_tokens = int(usage.get("prompt_tokens") or 0)
         self.finish(ctx)
-        return Response(orjson.dumps(result), media_type=JSON, headers=ctx.headers)
+        return _json_response(result, ctx)
 
     # -- shared generation path ----------------------------------------------------------------
     async def _generate(self, req: ChatCompletionRequest | CompletionRequest, http: Request, ctx: RequestContext,
@@ -104,16 +104,14 @@ class InferenceService:
             return Response(status_code=499)
         if req.stream:
             events = self._events(ctx, chunks, req.model, req.wants_usage_chunk())
-            headers = {"x-request-id": ctx.request_id}
-            if ctx.headers:
-                headers.update(ctx.headers)
-            return EventStreamResponse(events, headers=headers)
+            return EventStreamResponse(events, [(b"x-request-id", ctx.request_id.encode("latin-1")),
+                                                *(ctx.rate_headers or ())])
         result["model"] = req.model
         usage = result.get("usage") or {}
         ctx.prompt_tokens = int(usage.get("prompt_tokens") or 0)
         ctx.completion_tokens = int(usage.get("completion_tokens") or 0)
         self.finish(ctx)
-        return Response(orjson.dumps(result), media_type=JSON, headers=ctx.headers)
+        return _json_response(result, ctx)
 
     async def _events(self, ctx: RequestContext, chunks: AsyncIterator[Body], model: str,
                       include_usage: bool) -> AsyncIterator[bytes]:
@@ -170,9 +168,8 @@ class InferenceService:
     def _failed(self, ctx: RequestContext, exc: APIError) -> None:
         """Record a refused or failed request; its error response carries the guard's headers too."""
         self.finish(ctx, exc)
-        if ctx.headers:
-            for name, value in ctx.headers.items():
-                exc.headers.setdefault(name, value)
+        for name, value in ctx.rate_headers or ():
+            exc.headers.setdefault(name.decode(), value.decode())
 
     def finish(self, ctx: RequestContext, error: APIError | None = None) -> None:
         """Record a finished request: metrics, the guard's settlement, and its record (billed if the guard says so)."""
@@ -219,6 +216,13 @@ class InferenceService:
                 "cost_usd": cost,
                 "day": now.date() if billed else None,
             })
+
+
+def _json_response(result: Body, ctx: RequestContext) -> Response:
+    response = Response(orjson.dumps(result), media_type=JSON)
+    if ctx.rate_headers:
+        response.raw_headers += ctx.rate_headers  # encoded once, by the guard
+    return response
 
 
 class _ClientClosed(APIError):

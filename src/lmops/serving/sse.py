@@ -16,16 +16,16 @@ from starlette.types import Receive, Scope, Send
 class EventStreamResponse(Response):
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncIterator[bytes], headers: dict[str, str] | None = None):
+    def __init__(self, events: AsyncIterator[bytes], raw_headers: list[tuple[bytes, bytes]] | None = None):
         self._events = events
-        self._headers = headers or {}
+        self._headers = raw_headers or []
         self.status_code = 200
         self.background = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                (b"x-accel-buffering", b"no")]
-        raw += [(k.lower().encode(), v.encode()) for k, v in self._headers.items()]
+        raw += self._headers
         await send({"type": "http.response.start", "status": 200, "headers": raw})
         pump = asyncio.ensure_future(self._pump(send))
         listen = asyncio.ensure_future(_wait_disconnect(receive))
