@@ -132,7 +132,7 @@ class BatchWriter:
 
         SQLAlchemy's multi-row INSERT processes every parameter in Python on the event loop (over
         10 ms for 500 records); asyncpg encodes COPY rows in C. Rows hold plain values (str, int,
-        float, bool, datetime, date, None), which is what the record and ledger tables take.
+        float, bool, datetime, date, None), which is what the request records (the ledger too) take.
         """
         columns = list(rows[0])
         values_of = values_getter(columns)
