@@ -80,15 +80,10 @@ class AccessGuard:
         return (await self._identify(_header(request, b"authorization"), "inference")).allows
 
     async def admit(self, request: Request, ctx: RequestContext) -> None:
-        authorization = length = None
-        for name, value in request.scope["headers"]:  # one pass; ASGI servers send lower-case names
-            if name == b"authorization":
-                authorization = authorization or value  # the first, as Starlette's Headers.get
-            elif name == b"content-length":
-                length = value
-        verified = await self._identify(authorization, "inference")
+        verified = await self._identify(_header(request, b"authorization"), "inference")
         ctx.principal = verified.principal
-        ctx.rate_headers = await self._check(verified.grant, ctx, _content_length(length), verified)
+        length = _content_length(_header(request, b"content-length"))
+        ctx.rate_headers = await self._check(verified.grant, ctx, length, verified)
 
     async def admit_work(self, ctx: RequestContext, body_bytes: int) -> None:
         """Admit a call made for ``ctx.principal``'s team without an HTTP request (batch work): the team's
@@ -185,6 +180,8 @@ class AccessGuard:
 
 
 def _header(request: Request, name: bytes) -> bytes | None:
+    """The first value of a header, from the raw ASGI list (servers send lower-case names), as Starlette's
+    ``Headers.get`` gives it, without building a ``Headers`` object per request."""
     for key, value in request.scope["headers"]:
         if key == name:
             return value

@@ -12,11 +12,13 @@ from collections.abc import AsyncIterator
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from lmops.serving.context import RawHeaders
+
 
 class EventStreamResponse(Response):
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncIterator[bytes], raw_headers: list[tuple[bytes, bytes]] | None = None):
+    def __init__(self, events: AsyncIterator[bytes], raw_headers: RawHeaders | None = None):
         self._events = events
         self._headers = raw_headers or []
         self.status_code = 200
