@@ -253,10 +253,11 @@ def guard(args: argparse.Namespace) -> dict[str, Any]:
             await admin.set_limits(None, "team", team["id"], limits)
             await admin.set_limits(None, "key", row["id"], limits)
             scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
-                     "headers": [(b"authorization", f"Bearer {key}".encode()), (b"content-length", b"80")]}
+                     "headers": [(b"authorization", f"Bearer {key}".encode())]}
 
             async def one() -> None:
-                ctx = RequestContext(request_id="r", endpoint="chat.completions", model="fake", max_tokens=10)
+                ctx = RequestContext(request_id="r", endpoint="chat.completions", model="fake", max_tokens=10,
+                                     body_bytes=80)
                 await access.guard.admit(Request(scope), ctx)
                 ctx.prompt_tokens, ctx.completion_tokens = 7, 10
                 access.guard.settle(ctx)

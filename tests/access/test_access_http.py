@@ -25,6 +25,7 @@ def test_missing_malformed_and_wrong_keys_get_401(gateway):
     assert resp.status_code == 401
     assert resp.json()["error"]["type"] == "authentication_error"
     prefix = key.split("-")[1]
+    ask(gateway.client(key))  # the guard now remembers this key's header: a wrong secret must still fail
     for bad in ("sk-not-ours", f"lmops-{prefix}-{'x' * 40}", "lmops-zzzzzzzz-" + "y" * 40, key + "x"):
         with pytest.raises(openai.AuthenticationError) as err:
             ask(gateway.client(bad))

@@ -77,3 +77,27 @@ async def test_memory_and_redis_counters_agree(redis_url):
     local = await _play(MemoryCounters(), steps, "")
     assert local == remote
     assert any(not ok for ok, _, _ in local) and any(ok for ok, _, _ in local)
+
+
+async def test_memory_counters_expire_purge_and_reuse_prepared_cells():
+    now = [1000.0]
+    counters = MemoryCounters(clock=lambda: now[0])
+    checks = (Check("add", "rpm", 2, 0, 60), Check("below", "tpm", 100), Check("add", "par", 5, 0, 0))
+    deltas = (Delta("par", 0, 0), Delta("tpm", 1, 60))
+    assert (await counters.admit(checks, (1.0,))).values == (1.0, 0.0, 1.0)
+    counters.apply(deltas, (-1.0, 60.0))  # the same sequences again: their cells are reused
+    assert (await counters.admit(checks, (1.0,))).values == (2.0, 60.0, 1.0)
+    counters.apply(deltas, (-1.0, 50.0))
+    refused = await counters.admit(checks, (1.0,))  # rpm 3 > 2 and tpm 110 >= 100: nothing is added
+    assert (refused.ok, refused.failed, refused.values) == (False, 0, (3.0, 110.0, 1.0))
+    assert counters.value("rpm") == 2.0 and counters.value("par") == 0.0
+    now[0] += 61  # the window keys expire; the parallel counter (no ttl) does not
+    assert not await counters.exists("rpm") and counters.value("tpm") == 0.0
+    assert (await counters.admit(checks, (1.0,))).values == (1.0, 0.0, 1.0)
+    now[0] += 61  # a purge drops expired cells and forgets prepared sequences, which then find new cells
+    assert (await counters.admit(checks, (1.0,))).values == (1.0, 0.0, 2.0)
+    counters.apply(deltas, (-1.0, 5.0))
+    assert sorted(counters.keys()) == ["par", "rpm", "tpm"] and counters.value("tpm") == 5.0
+    await counters.seed("spent", 7.0, 0)
+    await counters.seed("spent", 9.0, 0)  # only when missing
+    assert counters.value("spent") == 7.0

@@ -86,32 +86,43 @@ class Counters(Protocol):
     async def close(self) -> None: ...
 
 
-class MemoryCounters:
-    """Counters of one process: ``key -> (value, expires at)``.
+Cell = list  # [value, expires at]: one counter of the memory backend, updated in place
 
-    The loops are written out by hand (no helper calls per check): with every limit set on a team
-    and its key, a request makes ten checks and eight updates, and this is the gateway's hot path.
+
+class MemoryCounters:
+    """Counters of one process: ``key -> [value, expires at]`` (a cell, updated in place).
+
+    A request's checks and deltas come from its key's per-second template, so the same sequence object
+    arrives again and again: its cells are resolved once (``_cells``) and later admissions read and write
+    them without a dict lookup or a new tuple per counter. With every limit set on a team and its key a
+    request makes ten checks and eight updates, and this is the gateway's hot path, so the loops are
+    written out by hand.
     """
+
+    _PREPARED_MAX = 4096  # sequences whose cells are remembered (a few per key and second)
 
     def __init__(self, clock: Any = time.time):
         self._clock = clock
-        self._values: dict[str, tuple[float, float]] = {}
+        self._values: dict[str, Cell] = {}
+        # id(sequence) -> (the sequence, its cells, ...): the sequence is kept, so its id is not reused meanwhile
+        self._prepared: dict[int, tuple[Any, tuple[Any, ...]]] = {}
         self._next_purge = 0.0
 
     async def admit(self, checks: Sequence[Check], amounts: Amounts) -> Admission:
         return self.admit_now(checks, amounts)
 
     def admit_now(self, checks: Sequence[Check], amounts: Amounts) -> Admission:
+        """``admit`` without awaiting: the memory backend answers at once."""
         now = self._clock()
         if now >= self._next_purge:
             self._purge(now)
-        store = self._values
+        hit = self._prepared.get(id(checks))
+        cells = hit[1] if hit is not None and hit[0] is checks else self._prepare_checks(checks)
         values: list[float] = []
         failed = -1
-        for i, (kind, key, limit, slot, _) in enumerate(checks):
-            hit = store.get(key)
-            used = hit[0] if hit is not None and hit[1] > now else 0.0
-            if kind == "add":
+        for i, (cell, add, limit, slot, _) in enumerate(cells):
+            used = cell[0] if cell[1] > now else 0.0
+            if add:
                 used += amounts[slot]
                 if used > limit and failed < 0:
                     failed = i
@@ -120,39 +131,72 @@ class MemoryCounters:
             values.append(used)
         if failed >= 0:
             return Admission(False, tuple(values), failed)
-        for (kind, key, _, _, ttl), used in zip(checks, values):
-            if kind == "add":  # used = value + amount
-                store[key] = (used, now + ttl if ttl else math.inf)
+        for (cell, add, _, _, ttl), used in zip(cells, values):
+            if add:  # used = value + amount
+                cell[0] = used
+                cell[1] = now + ttl if ttl else math.inf
         return Admission(True, tuple(values))
 
     def apply(self, deltas: Sequence[Delta], amounts: Amounts) -> None:
         now = self._clock()
-        store = self._values
-        for key, slot, ttl in deltas:
-            hit = store.get(key)
-            base = hit[0] if hit is not None and hit[1] > now else 0.0
-            store[key] = (base + amounts[slot], now + ttl if ttl else math.inf)
+        hit = self._prepared.get(id(deltas))
+        cells = hit[1] if hit is not None and hit[0] is deltas else self._prepare_deltas(deltas)
+        for cell, slot, ttl in cells:
+            cell[0] = (cell[0] if cell[1] > now else 0.0) + amounts[slot]
+            cell[1] = now + ttl if ttl else math.inf
+
+    def _prepare_checks(self, checks: Sequence[Check]) -> tuple[tuple[Cell, bool, float, int, int], ...]:
+        cells = tuple((self._cell(c.key), c.kind == "add", c.limit, c.slot, c.ttl) for c in checks)
+        self._remember(checks, cells)
+        return cells
+
+    def _prepare_deltas(self, deltas: Sequence[Delta]) -> tuple[tuple[Cell, int, int], ...]:
+        cells = tuple((self._cell(d.key), d.slot, d.ttl) for d in deltas)
+        self._remember(deltas, cells)
+        return cells
+
+    def _remember(self, sequence: Any, cells: tuple[Any, ...]) -> None:
+        if len(self._prepared) >= self._PREPARED_MAX:
+            self._prepared.clear()
+        self._prepared[id(sequence)] = (sequence, cells)
+
+    def _cell(self, key: str) -> Cell:
+        cell = self._values.get(key)
+        if cell is None:
+            cell = self._values[key] = [0.0, -math.inf]  # expired: reads as zero
+        return cell
 
     async def seed(self, key: str, value: float, ttl: int) -> None:
         now = self._clock()
-        if not self._live(key, now):
-            self._values[key] = (value, now + ttl if ttl else math.inf)
+        cell = self._cell(key)
+        if not cell[1] > now:
+            cell[0], cell[1] = value, now + ttl if ttl else math.inf
 
     async def exists(self, key: str) -> bool:
-        return self._live(key, self._clock())
+        cell = self._values.get(key)
+        return cell is not None and cell[1] > self._clock()
 
-    def _live(self, key: str, now: float) -> bool:
-        hit = self._values.get(key)
-        return hit is not None and hit[1] > now
+    def value(self, key: str) -> float:
+        """A counter's current value (0 when it does not exist or has expired)."""
+        cell = self._values.get(key)
+        return cell[0] if cell is not None and cell[1] > self._clock() else 0.0
+
+    def keys(self) -> list[str]:
+        """The keys of the counters that have not expired."""
+        now = self._clock()
+        return [key for key, cell in self._values.items() if cell[1] > now]
 
     async def drain(self) -> None:
         return None
 
     async def close(self) -> None:
         self._values.clear()
+        self._prepared.clear()
 
     def _purge(self, now: float) -> None:
-        self._values = {k: v for k, v in self._values.items() if v[1] > now}
+        """Drop expired cells, and forget every prepared sequence (they may point at dropped cells)."""
+        self._values = {k: cell for k, cell in self._values.items() if cell[1] > now}
+        self._prepared.clear()
         self._next_purge = now + 30.0
 
 

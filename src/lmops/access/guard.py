@@ -11,9 +11,9 @@ from typing import Any
 
 from starlette.requests import Request
 
-from lmops.access.counters import Counters
+from lmops.access.counters import Counters, MemoryCounters
 from lmops.access.key_cache import KeyCache
-from lmops.access.keys import KeyHasher, bearer_token, key_prefix
+from lmops.access.keys import KEY_TAG, PREFIX_LENGTH, KeyHasher, bearer_token, key_prefix
 from lmops.access.plan import Meter, Plan, Planner
 from lmops.access.store import KeyGrant
 from lmops.config import ModelConfig
@@ -24,17 +24,20 @@ from lmops.usage.pricing import PriceBook
 log = logging.getLogger("lmops.access")
 
 _BAD_KEY = "Incorrect API key provided."
+_HEAD = len(f"Bearer {KEY_TAG}-") + PREFIX_LENGTH  # "Bearer lmops-<prefix>": one key's headers share it
 
 
 class _Verified:
-    """What the guard derives once from a cached grant: who it is, when it expires, and the key text that
-    matched its hash (so a key's next requests cost a constant-time compare instead of an HMAC)."""
+    """What the guard derives once from a cached grant: who it is, when it expires, and the Authorization
+    header that matched its hash (so a key's next requests cost a constant-time compare of that header and a
+    cache lookup, instead of parsing it and computing an HMAC)."""
 
-    __slots__ = ("allowed", "expires", "grant", "principal", "token")
+    __slots__ = ("allowed", "expires", "grant", "header", "prefix", "principal")
 
-    def __init__(self, grant: KeyGrant, token: bytes):
+    def __init__(self, grant: KeyGrant, prefix: str, header: bytes):
         self.grant = grant
-        self.token = token
+        self.prefix = prefix
+        self.header = header
         self.expires = grant.expires_at.timestamp() if grant.expires_at is not None else math.inf
         self.principal = Principal(team_id=grant.team_id, user_id=grant.user_id, key_id=grant.key_id,
                                    role=grant.role, scopes=grant.scopes)
@@ -68,22 +71,27 @@ class AccessGuard:
         self.hasher: KeyHasher | None = None  # set at start, once the server secret is known
         self._clock = clock
         self._planner = Planner(namespace)
-        self._verified: dict[str, _Verified] = {}  # key prefix -> the grant its last good key text matched
+        # The memory backend answers at once: calling it directly saves a coroutine per request.
+        self._admit_now = counters.admit_now if isinstance(counters, MemoryCounters) else None
+        # The head of an Authorization header (scheme and key prefix) -> the key last verified with it.
+        self._verified: dict[bytes, _Verified] = {}
 
     # -- Guard protocol ------------------------------------------------------------------------
     async def authenticate(self, request: Request, scope: str) -> Principal:
-        return (await self._identify(_header(request, b"authorization"), scope)).principal
+        authorization = _header(request, b"authorization")
+        return self._usable(self._known(authorization) or await self._verify(authorization), scope).principal
 
     async def allowed_models(self, request: Request) -> Callable[[str], bool]:
         """The public names (``model`` or ``model:adapter``) the key may use: those both its team's and its
         own model rules allow, the rule ``_check`` applies to each request."""
-        return (await self._identify(_header(request, b"authorization"), "inference")).allows
+        authorization = _header(request, b"authorization")
+        return self._usable(self._known(authorization) or await self._verify(authorization), "inference").allows
 
     async def admit(self, request: Request, ctx: RequestContext) -> None:
-        verified = await self._identify(_header(request, b"authorization"), "inference")
+        authorization = _header(request, b"authorization")
+        verified = self._usable(self._known(authorization) or await self._verify(authorization), "inference")
         ctx.principal = verified.principal
-        length = _content_length(_header(request, b"content-length"))
-        ctx.rate_headers = await self._check(verified.grant, ctx, length, verified)
+        ctx.rate_headers = await self._check(verified.grant, ctx, ctx.body_bytes, verified)
 
     async def admit_work(self, ctx: RequestContext, body_bytes: int) -> None:
         """Admit a call made for ``ctx.principal``'s team without an HTTP request (batch work): the team's
@@ -110,7 +118,10 @@ class AccessGuard:
         if not plan.checks:
             return None
         try:
-            admission = await self.counters.admit(plan.checks, plan.amounts)
+            if self._admit_now is not None:
+                admission = self._admit_now(plan.checks, plan.amounts)
+            else:
+                admission = await self.counters.admit(plan.checks, plan.amounts)
         except Exception as exc:  # noqa: BLE001 - fail closed: no limit or budget can be checked
             log.error("limit counters unavailable: %s", type(exc).__name__)
             raise LimitsUnavailable() from None
@@ -132,7 +143,18 @@ class AccessGuard:
         return cost
 
     # -- helpers -------------------------------------------------------------------------------
-    async def _identify(self, authorization: bytes | None, scope: str) -> _Verified:
+    def _known(self, authorization: bytes | None) -> _Verified | None:
+        """The key verified with this very header before, if the cache still holds the grant it matched."""
+        if authorization is None:
+            return None
+        verified = self._verified.get(authorization[:_HEAD])
+        if (verified is None or not hmac.compare_digest(authorization, verified.header)
+                or self.cache.fresh(verified.prefix) is not verified.grant):
+            return None
+        return verified
+
+    async def _verify(self, authorization: bytes | None) -> _Verified:
+        """Parse the header, load the key's grant and check the key against its hash."""
         token = bearer_token(authorization.decode("latin-1") if authorization is not None else None)
         if token is None:
             raise AuthenticationError("You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
@@ -141,26 +163,22 @@ class AccessGuard:
         if prefix is None or self.hasher is None:
             raise AuthenticationError(_BAD_KEY)
         grant = await self.cache.get(prefix)
-        if grant is None:
+        if grant is None or not self.hasher.matches(token, grant.hash):
             raise AuthenticationError(_BAD_KEY)
-        text = token.encode()
-        verified = self._verified.get(prefix)
-        if verified is None or verified.grant is not grant or not hmac.compare_digest(text, verified.token):
-            if not self.hasher.matches(token, grant.hash):
-                raise AuthenticationError(_BAD_KEY)
-            verified = self._remember(prefix, grant, text)
+        assert authorization is not None  # a token came from it
+        if len(self._verified) >= 100_000:
+            self._verified.clear()
+        verified = self._verified[authorization[:_HEAD]] = _Verified(grant, prefix, authorization)
+        return verified
+
+    def _usable(self, verified: _Verified, scope: str) -> _Verified:
+        grant = verified.grant
         if grant.revoked:
             raise AuthenticationError("This API key has been revoked.", code="revoked_api_key")
         if verified.expires <= self._clock():
             raise AuthenticationError("This API key has expired.", code="expired_api_key")
         if scope not in grant.scopes:
             raise PermissionDenied(f"This API key does not have the '{scope}' scope.", code="insufficient_scope")
-        return verified
-
-    def _remember(self, prefix: str, grant: KeyGrant, text: bytes) -> _Verified:
-        if len(self._verified) >= 100_000:
-            self._verified.clear()
-        verified = self._verified[prefix] = _Verified(grant, text)
         return verified
 
     def _worst_case(self, body_bytes: int, ctx: RequestContext) -> tuple[int, float]:
@@ -186,13 +204,6 @@ def _header(request: Request, name: bytes) -> bytes | None:
         if key == name:
             return value
     return None
-
-
-def _content_length(value: bytes | None) -> int:
-    try:
-        return int(value or 0)
-    except ValueError:
-        return 0
 
 
 class LimitsUnavailable(APIError):

@@ -47,6 +47,11 @@ class KeyCache:
         future.set_result(grant)
         return grant
 
+    def fresh(self, prefix: str) -> KeyGrant | None:
+        """The cached grant while it is fresh, without awaiting; None when ``get`` would have to load it."""
+        hit = self._entries.get(prefix)
+        return hit[1] if hit is not None and hit[0] > self._clock() else None
+
     def invalidate(self, prefix: str | None = None) -> None:
         if prefix is None:
             self._entries.clear()

@@ -37,7 +37,11 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
 
 
 async def parse_json(request: Request, model: type[M], max_bytes: int) -> M:
-    raw = await read_body(request, max_bytes)
+    return parse_body(await read_body(request, max_bytes), model)
+
+
+def parse_body(raw: bytes, model: type[M]) -> M:
+    """Validate a JSON body into ``model``; a clear 400 for anything else."""
     if not raw:
         raise InvalidRequest("The request body is empty; expected a JSON object.")
     try:

@@ -9,7 +9,7 @@ from typing import TypeVar
 from pydantic import BaseModel
 from starlette.requests import Request
 
-from lmops.api.bodies import parse_json
+from lmops.api.bodies import parse_body, read_body
 from lmops.observability.logging import request_id_var
 from lmops.protocol.errors import APIError
 from lmops.serving.context import RequestContext
@@ -32,7 +32,9 @@ async def parse_tracked(request: Request, model: type[M], ctx: RequestContext) -
     """Parse the body; a request refused here still leaves its record and metrics."""
     svc = services(request)
     try:
-        return await parse_json(request, model, svc.settings.server.max_body_bytes)
+        raw = await read_body(request, svc.settings.server.max_body_bytes)
+        ctx.body_bytes = len(raw)
+        return parse_body(raw, model)
     except APIError as exc:
         svc.inference.finish(ctx, exc)
         raise

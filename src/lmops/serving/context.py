@@ -38,6 +38,7 @@ class RequestContext:
     model: str | None = None
     stream: bool = False
     max_tokens: int | None = None
+    body_bytes: int = 0  # the request body's size: a bound on its prompt tokens (budgets reserve it)
     started: float = field(default_factory=time.perf_counter)
     principal: Principal | None = None  # set by the guard (access control)
     reservation: Any = None  # set by the guard (budget reserved before the call)
