@@ -4,6 +4,13 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PYTEST_ARGS ?=
 
+# llama-cpp-python compiles llama.cpp when pip installs it. Its default native build (-march=native) crashed
+# in llama_decode on an AVX-512/AMX host, and pip reuses a wheel it cached on one host on the next: build for
+# AVX2 (any x86-64 server of the last decade) instead. CMAKE_ARGS from the environment takes precedence.
+ifeq ($(shell uname -m),x86_64)
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+endif
+
 .PHONY: serve test install install-dev bench
 
 $(PY):

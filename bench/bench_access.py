@@ -1,7 +1,7 @@
 """Benchmarks of access and billing.
 
 throughput: requests/s through the gateway with access control + limits + ledger off and on, against the same
-    fake upstream, in one run (rounds interleaved so that both modes see the same machine).
+    fake upstream, in one run (rounds interleaved, in alternating order, so that both modes see the same machine).
 report:     the usage report over 1,000,000 ledger rows on PostgreSQL.
 
     python bench/bench_access.py throughput --seconds 10 --rounds 3 [--redis redis://127.0.0.1:6379/0]
@@ -47,10 +47,10 @@ async def _connection(port: int, request: bytes, stop_at: float, latencies: list
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
             status = int(head[9:12])
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
+            # uvicorn sends lower-case names; finding the one header keeps the client's cost independent of
+            # how many others there are (access adds six x-ratelimit-* headers)
+            at = head.find(b"\r\ncontent-length:") + 17
+            length = int(head[at:head.index(b"\r\n", at)]) if at >= 17 else 0
             await reader.readexactly(length)
             latencies.append(time.perf_counter() - started)
             if status != 200:
@@ -163,10 +163,14 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
             procs.append(proc)
             modes["on_redis"], pids["on_redis"] = (port, _limited_key(port, admin_key)), proc.pid
         for port, key in modes.values():  # warm up
-            asyncio.run(_load(port, key, 1.0, args.concurrency))
+            asyncio.run(_load(port, key, args.warmup, args.concurrency))
         rounds: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
-        for _ in range(args.rounds):
-            for mode, (port, key) in modes.items():
+        order = list(modes)
+        for n in range(args.rounds):
+            # Alternate the order (off, on, ... then ..., on, off): a machine that speeds up or slows down
+            # during a run favours neither mode.
+            for mode in (order if n % 2 == 0 else order[::-1]):
+                port, key = modes[mode]
                 cpu = _cpu_seconds(pids[mode])
                 result = asyncio.run(_load(port, key, args.seconds, args.concurrency))
                 result["cpu_ms_per_request"] = (_cpu_seconds(pids[mode]) - cpu) * 1000 / max(1, result["requests"])
@@ -197,7 +201,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         summary[mode]["paired_cpu_per_request_vs_off"] = statistics.median(
             rounds[mode][i]["cpu_ms_per_request"] / rounds["off"][i]["cpu_ms_per_request"] - 1.0 for i in valid)
     return {"modes": summary, "rounds": rounds, "valid_rounds": valid, "ledger_rows_on": ledger,
-            "database": "postgresql" if args.pg else "sqlite", "seconds": args.seconds,
+            "database": "postgresql" if args.pg else "sqlite", "seconds": args.seconds, "warmup": args.warmup,
             "rounds_n": args.rounds, "concurrency": args.concurrency, "machine": _machine()}
 
 
@@ -366,6 +370,7 @@ def main() -> None:
     t.add_argument("--seconds", type=float, default=10)
     t.add_argument("--rounds", type=int, default=3)
     t.add_argument("--concurrency", type=int, default=32)
+    t.add_argument("--warmup", type=float, default=3.0, help="seconds of load on each gateway before measuring")
     t.add_argument("--redis", default=None, help="also measure with limits in this Redis")
     t.add_argument("--pg", default=None, help="PostgreSQL server URL: each gateway gets a fresh database there")
     g = sub.add_parser("guard")
