@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
@@ -176,6 +176,9 @@ class AccessConfig(_Strict):
     key_cache_ttl: float = Field(5.0, gt=0, description="seconds a key lookup is cached (revocation delay)")
     redis_prefix: str = Field("lmops", min_length=1, description="namespace of the Redis limit counters")
     prices: dict[str, PriceConfig] = Field(default_factory=dict, description="model name -> price")
+    rate_limit_headers: Literal["always", "refusals"] = Field(
+        "always", description="send x-ratelimit-* on every response, as OpenAI does, or only on 429 refusals "
+                              "(six fewer headers per limited request)")
 
 
 class BatchConfig(_Strict):

@@ -164,6 +164,20 @@ def test_requests_per_minute_429_with_headers(gateway):
     assert headers["x-ratelimit-remaining-requests"] == "0"
 
 
+def test_rate_limit_headers_only_on_refusals_when_configured(start_gateway, tmp_path):
+    clear_of_minute_boundary()
+    gateway = start_gateway(database_url=f"sqlite+aiosqlite:///{tmp_path / 'refusals.db'}",
+                            access={"rate_limit_headers": "refusals"})
+    key, _ = gateway.key(gateway.team()["id"], rpm=1)
+    raw = gateway.client(key).chat.completions.with_raw_response.create(model="fake", messages=CHAT, max_tokens=5)
+    assert raw.http_response.status_code == 200 and raw.parse().choices
+    assert not [name for name in raw.headers if name.startswith("x-ratelimit-")]
+    with pytest.raises(openai.RateLimitError) as err:
+        ask(gateway.client(key))
+    headers = err.value.response.headers
+    assert headers["x-ratelimit-limit-requests"] == "1" and headers["x-ratelimit-remaining-requests"] == "0"
+
+
 def test_team_limit_is_shared_by_its_keys(gateway):
     clear_of_minute_boundary()
     team = gateway.team(rpm=2)

@@ -61,7 +61,7 @@ class AccessGuard:
 
     def __init__(self, cache: KeyCache, counters: Counters, prices: PriceBook,
                  models: dict[str, ModelConfig], namespace: str, clock: Any = time.time,
-                 team_grants: KeyCache | None = None):
+                 team_grants: KeyCache | None = None, headers_on_success: bool = True):
         self.cache = cache
         self.team_grants = team_grants
         self.counters = counters
@@ -69,6 +69,7 @@ class AccessGuard:
         self.models = models
         self.namespace = namespace
         self.hasher: KeyHasher | None = None  # set at start, once the server secret is known
+        self.headers_on_success = headers_on_success  # x-ratelimit-* on every response, else on refusals only
         self._clock = clock
         self._planner = Planner(namespace)
         # The memory backend answers at once: calling it directly saves a coroutine per request.
@@ -125,11 +126,10 @@ class AccessGuard:
         except Exception as exc:  # noqa: BLE001 - fail closed: no limit or budget can be checked
             log.error("limit counters unavailable: %s", type(exc).__name__)
             raise LimitsUnavailable() from None
-        headers = plan.headers(admission.values)
         if not admission.ok:
-            raise _refusal(plan, admission.failed, headers)
+            raise _refusal(plan, admission.failed, plan.headers(admission.values))
         ctx.reservation = plan
-        return headers
+        return plan.headers(admission.values) if self.headers_on_success else None
 
     def settle(self, ctx: RequestContext) -> float | None:
         """Release what admission reserved and book the real usage; the cost that the request's record bills."""

@@ -64,15 +64,14 @@ class Plan:
         """``x-ratelimit-*`` headers for requests and tokens per minute, the tightest of team and key; encoded
         once here (names, limits and resets come encoded from the template) rather than by each layer."""
         headers: RawHeaders = []
-        for (limit_name, remaining_name, reset_name), slots, reset in self.template.rate_headers:
+        for remaining_name, slots, reset in self.template.rate_headers:
             best = math.inf
-            limit_text = b""
-            for i, limit, text in slots:
+            limit_header = slots[0][2]
+            for i, limit, header in slots:
                 remaining = limit - values[i]
                 if remaining < best:
-                    best, limit_text = remaining, text
-            headers += ((limit_name, limit_text), (remaining_name, b"%d" % best if best > 0 else b"0"),
-                        (reset_name, reset))
+                    best, limit_header = remaining, header
+            headers += (limit_header, (remaining_name, b"%d" % best if best > 0 else b"0"), reset)
         return headers
 
 
@@ -124,8 +123,8 @@ class _Template:
     fixed: tuple[Delta, ...]  # the releases and budget corrections alone
     token_windows: tuple[str, ...]  # subjects whose tokens per minute are counted
     window: int  # the minute the template was made in
-    # per header family: (limit, remaining, reset header names), ((check index, limit, limit text), ...), reset
-    rate_headers: tuple[tuple[tuple[bytes, bytes, bytes], tuple[tuple[int, float, bytes], ...], bytes], ...]
+    # per header family: the remaining header's name, ((check index, limit, limit header), ...), reset header
+    rate_headers: tuple[tuple[bytes, tuple[tuple[int, float, tuple[bytes, bytes]], ...], tuple[bytes, bytes]], ...]
 
     def settlement_at(self, now: float) -> tuple[Delta, ...]:
         """The settlement of a request that ends in a later minute than it began."""
@@ -187,11 +186,11 @@ class Planner:
                         fixed.append(Delta(key, correction, ttl))
         rate_headers = []
         for name in ("requests", "tokens"):
-            slots = tuple((i, m.limit, b"%d" % m.limit) for i, m in enumerate(meters) if m.name == name)
+            limit_name, remaining_name, reset_name = (f"x-ratelimit-{part}-{name}".encode()
+                                                      for part in ("limit", "remaining", "reset"))
+            slots = tuple((i, m.limit, (limit_name, b"%d" % m.limit)) for i, m in enumerate(meters) if m.name == name)
             if slots:
-                limit_name, remaining_name, reset_name = (f"x-ratelimit-{part}-{name}".encode()
-                                                          for part in ("limit", "remaining", "reset"))
-                rate_headers.append(((limit_name, remaining_name, reset_name), slots, b"%ds" % math.ceil(reset)))
+                rate_headers.append((remaining_name, slots, (reset_name, b"%ds" % math.ceil(reset))))
         settlement = tuple(fixed) + tuple(Delta(f"{base}:{moment.window}", TOKENS_USED, moment.window_ttl)
                                           for base in windows)
         return _Template(tuple(checks), tuple(meters), settlement, tuple(fixed), tuple(windows), moment.window,

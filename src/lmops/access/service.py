@@ -37,7 +37,8 @@ class AccessService:
         self.prices = PriceBook(cfg.prices)
         self.guard = AccessGuard(self.cache, self.counters, self.prices,
                                  {m.name: m for m in settings.models}, cfg.redis_prefix,
-                                 team_grants=self.team_grants)
+                                 team_grants=self.team_grants,
+                                 headers_on_success=cfg.rate_limit_headers == "always")
         self.admin: AdminService | None = None  # ready after start
 
     async def start(self, *, bootstrap: bool | None = None, announce: TextIO | None = None) -> None:

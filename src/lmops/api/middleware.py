@@ -14,11 +14,16 @@ from lmops.protocol.errors import error_envelope
 log = logging.getLogger("lmops.http")
 
 
-def with_headers(start: Message, headers: list[tuple[bytes, bytes]]) -> Message:
-    """A response-start message with ``headers`` added, except those the response already sets."""
-    present = {k.lower() for k, _ in start.get("headers", ())}
-    added = [(k, v) for k, v in headers if k.lower() not in present]
-    return {**start, "headers": [*start.get("headers", ()), *added]} if added else start
+def with_header(start: Message, name: bytes, value: bytes) -> Message:
+    """A response-start message with the header ``name`` (lower-case) added, unless the response sets it.
+
+    The app's responses come from Starlette, which lower-cases header names, so a C-level ``dict`` of the
+    raw pairs answers "is it there" without lower-casing every name of every response in Python.
+    """
+    headers = start.get("headers", ())
+    if name in dict(headers):
+        return start
+    return {**start, "headers": [*headers, (name, value)]}
 
 
 class RequestIdMiddleware:
@@ -39,14 +44,14 @@ class RequestIdMiddleware:
         if not rid:
             rid = "req_" + sortable_hex()
         token = request_id_var.set(rid)
-        header = (b"x-request-id", rid.encode("latin-1"))
+        rid_bytes = rid.encode("latin-1")
         started = False
 
         async def send_with_id(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                message = with_headers(message, [header])
+                message = with_header(message, b"x-request-id", rid_bytes)
             await send(message)
 
         try:
@@ -57,7 +62,7 @@ class RequestIdMiddleware:
                 body = orjson.dumps(error_envelope("The server failed to process the request.", "server_error",
                                                    None, "internal_error"))
                 await send({"type": "http.response.start", "status": 500,
-                            "headers": [(b"content-type", b"application/json"), header]})
+                            "headers": [(b"content-type", b"application/json"), (b"x-request-id", rid_bytes)]})
                 await send({"type": "http.response.body", "body": body})
         finally:
             request_id_var.reset(token)
