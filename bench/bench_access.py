@@ -4,7 +4,7 @@ throughput: requests/s through the gateway with access control + limits + ledger
     fake upstream, in one run (rounds interleaved, in alternating order, so that both modes see the same machine).
 report:     the usage report over 1,000,000 ledger rows on PostgreSQL.
 
-    python bench/bench_access.py throughput --seconds 10 --rounds 3 [--redis redis://127.0.0.1:6379/0]
+    python bench/bench_access.py throughput --seconds 10 --rounds 3 [--redis redis://127.0.0.1:6379/0] [--refusals-only]
         [--pg postgresql://postgres@127.0.0.1:5432/test]  (each gateway on a fresh database there, not SQLite)
     python bench/bench_access.py report --rows 1000000 [--pg postgresql://postgres@127.0.0.1:5432/test]
     python bench/bench_access.py guard [--redis redis://127.0.0.1:6379/0]
@@ -155,6 +155,11 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         proc, port = _gateway(workdir, "on", upstream, {"prices": prices}, on_env, database("on"))
         procs.append(proc)
         modes["on"], pids["on"] = (port, _limited_key(port, admin_key)), proc.pid
+        if args.refusals_only:
+            proc, port = _gateway(workdir, "on_refusals", upstream, {"prices": prices, "rate_limit_headers": "refusals"},
+                                  on_env, database("on_refusals"))
+            procs.append(proc)
+            modes["on_refusals"], pids["on_refusals"] = (port, _limited_key(port, admin_key)), proc.pid
         if args.redis:
             redis_env = {**on_env, "LMOPS_REDIS_URL": args.redis}
             proc, port = _gateway(workdir, "on_redis", upstream,
@@ -372,6 +377,8 @@ def main() -> None:
     t.add_argument("--concurrency", type=int, default=32)
     t.add_argument("--warmup", type=float, default=3.0, help="seconds of load on each gateway before measuring")
     t.add_argument("--redis", default=None, help="also measure with limits in this Redis")
+    t.add_argument("--refusals-only", action="store_true",
+                   help="also measure access.rate_limit_headers=refusals (no x-ratelimit-* on admitted requests)")
     t.add_argument("--pg", default=None, help="PostgreSQL server URL: each gateway gets a fresh database there")
     g = sub.add_parser("guard")
     g.add_argument("--requests", type=int, default=20000)

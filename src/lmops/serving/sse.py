@@ -45,9 +45,55 @@ class EventStreamResponse(Response):
                 raise exc  # type: ignore[misc]
 
     async def _pump(self, send: Send) -> None:
-        async for event in self._events:
-            await send({"type": "http.response.body", "body": event, "more_body": True})
+        """Send the events in bursts: those produced while the last write went out leave in one write.
+
+        A task reads the events into a bounded queue (full: it stops reading, so a slow client slows the
+        upstream read, not memory). An upstream that delivers many chunks in one network read — a loaded
+        engine, or a fast one — costs one write to the client instead of one per chunk; one that sends a
+        token at a time gets it forwarded at once, as before.
+        """
+        queue: asyncio.Queue[bytes | _End] = asyncio.Queue(maxsize=_QUEUED_EVENTS)
+        reader = asyncio.ensure_future(_read_into(self._events, queue))
+        try:
+            while True:
+                parts = [await queue.get()]
+                while not queue.empty():
+                    parts.append(queue.get_nowait())
+                end = parts.pop() if isinstance(parts[-1], _End) else None
+                if parts:
+                    await send({"type": "http.response.body", "body": b"".join(parts),  # type: ignore[arg-type]
+                                "more_body": True})
+                if end is not None:
+                    if end.error is not None:
+                        raise end.error
+                    break
+        finally:
+            if not reader.done():
+                reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)  # then the caller may close the events
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+_QUEUED_EVENTS = 256
+
+
+class _End:
+    """The end of the events, and the error that ended them, if any."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException | None = None):
+        self.error = error
+
+
+async def _read_into(events: AsyncIterator[bytes], queue: "asyncio.Queue[bytes | _End]") -> None:
+    try:
+        async for event in events:
+            await queue.put(event)
+    except Exception as exc:  # noqa: BLE001 - handed to the sender, which raises it
+        await queue.put(_End(exc))
+    else:
+        await queue.put(_End())
 
 
 async def _wait_disconnect(receive: Receive) -> None:
