@@ -86,14 +86,14 @@ class Counters(Protocol):
     async def close(self) -> None: ...
 
 
-Cell = list  # [value, expires at]: one counter of the memory backend, updated in place
+Cell = list[float]  # [value, expires at]: one counter of the memory backend, updated in place
 
 
 class MemoryCounters:
     """Counters of one process: ``key -> [value, expires at]`` (a cell, updated in place).
 
     A request's checks and deltas come from its key's per-second template, so the same sequence object
-    arrives again and again: its cells are resolved once (``_cells``) and later admissions read and write
+    arrives again and again: its cells are resolved once (``_prepare_*``) and later calls read and write
     them without a dict lookup or a new tuple per counter. With every limit set on a team and its key a
     request makes ten checks and eight updates, and this is the gateway's hot path, so the loops are
     written out by hand.
@@ -104,7 +104,7 @@ class MemoryCounters:
     def __init__(self, clock: Any = time.time):
         self._clock = clock
         self._values: dict[str, Cell] = {}
-        # id(sequence) -> (the sequence, its cells, ...): the sequence is kept, so its id is not reused meanwhile
+        # id(sequence) -> (the sequence, its cells): the sequence is kept, so its id is not reused meanwhile
         self._prepared: dict[int, tuple[Any, tuple[Any, ...]]] = {}
         self._next_purge = 0.0
 

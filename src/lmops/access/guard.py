@@ -79,17 +79,15 @@ class AccessGuard:
 
     # -- Guard protocol ------------------------------------------------------------------------
     async def authenticate(self, request: Request, scope: str) -> Principal:
-        authorization = _header(request, b"authorization")
-        return self._usable(self._known(authorization) or await self._verify(authorization), scope).principal
+        return (await self._identify(request, scope)).principal
 
     async def allowed_models(self, request: Request) -> Callable[[str], bool]:
         """The public names (``model`` or ``model:adapter``) the key may use: those both its team's and its
         own model rules allow, the rule ``_check`` applies to each request."""
-        authorization = _header(request, b"authorization")
-        return self._usable(self._known(authorization) or await self._verify(authorization), "inference").allows
+        return (await self._identify(request, "inference")).allows
 
     async def admit(self, request: Request, ctx: RequestContext) -> None:
-        authorization = _header(request, b"authorization")
+        authorization = _header(request, b"authorization")  # _identify, inlined: one coroutine less per request
         verified = self._usable(self._known(authorization) or await self._verify(authorization), "inference")
         ctx.principal = verified.principal
         ctx.rate_headers = await self._check(verified.grant, ctx, ctx.body_bytes, verified)
@@ -143,6 +141,10 @@ class AccessGuard:
         return cost
 
     # -- helpers -------------------------------------------------------------------------------
+    async def _identify(self, request: Request, scope: str) -> _Verified:
+        authorization = _header(request, b"authorization")
+        return self._usable(self._known(authorization) or await self._verify(authorization), scope)
+
     def _known(self, authorization: bytes | None) -> _Verified | None:
         """The key verified with this very header before, if the cache still holds the grant it matched."""
         if authorization is None:
