@@ -1,4 +1,5 @@
-"""A server-sent-events response that forwards each chunk as it comes and stops work on disconnect.
+"""A server-sent-events response that forwards chunks as they come (those ready together in one write)
+and stops work on disconnect.
 
 Unlike a plain StreamingResponse it listens for the client going away while the engine is
 still thinking, and closes the chunk iterator at once, so an abandoned generation stops.
