@@ -62,3 +62,28 @@ async def test_an_error_in_the_events_reaches_the_server_after_what_came_before(
     with pytest.raises(RuntimeError, match="engine gone"):
         await EventStreamResponse(broken())({"type": "http"}, receive, send)
     assert [m.get("body") for m in sent if m["type"] == "http.response.body"] == [b"data: 0\n\n"]
+
+
+async def test_a_client_leaving_while_the_engine_thinks_stops_the_events():
+    stopped = asyncio.Event()
+
+    async def thinking():
+        yield b"data: 0\n\n"
+        try:
+            await asyncio.sleep(3600)  # no next token for a long time
+            yield b"data: never\n\n"
+        finally:
+            stopped.set()
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def receive() -> dict:
+        await asyncio.sleep(0.05)
+        return {"type": "http.disconnect"}
+
+    await asyncio.wait_for(EventStreamResponse(thinking())({"type": "http"}, receive, send), 5)
+    assert stopped.is_set()
+    assert [m.get("body") for m in sent if m["type"] == "http.response.body"] == [b"data: 0\n\n"]

@@ -30,49 +30,21 @@ class EventStreamResponse(Response):
                (b"x-accel-buffering", b"no")]
         raw += self._headers
         await send({"type": "http.response.start", "status": 200, "headers": raw})
-        pump = asyncio.ensure_future(self._pump(send))
-        listen = asyncio.ensure_future(_wait_disconnect(receive))
-        try:
-            await asyncio.wait((pump, listen), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (pump, listen):
-                if not task.done():
-                    task.cancel()
-            await asyncio.gather(pump, listen, return_exceptions=True)
-            await _close(self._events)
-        if pump.done() and not pump.cancelled() and pump.exception() is not None:
-            exc = pump.exception()
-            if not isinstance(exc, OSError):
-                raise exc  # type: ignore[misc]
-
-    async def _pump(self, send: Send) -> None:
-        """Send the events in bursts: those produced while the last write went out leave in one write.
-
-        A task reads the events into a bounded queue (full: it stops reading, so a slow client slows the
-        upstream read, not memory). An upstream that delivers many chunks in one network read — a loaded
-        engine, or a fast one — costs one write to the client instead of one per chunk; one that sends a
-        token at a time gets it forwarded at once, as before.
-        """
         queue: asyncio.Queue[bytes | _End] = asyncio.Queue(maxsize=_QUEUED_EVENTS)
         reader = asyncio.ensure_future(_read_into(self._events, queue))
+        listen = asyncio.ensure_future(_wait_disconnect(receive))
+        listen.add_done_callback(lambda _: queue.full() or queue.put_nowait(_GONE))
         try:
-            while True:
-                parts = [await queue.get()]
-                while not queue.empty():
-                    parts.append(queue.get_nowait())
-                end = parts.pop() if isinstance(parts[-1], _End) else None
-                if parts:
-                    await send({"type": "http.response.body", "body": b"".join(parts),  # type: ignore[arg-type]
-                                "more_body": True})
-                if end is not None:
-                    if end.error is not None:
-                        raise end.error
-                    break
+            if await _send_bursts(queue, send, listen):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            pass  # the client went away mid-write
         finally:
-            if not reader.done():
-                reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)  # then the caller may close the events
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+            for task in (reader, listen):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(reader, listen, return_exceptions=True)  # then the events may be closed
+            await _close(self._events)
 
 
 _QUEUED_EVENTS = 256
@@ -87,7 +59,12 @@ class _End:
         self.error = error
 
 
+_GONE = _End()  # put by the disconnect listener: the client left
+
+
 async def _read_into(events: AsyncIterator[bytes], queue: "asyncio.Queue[bytes | _End]") -> None:
+    """Move the events into the queue (a full queue stops the reading, so a slow client slows the upstream
+    read, not memory), then their end."""
     try:
         async for event in events:
             await queue.put(event)
@@ -95,6 +72,30 @@ async def _read_into(events: AsyncIterator[bytes], queue: "asyncio.Queue[bytes |
         await queue.put(_End(exc))
     else:
         await queue.put(_End())
+
+
+async def _send_bursts(queue: "asyncio.Queue[bytes | _End]", send: Send, listen: asyncio.Future[None]) -> bool:
+    """Send the queued events, those that arrived together in one write; True when they all went out,
+    False when the client left first.
+
+    An upstream that delivers many chunks in one network read (a loaded engine, or a fast one) costs one
+    write to the client instead of one per chunk; one that sends a token at a time has it forwarded at once.
+    """
+    while True:
+        parts = [await queue.get()]
+        while not queue.empty():
+            parts.append(queue.get_nowait())
+        ends = [part for part in parts if isinstance(part, _End)]
+        if listen.done():
+            return False
+        events = [part for part in parts if not isinstance(part, _End)] if ends else parts
+        if events:
+            await send({"type": "http.response.body", "body": b"".join(events),  # type: ignore[arg-type]
+                        "more_body": True})
+        if ends:
+            if ends[0].error is not None:
+                raise ends[0].error
+            return True
 
 
 async def _wait_disconnect(receive: Receive) -> None:
