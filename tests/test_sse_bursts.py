@@ -9,19 +9,33 @@ import pytest
 from lmops.serving.sse import EventStreamResponse
 
 
-async def _run(events) -> list[dict]:
-    sent: list[dict] = []
+class _Client:
+    """The ASGI side of one streamed response: what the server was asked to send, and when the client leaves."""
 
-    async def send(message: dict) -> None:
-        sent.append(message)
+    def __init__(self, leaves_after: float = 3600.0):
+        self.leaves_after = leaves_after
+        self.sent: list[dict] = []
+
+    async def send(self, message: dict) -> None:
+        self.sent.append(message)
         await asyncio.sleep(0)  # a real server's write lets other tasks run
 
-    async def receive() -> dict:
-        await asyncio.sleep(3600)  # the client never leaves
+    async def receive(self) -> dict:
+        await asyncio.sleep(self.leaves_after)
         return {"type": "http.disconnect"}
 
-    await EventStreamResponse(events)({"type": "http"}, receive, send)
-    return [m for m in sent if m["type"] == "http.response.body"]
+    async def run(self, events) -> list[dict]:
+        """Serve ``events``; the body messages sent (also kept when the response raises)."""
+        await asyncio.wait_for(EventStreamResponse(events)({"type": "http"}, self.receive, self.send), 5)
+        return self.bodies
+
+    @property
+    def bodies(self) -> list[dict]:
+        return [m for m in self.sent if m["type"] == "http.response.body"]
+
+
+async def _run(events) -> list[dict]:
+    return await _Client().run(events)
 
 
 async def test_a_burst_leaves_in_fewer_writes_than_events():
@@ -50,18 +64,10 @@ async def test_an_error_in_the_events_reaches_the_server_after_what_came_before(
         await asyncio.sleep(0.01)
         raise RuntimeError("engine gone")
 
-    sent: list[dict] = []
-
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    async def receive() -> dict:
-        await asyncio.sleep(3600)
-        return {"type": "http.disconnect"}
-
+    client = _Client()
     with pytest.raises(RuntimeError, match="engine gone"):
-        await EventStreamResponse(broken())({"type": "http"}, receive, send)
-    assert [m.get("body") for m in sent if m["type"] == "http.response.body"] == [b"data: 0\n\n"]
+        await client.run(broken())
+    assert [m.get("body") for m in client.bodies] == [b"data: 0\n\n"]
 
 
 async def test_a_client_leaving_while_the_engine_thinks_stops_the_events():
@@ -75,15 +81,6 @@ async def test_a_client_leaving_while_the_engine_thinks_stops_the_events():
         finally:
             stopped.set()
 
-    sent: list[dict] = []
-
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    async def receive() -> dict:
-        await asyncio.sleep(0.05)
-        return {"type": "http.disconnect"}
-
-    await asyncio.wait_for(EventStreamResponse(thinking())({"type": "http"}, receive, send), 5)
+    bodies = await _Client(leaves_after=0.05).run(thinking())
     assert stopped.is_set()
-    assert [m.get("body") for m in sent if m["type"] == "http.response.body"] == [b"data: 0\n\n"]
+    assert [m.get("body") for m in bodies] == [b"data: 0\n\n"]
