@@ -57,6 +57,7 @@ def serve(
     import uvicorn
 
     from lmops.app import create_app
+    from lmops.http_server import server_options
     from lmops.observability.logging import configure_logging
 
     settings = _settings(config)
@@ -83,8 +84,8 @@ def serve(
     from lmops.store.database import upgrade
 
     upgrade(settings.database_url)  # once, here, before any worker starts
-    common = dict(host=server.host, port=server.port, log_level=server.log_level, access_log=False,
-                  loop="uvloop", http="httptools", timeout_graceful_shutdown=10)
+    common = server_options(host=server.host, port=server.port, log_level=server.log_level,
+                            timeout_graceful_shutdown=10)
     if server.workers > 1:
         if settings.config:
             os.environ["LMOPS_CONFIG"] = settings.config

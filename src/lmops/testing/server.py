@@ -9,6 +9,8 @@ from typing import Any
 
 import uvicorn
 
+from lmops.http_server import server_options
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -17,12 +19,13 @@ def free_port() -> int:
 
 
 class ServerThread:
-    """``with ServerThread(app) as srv: srv.url`` — uvicorn on 127.0.0.1, its own event loop, stopped on exit."""
+    """``with ServerThread(app) as srv: srv.url`` — uvicorn on 127.0.0.1 as ``lmops serve`` runs it, its own
+    event loop, stopped on exit."""
 
     def __init__(self, app: Any, port: int | None = None, **config: Any):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        options = {"log_level": "warning", "access_log": False, "lifespan": "on", "timeout_graceful_shutdown": 2}
+        options = server_options(log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
         options.update(config)
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, **options))
         self._thread = threading.Thread(target=self.server.run, daemon=True, name=f"uvicorn-{self.port}")
