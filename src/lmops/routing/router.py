@@ -159,10 +159,12 @@ class Router:
         raise _exhausted(dep, last)
 
     async def _relay(self, replica: Replica, first: Body, agen: AsyncIterator[Body]) -> AsyncIterator[Body]:
+        ended = False
         try:
             yield first
             async for chunk in agen:
                 yield chunk
+            ended = True
         except EngineError as exc:
             self._failed(replica, exc)
             raise to_api_error(exc) from exc
@@ -170,7 +172,8 @@ class Router:
             replica.record_success()
         finally:
             replica.outstanding -= 1
-            await _aclose(agen)
+            if not ended:  # a stream that ran to its end has nothing left to close
+                await _aclose(agen)
 
     def _failed(self, replica: Replica, exc: EngineError) -> None:
         if exc.retryable:

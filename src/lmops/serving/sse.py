@@ -67,7 +67,10 @@ async def _read_into(events: AsyncIterator[bytes], queue: "asyncio.Queue[bytes |
     read, not memory), then their end."""
     try:
         async for event in events:
-            await queue.put(event)
+            if queue.full():
+                await queue.put(event)
+            else:
+                queue.put_nowait(event)  # no coroutine per event while the client keeps up
     except Exception as exc:  # noqa: BLE001 - handed to the sender, which raises it
         await queue.put(_End(exc))
     else:
