@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -150,6 +151,10 @@ def test_serve_with_two_workers(serve, tmp_path):
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert err.count("Application startup complete") == 2
+    # each worker logs its requests as JSON lines (written at the latest when it exits)
+    served = [json.loads(line) for line in err.splitlines() if '"request finished"' in line]
+    assert len(served) == 10 and {line["status"] for line in served} == {200}
+    assert all(line["request_id"].startswith("req_") and line["model"] == "fake" for line in served)
 
 
 def test_chat_against_a_running_server(serve, tmp_path):

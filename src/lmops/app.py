@@ -13,6 +13,7 @@ from lmops.api import admin, batches, enrichment, errors, files, openai, system
 from lmops.api.direct import Gateway
 from lmops.api.middleware import RequestIdMiddleware
 from lmops.config import Settings, load_settings
+from lmops.observability.logging import configure_logging
 from lmops.services import Services
 
 
@@ -51,5 +52,10 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
 
 
 def app_from_env() -> FastAPI:
-    """Factory for ``uvicorn --factory lmops.app:app_from_env`` (multi-worker serve; the parent migrated)."""
-    return create_app(migrate=False)
+    """Factory for ``uvicorn --factory lmops.app:app_from_env`` (multi-worker serve; the parent migrated).
+
+    Each worker is a fresh process (spawned, not forked): it sets up its own JSON logs, as the parent did.
+    """
+    settings = load_settings()
+    configure_logging(settings.server.log_level, settings.server.log_json)
+    return create_app(settings, migrate=False)
