@@ -176,6 +176,9 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
             # during a run favours neither mode.
             for mode in (order if n % 2 == 0 else order[::-1]):
                 port, key = modes[mode]
+                # Let the previous gateway's record/ledger flush (and PostgreSQL's work on it) finish first:
+                # otherwise it lands on whichever mode runs next.
+                time.sleep(args.pause)
                 cpu = _cpu_seconds(pids[mode])
                 result = asyncio.run(_load(port, key, args.seconds, args.concurrency))
                 result["cpu_ms_per_request"] = (_cpu_seconds(pids[mode]) - cpu) * 1000 / max(1, result["requests"])
@@ -207,7 +210,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
             rounds[mode][i]["cpu_ms_per_request"] / rounds["off"][i]["cpu_ms_per_request"] - 1.0 for i in valid)
     return {"modes": summary, "rounds": rounds, "valid_rounds": valid, "ledger_rows_on": ledger,
             "database": "postgresql" if args.pg else "sqlite", "seconds": args.seconds, "warmup": args.warmup,
-            "rounds_n": args.rounds, "concurrency": args.concurrency, "machine": _machine()}
+            "pause": args.pause, "rounds_n": args.rounds, "concurrency": args.concurrency, "machine": _machine()}
 
 
 def _ledger_count(url: str) -> int:
@@ -376,6 +379,7 @@ def main() -> None:
     t.add_argument("--rounds", type=int, default=3)
     t.add_argument("--concurrency", type=int, default=32)
     t.add_argument("--warmup", type=float, default=3.0, help="seconds of load on each gateway before measuring")
+    t.add_argument("--pause", type=float, default=1.5, help="idle seconds before each measurement")
     t.add_argument("--redis", default=None, help="also measure with limits in this Redis")
     t.add_argument("--refusals-only", action="store_true",
                    help="also measure access.rate_limit_headers=refusals (no x-ratelimit-* on admitted requests)")
