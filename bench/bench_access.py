@@ -1,10 +1,13 @@
 """Benchmarks of access and billing.
 
 throughput: requests/s through the gateway with access control + limits + ledger off and on, against the same
-    fake upstream, in one run (rounds interleaved, in alternating order, so that both modes see the same machine).
+    fake upstream, in one run: rounds interleaved in alternating order, or with ``--concurrent`` every gateway
+    loaded at the same moment (the steadier comparison on a shared machine); ``--control`` adds a second "off"
+    gateway whose difference from the first is the run's noise. Load: wrk when installed, else a Python client.
 report:     the usage report over 1,000,000 ledger rows on PostgreSQL.
 
     python bench/bench_access.py throughput --seconds 10 --rounds 3 [--redis redis://127.0.0.1:6379/0] [--refusals-only]
+        [--concurrent] [--control] [--load wrk|python]
         [--pg postgresql://postgres@127.0.0.1:5432/test]  (each gateway on a fresh database there, not SQLite)
     python bench/bench_access.py report --rows 1000000 [--pg postgresql://postgres@127.0.0.1:5432/test]
     python bench/bench_access.py guard [--redis redis://127.0.0.1:6379/0]
@@ -26,6 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,7 @@ from typing import Any
 import httpx
 import yaml
 
+from harness import run_wrk, wrk_available
 from lmops.testing.server import free_port
 
 BODY = json.dumps({"model": "fake", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}).encode()
@@ -57,6 +62,17 @@ async def _connection(port: int, request: bytes, stop_at: float, latencies: list
                 errors.append(status)
     finally:
         writer.close()
+
+
+def _drive(load: str, port: int, key: str | None, seconds: float, concurrency: int) -> dict[str, float]:
+    """``seconds`` of POSTs at ``concurrency`` from the chosen load generator: wrk (C, a few percent of a core)
+    or the Python one below (about a core of its own, which it takes from the servers on a small machine)."""
+    if load == "python":
+        return asyncio.run(_load(port, key, seconds, concurrency))
+    result = run_wrk(f"http://127.0.0.1:{port}/v1/chat/completions", BODY, connections=concurrency, seconds=seconds,
+                     headers={"Authorization": f"Bearer {key}"} if key else None)
+    return {"rps": result.rps, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms, "errors": result.errors,
+            "requests": result.requests}
 
 
 async def _load(port: int, key: str | None, seconds: float, concurrency: int) -> dict[str, float]:
@@ -126,6 +142,8 @@ def _limited_key(port: int, admin_key: str) -> str:
 
 
 def throughput(args: argparse.Namespace) -> dict[str, Any]:
+    if args.concurrent and args.load != "wrk":
+        raise SystemExit("--concurrent needs wrk (apt-get install wrk): Python load generators would share one GIL")
     workdir = Path(tempfile.mkdtemp(prefix="lmops-bench-"))
     up_port = free_port()
     procs: list[subprocess.Popen[bytes]] = []
@@ -167,26 +185,43 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
                                   database("on_redis"))
             procs.append(proc)
             modes["on_redis"], pids["on_redis"] = (port, _limited_key(port, admin_key)), proc.pid
+        if args.control:  # A/A: a second gateway exactly like "off", so the report shows the noise floor
+            proc, port = _gateway(workdir, "off_control", upstream, {"enabled": False}, env, database("off_control"))
+            procs.append(proc)
+            modes["off_control"], pids["off_control"] = (port, None), proc.pid
         for port, key in modes.values():  # warm up
-            asyncio.run(_load(port, key, args.warmup, args.concurrency))
+            _drive(args.load, port, key, args.warmup, args.concurrency)
         rounds: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
         order = list(modes)
+
+        def measure(mode: str) -> dict[str, float]:
+            port, key = modes[mode]
+            cpu = _cpu_seconds(pids[mode])
+            result = _drive(args.load, port, key, args.seconds, args.concurrency)
+            result["cpu_ms_per_request"] = (_cpu_seconds(pids[mode]) - cpu) * 1000 / max(1, result["requests"])
+            result["rps_per_core"] = 1000 / result["cpu_ms_per_request"]
+            rounds[mode].append(result)
+            print(f"  {mode:11s} {result['rps']:8.1f} req/s  p50 {result['p50_ms']:.1f} ms  "
+                  f"p99 {result['p99_ms']:.1f} ms  gateway CPU {result['cpu_ms_per_request']:.3f} ms/request "
+                  f"(= {result['rps_per_core']:.0f} req/s per core)  errors {result['errors']}", file=sys.stderr)
+            return result
+
         for n in range(args.rounds):
+            # Let the previous measurement's record/ledger flush (and PostgreSQL's work on it) finish first:
+            # otherwise it lands on whichever mode runs next.
+            time.sleep(args.pause)
+            if args.concurrent:
+                # Every gateway under load at once: each sees the same moment of a shared machine, and the
+                # scheduler gives each the same CPU share, so requests/s compare their cost per request.
+                with ThreadPoolExecutor(len(order)) as pool:
+                    list(pool.map(measure, order))
+                continue
             # Alternate the order (off, on, ... then ..., on, off): a machine that speeds up or slows down
             # during a run favours neither mode.
-            for mode in (order if n % 2 == 0 else order[::-1]):
-                port, key = modes[mode]
-                # Let the previous gateway's record/ledger flush (and PostgreSQL's work on it) finish first:
-                # otherwise it lands on whichever mode runs next.
-                time.sleep(args.pause)
-                cpu = _cpu_seconds(pids[mode])
-                result = asyncio.run(_load(port, key, args.seconds, args.concurrency))
-                result["cpu_ms_per_request"] = (_cpu_seconds(pids[mode]) - cpu) * 1000 / max(1, result["requests"])
-                result["rps_per_core"] = 1000 / result["cpu_ms_per_request"]
-                rounds[mode].append(result)
-                print(f"  {mode:9s} {result['rps']:8.1f} req/s  p50 {result['p50_ms']:.1f} ms  "
-                      f"p99 {result['p99_ms']:.1f} ms  gateway CPU {result['cpu_ms_per_request']:.3f} ms/request "
-                      f"(= {result['rps_per_core']:.0f} req/s per core)  errors {result['errors']}", file=sys.stderr)
+            for i, mode in enumerate(order if n % 2 == 0 else order[::-1]):
+                if i:
+                    time.sleep(args.pause)
+                measure(mode)
         time.sleep(1.0)
         ledger = _ledger_count(databases.get("on") or f"sqlite:///{workdir / 'on.db'}")
     finally:
@@ -210,7 +245,8 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
             rounds[mode][i]["cpu_ms_per_request"] / rounds["off"][i]["cpu_ms_per_request"] - 1.0 for i in valid)
     return {"modes": summary, "rounds": rounds, "valid_rounds": valid, "ledger_rows_on": ledger,
             "database": "postgresql" if args.pg else "sqlite", "seconds": args.seconds, "warmup": args.warmup,
-            "pause": args.pause, "rounds_n": args.rounds, "concurrency": args.concurrency, "machine": _machine()}
+            "pause": args.pause, "load": args.load, "concurrent": args.concurrent, "rounds_n": args.rounds,
+            "concurrency": args.concurrency, "machine": _machine()}
 
 
 def _ledger_count(url: str) -> int:
@@ -384,6 +420,12 @@ def main() -> None:
     t.add_argument("--refusals-only", action="store_true",
                    help="also measure access.rate_limit_headers=refusals (no x-ratelimit-* on admitted requests)")
     t.add_argument("--pg", default=None, help="PostgreSQL server URL: each gateway gets a fresh database there")
+    t.add_argument("--concurrent", action="store_true",
+                   help="load every gateway at the same time (each with its own wrk) instead of one after another")
+    t.add_argument("--control", action="store_true",
+                   help="add a second access-off gateway (A/A control): its difference from 'off' is the noise")
+    t.add_argument("--load", choices=("wrk", "python"), default="wrk" if wrk_available() else "python",
+                   help="load generator (default: wrk when installed)")
     g = sub.add_parser("guard")
     g.add_argument("--requests", type=int, default=20000)
     g.add_argument("--redis", default=None, help="counters in this Redis instead of memory")

@@ -21,15 +21,19 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-# wrk script: POST the body from $BENCH_BODY, print one JSON line with the summary at the end.
+# wrk script: POST the body from $BENCH_BODY with the extra headers in $BENCH_HEADERS ("Name: value" lines),
+# print one JSON line with the summary at the end.
 _WRK_LUA = r"""
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = os.getenv("BENCH_BODY")
+for name, value in string.gmatch(os.getenv("BENCH_HEADERS") or "", "([^:\n]+): ([^\n]*)") do
+  wrk.headers[name] = value
+end
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -154,6 +158,7 @@ class LoadResult:
     p99_ms: float
     errors: int
     cpu_ms_per_request: float | None = None  # CPU of the server under test, when measured
+    requests: int = 0  # completed in the run
 
 
 def wrk_available() -> bool:
@@ -161,8 +166,9 @@ def wrk_available() -> bool:
 
 
 def run_wrk(url: str, body: bytes, *, connections: int, seconds: float, server: Server | None = None,
-            timeout_s: int = 10) -> LoadResult:
-    """Drive ``url`` with POSTs of ``body`` from ``connections`` keep-alive connections for ``seconds``.
+            timeout_s: int = 10, headers: Mapping[str, str] | None = None) -> LoadResult:
+    """Drive ``url`` with POSTs of ``body`` (and ``headers``) from ``connections`` keep-alive connections for
+    ``seconds``.
 
     With ``server``, also measure that server's CPU time per request over the run.
     """
@@ -174,7 +180,9 @@ def run_wrk(url: str, body: bytes, *, connections: int, seconds: float, server: 
     cpu_before = server.cpu_seconds() if server else 0.0
     try:
         out = subprocess.run(argv, capture_output=True, text=True, check=True,
-                             env={**os.environ, "BENCH_BODY": body.decode()}).stdout
+                             env={**os.environ, "BENCH_BODY": body.decode(),
+                                  "BENCH_HEADERS": "".join(f"{k}: {v}\n" for k, v in (headers or {}).items())},
+                             ).stdout
     finally:
         os.unlink(script)
     cpu = server.cpu_seconds() - cpu_before if server else None
@@ -183,7 +191,8 @@ def run_wrk(url: str, body: bytes, *, connections: int, seconds: float, server: 
     requests = data["requests"]
     return LoadResult(rps=requests / (data["duration_us"] / 1e6), p50_ms=data["p50_us"] / 1000,
                       p99_ms=data["p99_us"] / 1000, errors=data["socket_errors"] + data["status_errors"],
-                      cpu_ms_per_request=(cpu * 1000 / requests) if cpu is not None and requests else None)
+                      cpu_ms_per_request=(cpu * 1000 / requests) if cpu is not None and requests else None,
+                      requests=requests)
 
 
 def median_result(results: Sequence[LoadResult]) -> LoadResult:
