@@ -11,7 +11,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from lmops.access.counters import Counters, MemoryCounters
+from lmops.access.counters import Admission, Counters, MemoryCounters
 from lmops.access.key_cache import KeyCache
 from lmops.access.keys import KEY_TAG, PREFIX_LENGTH, KeyHasher, bearer_token, key_prefix
 from lmops.access.plan import Meter, Plan, Planner
@@ -83,14 +83,21 @@ class AccessGuard:
 
     async def allowed_models(self, request: Request) -> Callable[[str], bool]:
         """The public names (``model`` or ``model:adapter``) the key may use: those both its team's and its
-        own model rules allow, the rule ``_check`` applies to each request."""
+        own model rules allow, the rule ``_plan`` applies to each request."""
         return (await self._identify(request, "inference")).allows
 
     async def admit(self, request: Request, ctx: RequestContext) -> None:
-        authorization = _header(request, b"authorization")  # _identify, inlined: one coroutine less per request
-        verified = self._usable(self._known(authorization) or await self._verify(authorization), "inference")
+        # _identify and the admission inlined, the clock read once: this runs for every request, and with the
+        # memory counters nothing here needs to await unless the key is not cached yet
+        authorization = _header(request, b"authorization")
+        now = self._clock()
+        verified = self._usable(self._known(authorization) or await self._verify(authorization), "inference", now)
         ctx.principal = verified.principal
-        ctx.rate_headers = await self._check(verified.grant, ctx, ctx.body_bytes, verified)
+        plan = self._plan(verified.grant, ctx, ctx.body_bytes, now, verified)
+        if plan is not None:
+            admission = (self._admit_now(plan.checks, plan.amounts) if self._admit_now is not None
+                         else await self._admission(plan))
+            ctx.rate_headers = self._admitted(ctx, plan, admission)
 
     async def admit_work(self, ctx: RequestContext, body_bytes: int) -> None:
         """Admit a call made for ``ctx.principal``'s team without an HTTP request (batch work): the team's
@@ -99,11 +106,14 @@ class AccessGuard:
             return
         grant = await self.team_grants.get(ctx.principal.team_id)
         if grant is not None:
-            await self._check(grant, ctx, body_bytes)
+            plan = self._plan(grant, ctx, body_bytes, self._clock())
+            if plan is not None:
+                self._admitted(ctx, plan, await self._admission(plan))
 
-    async def _check(self, grant: KeyGrant, ctx: RequestContext, body_bytes: int,
-                     verified: _Verified | None = None) -> RawHeaders | None:
-        """Model rules, then limits and budgets (reserving the worst case); the rate-limit headers."""
+    def _plan(self, grant: KeyGrant, ctx: RequestContext, body_bytes: int, now: float,
+              verified: _Verified | None = None) -> Plan | None:
+        """Model rules (refused here), then the limit and budget checks the request must pass, reserving its
+        worst case; None when it has no limits."""
         model = ctx.model or ""
         adapter = ctx.extra.get("adapter")
         name = f"{model}:{adapter}" if adapter else model
@@ -113,17 +123,18 @@ class AccessGuard:
         if grant.team_limits is None and grant.key_limits is None:
             return None
         max_tokens, max_cost = self._worst_case(body_bytes, ctx)
-        plan = self._planner.plan(grant, max_cost, max_tokens, self._clock())
-        if not plan.checks:
-            return None
+        plan = self._planner.plan(grant, max_cost, max_tokens, now)
+        return plan if plan.checks else None
+
+    async def _admission(self, plan: Plan) -> Admission:
         try:
-            if self._admit_now is not None:
-                admission = self._admit_now(plan.checks, plan.amounts)
-            else:
-                admission = await self.counters.admit(plan.checks, plan.amounts)
+            return await self.counters.admit(plan.checks, plan.amounts)
         except Exception as exc:  # noqa: BLE001 - fail closed: no limit or budget can be checked
             log.error("limit counters unavailable: %s", type(exc).__name__)
             raise LimitsUnavailable() from None
+
+    def _admitted(self, ctx: RequestContext, plan: Plan, admission: Admission) -> RawHeaders | None:
+        """Refuse, or hold the reservation until the request settles; the rate-limit headers to answer with."""
         if not admission.ok:
             raise _refusal(plan, admission.failed, plan.headers(admission.values))
         ctx.reservation = plan
@@ -143,7 +154,7 @@ class AccessGuard:
     # -- helpers -------------------------------------------------------------------------------
     async def _identify(self, request: Request, scope: str) -> _Verified:
         authorization = _header(request, b"authorization")
-        return self._usable(self._known(authorization) or await self._verify(authorization), scope)
+        return self._usable(self._known(authorization) or await self._verify(authorization), scope, self._clock())
 
     def _known(self, authorization: bytes | None) -> _Verified | None:
         """The key verified with this very header before, if the cache still holds the grant it matched."""
@@ -173,11 +184,11 @@ class AccessGuard:
         verified = self._verified[authorization[:_HEAD]] = _Verified(grant, prefix, authorization)
         return verified
 
-    def _usable(self, verified: _Verified, scope: str) -> _Verified:
+    def _usable(self, verified: _Verified, scope: str, now: float) -> _Verified:
         grant = verified.grant
         if grant.revoked:
             raise AuthenticationError("This API key has been revoked.", code="revoked_api_key")
-        if verified.expires <= self._clock():
+        if verified.expires <= now:
             raise AuthenticationError("This API key has expired.", code="expired_api_key")
         if scope not in grant.scopes:
             raise PermissionDenied(f"This API key does not have the '{scope}' scope.", code="insufficient_scope")

@@ -39,15 +39,12 @@ RELEASE, USD_CORRECTION, TOKENS_CORRECTION, TOKENS_USED = 0, 1, 2, 3
 class Plan:
     """One request's checks (its key's template) and the amounts it reserved until it settles."""
 
-    __slots__ = ("amounts", "template")
+    __slots__ = ("amounts", "checks", "template")
 
     def __init__(self, template: _Template, usd: float, tokens: float):
         self.template = template
+        self.checks: tuple[Check, ...] = template.checks
         self.amounts = (1.0, usd, tokens)
-
-    @property
-    def checks(self) -> tuple[Check, ...]:
-        return self.template.checks
 
     def settle(self, cost_usd: float, tokens: int, now: float) -> tuple[tuple[Delta, ...], tuple[float, ...]]:
         """The deltas (and their amounts) that release what was held and book the real usage."""
