@@ -90,8 +90,9 @@ class AccessGuard:
         # _identify and the admission inlined, the clock read once: this runs for every request, and with the
         # memory counters nothing here needs to await unless the key is not cached yet
         authorization = _header(request, b"authorization")
-        now = self._clock()
-        verified = self._usable(self._known(authorization) or await self._verify(authorization), "inference", now)
+        verified = self._known(authorization) or await self._verify(authorization)
+        now = self._clock()  # after a key load, not before it
+        self._usable(verified, "inference", now)
         ctx.principal = verified.principal
         plan = self._plan(verified.grant, ctx, ctx.body_bytes, now, verified)
         if plan is not None:
