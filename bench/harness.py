@@ -204,6 +204,7 @@ def median_result(results: Sequence[LoadResult]) -> LoadResult:
         p99_ms=statistics.median(r.p99_ms for r in results),
         errors=sum(r.errors for r in results),
         cpu_ms_per_request=statistics.median(cpus) if cpus else None,
+        requests=sum(r.requests for r in results),
     )
 
 
