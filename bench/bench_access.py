@@ -7,7 +7,7 @@ throughput: requests/s through the gateway with access control + limits + ledger
 report:     the usage report over 1,000,000 ledger rows on PostgreSQL.
 
     python bench/bench_access.py throughput --seconds 10 --rounds 3 [--redis redis://127.0.0.1:6379/0] [--refusals-only]
-        [--concurrent] [--control] [--load wrk|python]
+        [--concurrent] [--control] [--load wrk|python] [--limits all|typical]
         [--pg postgresql://postgres@127.0.0.1:5432/test]  (each gateway on a fresh database there, not SQLite)
     python bench/bench_access.py report --rows 1000000 [--pg postgresql://postgres@127.0.0.1:5432/test]
     python bench/bench_access.py guard [--redis redis://127.0.0.1:6379/0]
@@ -129,15 +129,26 @@ def _gateway(workdir: Path, name: str, upstream: str, access: dict[str, Any], en
     return proc, port
 
 
-def _limited_key(port: int, admin_key: str) -> str:
-    """A team and a key with every kind of limit set (high enough never to refuse) and a budget."""
+_EVERY_LIMIT = {"models": ["fake"], "rpm": 10**9, "tpm": 2**31 - 1, "max_parallel": 10**6, "budget_usd": 10**9,
+                "budget_tokens": 10**12, "budget_period": "month"}
+# (team limits, key limits), all high enough never to refuse
+LIMIT_SETS = {
+    # every kind of limit on both the team and the key: ten checks and eight counter updates per request
+    "all": (_EVERY_LIMIT, _EVERY_LIMIT),
+    # a common setup: the team's models and monthly budget in dollars, the key's requests and tokens per minute
+    "typical": ({"models": ["fake"], "budget_usd": 10**9, "budget_period": "month"},
+                {"rpm": 10**9, "tpm": 2**31 - 1}),
+}
+
+
+def _limited_key(port: int, admin_key: str, limits: str) -> str:
+    """A team and a key with the limits of ``LIMIT_SETS[limits]``."""
+    team_limits, key_limits = LIMIT_SETS[limits]
     admin = httpx.Client(base_url=f"http://127.0.0.1:{port}/admin", headers={"authorization": f"Bearer {admin_key}"})
     team = admin.post("/teams", json={"name": "bench"}).json()
-    limits = {"models": ["fake"], "rpm": 10**9, "tpm": 2**31 - 1, "max_parallel": 10**6, "budget_usd": 10**9,
-              "budget_tokens": 10**12, "budget_period": "month"}
-    admin.put(f"/limits/team/{team['id']}", json=limits).raise_for_status()
+    admin.put(f"/limits/team/{team['id']}", json=team_limits).raise_for_status()
     key = admin.post("/keys", json={"team": team["id"]}).json()
-    admin.put(f"/limits/key/{key['id']}", json=limits).raise_for_status()
+    admin.put(f"/limits/key/{key['id']}", json=key_limits).raise_for_status()
     return key["key"]
 
 
@@ -172,19 +183,19 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         on_env = {**env, "LMOPS_ADMIN_KEY": admin_key, "LMOPS_SECRET": secrets.token_hex(16)}
         proc, port = _gateway(workdir, "on", upstream, {"prices": prices}, on_env, database("on"))
         procs.append(proc)
-        modes["on"], pids["on"] = (port, _limited_key(port, admin_key)), proc.pid
+        modes["on"], pids["on"] = (port, _limited_key(port, admin_key, args.limits)), proc.pid
         if args.refusals_only:
             proc, port = _gateway(workdir, "on_refusals", upstream, {"prices": prices, "rate_limit_headers": "refusals"},
                                   on_env, database("on_refusals"))
             procs.append(proc)
-            modes["on_refusals"], pids["on_refusals"] = (port, _limited_key(port, admin_key)), proc.pid
+            modes["on_refusals"], pids["on_refusals"] = (port, _limited_key(port, admin_key, args.limits)), proc.pid
         if args.redis:
             redis_env = {**on_env, "LMOPS_REDIS_URL": args.redis}
             proc, port = _gateway(workdir, "on_redis", upstream,
                                   {"prices": prices, "redis_prefix": f"bench{secrets.token_hex(3)}"}, redis_env,
                                   database("on_redis"))
             procs.append(proc)
-            modes["on_redis"], pids["on_redis"] = (port, _limited_key(port, admin_key)), proc.pid
+            modes["on_redis"], pids["on_redis"] = (port, _limited_key(port, admin_key, args.limits)), proc.pid
         if args.control:  # A/A: a second gateway exactly like "off", so the report shows the noise floor
             proc, port = _gateway(workdir, "off_control", upstream, {"enabled": False}, env, database("off_control"))
             procs.append(proc)
@@ -246,7 +257,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
     return {"modes": summary, "rounds": rounds, "valid_rounds": valid, "ledger_rows_on": ledger,
             "database": "postgresql" if args.pg else "sqlite", "seconds": args.seconds, "warmup": args.warmup,
             "pause": args.pause, "load": args.load, "concurrent": args.concurrent, "rounds_n": args.rounds,
-            "concurrency": args.concurrency, "machine": _machine()}
+            "concurrency": args.concurrency, "limits": args.limits, "machine": _machine()}
 
 
 def _ledger_count(url: str) -> int:
@@ -426,6 +437,8 @@ def main() -> None:
                    help="add a second access-off gateway (A/A control): its difference from 'off' is the noise")
     t.add_argument("--load", choices=("wrk", "python"), default="wrk" if wrk_available() else "python",
                    help="load generator (default: wrk when installed)")
+    t.add_argument("--limits", choices=sorted(LIMIT_SETS), default="all",
+                   help="limits of the access-on gateways' team and key (default: every kind on both)")
     g = sub.add_parser("guard")
     g.add_argument("--requests", type=int, default=20000)
     g.add_argument("--redis", default=None, help="counters in this Redis instead of memory")
