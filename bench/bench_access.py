@@ -37,58 +37,20 @@ from typing import Any
 import httpx
 import yaml
 
-from harness import run_wrk, wrk_available
+from harness import run_python_load, run_wrk, wrk_available
 from lmops.testing.server import free_port
 
 BODY = json.dumps({"model": "fake", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}).encode()
 
 
-# -- load generator: raw HTTP/1.1 keep-alive connections (cheap, so the gateway is what is measured) -----------
-async def _connection(port: int, request: bytes, stop_at: float, latencies: list[float], errors: list[int]) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        while time.perf_counter() < stop_at:
-            started = time.perf_counter()
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            # uvicorn sends lower-case names; finding the one header keeps the client's cost independent of
-            # how many others there are (access adds six x-ratelimit-* headers)
-            at = head.find(b"\r\ncontent-length:") + 17
-            length = int(head[at:head.index(b"\r\n", at)]) if at >= 17 else 0
-            await reader.readexactly(length)
-            latencies.append(time.perf_counter() - started)
-            if status != 200:
-                errors.append(status)
-    finally:
-        writer.close()
-
-
 def _drive(load: str, port: int, key: str | None, seconds: float, concurrency: int) -> dict[str, float]:
     """``seconds`` of POSTs at ``concurrency`` from the chosen load generator: wrk (C, a few percent of a core)
-    or the Python one below (about a core of its own, which it takes from the servers on a small machine)."""
-    if load == "python":
-        return asyncio.run(_load(port, key, seconds, concurrency))
-    result = run_wrk(f"http://127.0.0.1:{port}/v1/chat/completions", BODY, connections=concurrency, seconds=seconds,
-                     headers={"Authorization": f"Bearer {key}"} if key else None)
+    or harness's Python client (about a core of its own, which it takes from the servers on a small machine)."""
+    run = run_python_load if load == "python" else run_wrk
+    result = run(f"http://127.0.0.1:{port}/v1/chat/completions", BODY, connections=concurrency, seconds=seconds,
+                 headers={"Authorization": f"Bearer {key}"} if key else None)
     return {"rps": result.rps, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms, "errors": result.errors,
             "requests": result.requests}
-
-
-async def _load(port: int, key: str | None, seconds: float, concurrency: int) -> dict[str, float]:
-    auth = f"authorization: Bearer {key}\r\n".encode() if key else b""
-    request = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
-               + auth + f"content-length: {len(BODY)}\r\n\r\n".encode() + BODY)
-    latencies: list[float] = []
-    errors: list[int] = []
-    started = time.perf_counter()
-    await asyncio.gather(*(_connection(port, request, started + seconds, latencies, errors)
-                           for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    latencies.sort()
-    ok = len(latencies) - len(errors)
-    return {"rps": ok / elapsed, "p50_ms": latencies[len(latencies) // 2] * 1000,
-            "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000, "errors": len(errors), "requests": len(latencies)}
 
 
 # -- processes ------------------------------------------------------------------------------------------------

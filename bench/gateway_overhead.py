@@ -2,7 +2,8 @@
 
 What it measures (issue 2): one fast fake OpenAI-compatible upstream
 (``lmops.testing.fake_openai``, fixed answer, no delay) serves three targets, all driven by the
-same load generator (wrk, one thread) with the same request body:
+same load generator (wrk, one thread; or with ``--load python`` a Python asyncio client) with the same
+request body:
 
 - ``upstream``: the fake upstream called directly (the ceiling);
 - ``lmops``: ``lmops serve`` (one worker process, SQLite request records) in front of it;
@@ -28,8 +29,8 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from harness import (LoadResult, Server, free_port, machine_line, median_result, run_wrk, stop_children_on_sigterm,
-                     wrk_available)
+from harness import (LoadResult, Server, free_port, machine_line, median_result, run_python_load, run_wrk,
+                     stop_children_on_sigterm, wrk_available)
 
 MODEL = "fake"
 PATH = "/v1/chat/completions"
@@ -89,8 +90,9 @@ class Runs:
 
 
 def measure(servers: dict[str, Server], rounds: int, seconds: float, connections: int,
-            warmup: float) -> dict[str, dict[str, Runs]]:
+            warmup: float, load: str = "wrk") -> dict[str, dict[str, Runs]]:
     """Every mode, every round, every target back to back; the target order rotates per round."""
+    run_load = run_python_load if load == "python" else run_wrk
     runs: dict[str, dict[str, Runs]] = {mode: {name: Runs() for name in servers} for mode in ("plain", "stream")}
     names = list(servers)
     for rnd in range(rounds):
@@ -100,9 +102,9 @@ def measure(servers: dict[str, Server], rounds: int, seconds: float, connections
             for name in order:
                 srv = servers[name]
                 if warmup:
-                    run_wrk(srv.ready_url, body, connections=connections, seconds=warmup)
-                sat = run_wrk(srv.ready_url, body, connections=connections, seconds=seconds, server=srv)
-                lat = run_wrk(srv.ready_url, body, connections=1, seconds=seconds)
+                    run_load(srv.ready_url, body, connections=connections, seconds=warmup)
+                sat = run_load(srv.ready_url, body, connections=connections, seconds=seconds, server=srv)
+                lat = run_load(srv.ready_url, body, connections=1, seconds=seconds)
                 per_target[name].saturation.append(sat)
                 per_target[name].latency.append(lat)
                 print(f"round {rnd + 1} {mode:6} {name:8} {sat.rps:8.0f} req/s  "
@@ -153,9 +155,11 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=1, help="seconds of load before each measured run")
     p.add_argument("--connections", type=int, default=32, help="connections for the saturation runs")
     p.add_argument("--json", type=Path, help="also write every run as JSON here")
+    p.add_argument("--load", choices=("wrk", "python"), default="wrk",
+                   help="load generator: wrk (C), or a Python asyncio client (about a core of its own)")
     a = p.parse_args()
     stop_children_on_sigterm()
-    if not wrk_available():
+    if a.load == "wrk" and not wrk_available():
         sys.exit("wrk is needed as the load generator: apt-get install wrk")
 
     with tempfile.TemporaryDirectory(prefix="lmops-bench-") as tmpdir:
@@ -167,7 +171,7 @@ def main() -> None:
             servers["lmops"] = start_lmops(tmp, upstream)
             if not a.no_litellm:
                 servers["litellm"] = start_litellm(tmp, upstream, a.litellm)
-            runs = measure(servers, a.rounds, a.seconds, a.connections, a.warmup)
+            runs = measure(servers, a.rounds, a.seconds, a.connections, a.warmup, a.load)
         finally:
             for srv in reversed(servers.values()):
                 srv.stop()

@@ -8,6 +8,7 @@ wrk settings, so the comparison is fair even where wrk itself costs something.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import platform
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -193,6 +195,57 @@ def run_wrk(url: str, body: bytes, *, connections: int, seconds: float, server: 
                       p99_ms=data["p99_us"] / 1000, errors=data["socket_errors"] + data["status_errors"],
                       cpu_ms_per_request=(cpu * 1000 / requests) if cpu is not None and requests else None,
                       requests=requests)
+
+
+def run_python_load(url: str, body: bytes, *, connections: int, seconds: float, server: Server | None = None,
+                    headers: Mapping[str, str] | None = None) -> LoadResult:
+    """``run_wrk``'s measurement from a Python asyncio client in this process (raw HTTP/1.1 keep-alive
+    connections, plain or chunked answers): the kind of load generator a Python project reaches for first.
+    It costs about a core at a few thousand requests/s, so on a small machine it caps what a fast server
+    seems to serve; compare targets driven by the same generator only."""
+    cpu_before = server.cpu_seconds() if server else 0.0
+    latencies, errors, elapsed = asyncio.run(_python_load(url, body, connections, seconds, headers or {}))
+    cpu = server.cpu_seconds() - cpu_before if server else None
+    latencies.sort()
+    done = len(latencies)
+    return LoadResult(rps=(done - errors) / elapsed, p50_ms=latencies[done // 2] * 1000 if done else 0.0,
+                      p99_ms=latencies[int(done * 0.99)] * 1000 if done else 0.0, errors=errors,
+                      cpu_ms_per_request=(cpu * 1000 / done) if cpu is not None and done else None, requests=done)
+
+
+async def _python_load(url: str, body: bytes, connections: int, seconds: float,
+                       headers: Mapping[str, str]) -> tuple[list[float], int, float]:
+    target = urllib.parse.urlsplit(url)
+    request = (f"POST {target.path} HTTP/1.1\r\nhost: {target.netloc}\r\ncontent-type: application/json\r\n"
+               + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+               + f"content-length: {len(body)}\r\n\r\n").encode() + body
+    latencies: list[float] = []
+    errors = [0]
+    started = time.perf_counter()
+    stop_at = started + seconds
+
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection(target.hostname, target.port)
+        try:
+            while time.perf_counter() < stop_at:
+                sent = time.perf_counter()
+                writer.write(request)
+                head = (await reader.readuntil(b"\r\n\r\n")).lower()
+                at = head.find(b"\r\ncontent-length:") + 17
+                if at >= 17:
+                    await reader.readexactly(int(head[at:head.index(b"\r\n", at)]))
+                else:  # chunked (a stream): chunks until the empty one
+                    while size := int((await reader.readuntil(b"\r\n"))[:-2], 16):
+                        await reader.readexactly(size + 2)
+                    await reader.readexactly(2)
+                latencies.append(time.perf_counter() - sent)
+                if head[9:12] != b"200":
+                    errors[0] += 1
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(connection() for _ in range(connections)))
+    return latencies, errors[0], time.perf_counter() - started
 
 
 def median_result(results: Sequence[LoadResult]) -> LoadResult:
