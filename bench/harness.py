@@ -3,7 +3,8 @@
 The load generator is ``wrk`` (Debian package ``wrk``): written in C, it takes far less of the
 machine's CPU than a Python client would, which matters on a 2-core box where the load
 generator, the gateway and the upstream share the cores. Every target is driven by the same
-wrk settings, so the comparison is fair even where wrk itself costs something.
+wrk settings, so the comparison is fair even where wrk itself costs something. ``run_python_load``
+measures the same things from a Python asyncio client, for comparison with Python-side load generators.
 """
 
 from __future__ import annotations
