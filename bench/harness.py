@@ -15,7 +15,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,8 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from lmops.testing.server import free_port  # noqa: F401 - re-exported for the bench scripts
 
 # wrk script: POST the body from $BENCH_BODY with the extra headers in $BENCH_HEADERS ("Name: value" lines),
 # print one JSON line with the summary at the end.
@@ -65,12 +66,6 @@ def machine_info() -> dict[str, str]:
 def stop_children_on_sigterm() -> None:
     """Turn SIGTERM into SystemExit, so that ``finally`` blocks stop the servers this script started."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post_json(url: str, body: bytes, timeout: float = 300.0) -> dict:
