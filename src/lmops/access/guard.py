@@ -17,7 +17,7 @@ from lmops.access.keys import KEY_TAG, PREFIX_LENGTH, KeyHasher, bearer_token, k
 from lmops.access.plan import Meter, Plan, Planner
 from lmops.access.store import KeyGrant
 from lmops.config import ModelConfig
-from lmops.protocol.errors import APIError, AuthenticationError, PermissionDenied, RateLimited
+from lmops.protocol.errors import AuthenticationError, LimitsUnavailable, PermissionDenied, RateLimited
 from lmops.serving.context import Principal, RawHeaders, RequestContext
 from lmops.usage.pricing import PriceBook
 
@@ -218,16 +218,6 @@ def _header(request: Request, name: bytes) -> bytes | None:
         if key == name:
             return value
     return None
-
-
-class LimitsUnavailable(APIError):
-    status_code = 503
-    error_type = "server_error"
-    default_code = "limits_unavailable"
-
-    def __init__(self) -> None:
-        super().__init__("Rate limits and budgets cannot be checked right now; try again shortly.",
-                         headers={"Retry-After": "1"})
 
 
 def _refusal(plan: Plan, failed: int, raw: RawHeaders) -> RateLimited:

@@ -100,6 +100,18 @@ class UpstreamTimeout(APIError):
     default_code = "upstream_timeout"
 
 
+class LimitsUnavailable(APIError):
+    """The shared limit counters (Redis) cannot be reached: requests are refused, not let through unchecked."""
+
+    status_code = 503
+    error_type = "server_error"
+    default_code = "limits_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("Rate limits and budgets cannot be checked right now; try again shortly.",
+                         headers={"Retry-After": "1"})
+
+
 def error_envelope(message: str, error_type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
