@@ -59,10 +59,15 @@ class Delta(NamedTuple):
     ttl: int = 0
 
 
-class Admission(NamedTuple):
-    ok: bool
-    values: tuple[float, ...]  # per check: the usage counted against its limit
-    failed: int = -1  # index of the first check that refused
+class Admission:
+    """The answer to one admission (a plain class: compiled, it is built without calling into Python)."""
+
+    __slots__ = ("failed", "ok", "values")
+
+    def __init__(self, ok: bool, values: tuple[float, ...], failed: int = -1):
+        self.ok = ok
+        self.values = values  # per check: the usage counted against its limit
+        self.failed = failed  # index of the first check that refused
 
 
 Amounts = Sequence[float]
@@ -87,6 +92,8 @@ class Counters(Protocol):
 
 
 Cell = list[float]  # [value, expires at]: one counter of the memory backend, updated in place
+PreparedCheck = tuple[Cell, bool, float, int, int]  # cell, adds, limit, slot, ttl
+PreparedDelta = tuple[Cell, int, int]  # cell, slot, ttl
 
 
 class MemoryCounters:
@@ -105,7 +112,8 @@ class MemoryCounters:
         self._clock = clock
         self._values: dict[str, Cell] = {}
         # id(sequence) -> (the sequence, its cells): the sequence is kept, so its id is not reused meanwhile
-        self._prepared: dict[int, tuple[Any, tuple[Any, ...]]] = {}
+        self._checks: dict[int, tuple[Sequence[Check], tuple[PreparedCheck, ...]]] = {}
+        self._deltas: dict[int, tuple[Sequence[Delta], tuple[PreparedDelta, ...]]] = {}
         self._next_purge = 0.0
 
     async def admit(self, checks: Sequence[Check], amounts: Amounts) -> Admission:
@@ -116,7 +124,7 @@ class MemoryCounters:
         now = self._clock()
         if now >= self._next_purge:
             self._purge(now)
-        hit = self._prepared.get(id(checks))
+        hit = self._checks.get(id(checks))
         cells = hit[1] if hit is not None and hit[0] is checks else self._prepare_checks(checks)
         values: list[float] = []
         failed = -1
@@ -139,26 +147,25 @@ class MemoryCounters:
 
     def apply(self, deltas: Sequence[Delta], amounts: Amounts) -> None:
         now = self._clock()
-        hit = self._prepared.get(id(deltas))
+        hit = self._deltas.get(id(deltas))
         cells = hit[1] if hit is not None and hit[0] is deltas else self._prepare_deltas(deltas)
         for cell, slot, ttl in cells:
             cell[0] = (cell[0] if cell[1] > now else 0.0) + amounts[slot]
             cell[1] = now + ttl if ttl else math.inf
 
-    def _prepare_checks(self, checks: Sequence[Check]) -> tuple[tuple[Cell, bool, float, int, int], ...]:
-        cells = tuple((self._cell(c.key), c.kind == "add", c.limit, c.slot, c.ttl) for c in checks)
-        self._remember(checks, cells)
+    def _prepare_checks(self, checks: Sequence[Check]) -> tuple[PreparedCheck, ...]:
+        cells = tuple([(self._cell(c.key), c.kind == "add", float(c.limit), c.slot, c.ttl) for c in checks])
+        if len(self._checks) >= self._PREPARED_MAX:
+            self._checks.clear()
+        self._checks[id(checks)] = (checks, cells)
         return cells
 
-    def _prepare_deltas(self, deltas: Sequence[Delta]) -> tuple[tuple[Cell, int, int], ...]:
-        cells = tuple((self._cell(d.key), d.slot, d.ttl) for d in deltas)
-        self._remember(deltas, cells)
+    def _prepare_deltas(self, deltas: Sequence[Delta]) -> tuple[PreparedDelta, ...]:
+        cells = tuple([(self._cell(d.key), d.slot, d.ttl) for d in deltas])
+        if len(self._deltas) >= self._PREPARED_MAX:
+            self._deltas.clear()
+        self._deltas[id(deltas)] = (deltas, cells)
         return cells
-
-    def _remember(self, sequence: Any, cells: tuple[Any, ...]) -> None:
-        if len(self._prepared) >= self._PREPARED_MAX:
-            self._prepared.clear()
-        self._prepared[id(sequence)] = (sequence, cells)
 
     def _cell(self, key: str) -> Cell:
         cell = self._values.get(key)
@@ -191,12 +198,14 @@ class MemoryCounters:
 
     async def close(self) -> None:
         self._values.clear()
-        self._prepared.clear()
+        self._checks.clear()
+        self._deltas.clear()
 
     def _purge(self, now: float) -> None:
         """Drop expired cells, and forget every prepared sequence (they may point at dropped cells)."""
         self._values = {k: cell for k, cell in self._values.items() if cell[1] > now}
-        self._prepared.clear()
+        self._checks.clear()
+        self._deltas.clear()
         self._next_purge = now + 30.0
 
 

@@ -214,7 +214,8 @@ class AccessGuard:
 def _header(request: Request, name: bytes) -> bytes | None:
     """The first value of a header, from the raw ASGI list (servers send lower-case names), as Starlette's
     ``Headers.get`` gives it, without building a ``Headers`` object per request."""
-    for key, value in request.scope["headers"]:
+    headers: RawHeaders = request.scope["headers"]
+    for key, value in headers:
         if key == name:
             return value
     return None

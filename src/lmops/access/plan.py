@@ -68,7 +68,7 @@ class Plan:
                 remaining = limit - values[i]
                 if remaining < best:
                     best, limit_header = remaining, header
-            headers += (limit_header, (remaining_name, b"%d" % best if best > 0 else b"0"), reset)
+            headers += (limit_header, (remaining_name, str(int(best)).encode() if best > 0 else b"0"), reset)
         return headers
 
 
