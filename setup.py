@@ -1,8 +1,8 @@
 """Build hook: compile the access guard's request path with mypyc when this machine can; pure Python otherwise.
 
 Every request through a gateway with access control runs the key check, the limit counters and the
-settlement in ``lmops.access`` (``lmops.access.compiled.MODULES``). Compiled, they cost about a third less CPU
-per request (docs/benchmarks.md). They stay ordinary, type-checked Python source: without a C compiler or
+settlement in ``lmops.access``. Compiled, they cost about a third less CPU
+per request (docs/benchmarks.md). ``lmops.compiled.MODULES`` lists them, with the pricing they call. They stay ordinary, type-checked Python source: without a C compiler or
 Python's headers, when mypyc refuses them, or with ``LMOPS_PURE_PYTHON=1`` at install, the build leaves them
 uncompiled and lmops runs the same code interpreted. Everything else is configured in pyproject.toml.
 """
@@ -18,14 +18,14 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).parent
-GROUP = "lmops_access"  # the shared library holding the compiled modules: lmops_access__mypyc.<abi>.so
+GROUP = "lmops_compiled"  # the shared library holding the compiled modules: lmops_compiled__mypyc.<abi>.so
 
 
 def _compiled_modules() -> list[str]:
     """The module list, read from the package (importing it would need lmops's dependencies at build time)."""
     namespace: dict[str, Any] = {}
-    exec((ROOT / "src/lmops/access/compiled.py").read_text(), namespace)
-    return [f"src/lmops/access/{name}.py" for name in namespace["MODULES"]]
+    exec((ROOT / "src/lmops/compiled.py").read_text(), namespace)
+    return [f"src/lmops/{name}.py" for name in namespace["MODULES"]]
 
 
 def _say(message: str) -> None:

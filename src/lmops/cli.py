@@ -81,7 +81,7 @@ def serve(
     if settings.access.enabled:
         console.print("  (LMOPS_KEY: an API key; the first start on an empty database prints an admin key below)",
                       soft_wrap=True)
-        from lmops.access import BUILD
+        from lmops import BUILD
 
         console.print(f"  access checks: {'compiled (mypyc)' if BUILD == 'compiled' else 'pure Python'}")
     from lmops.store.database import upgrade

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-import lmops.access
-from lmops.access.compiled import COMPILED, MODULES, SOURCE, STALE, build_state
+import lmops
+from lmops.compiled import COMPILED, MODULES, SOURCE, STALE, build_state
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
@@ -42,8 +42,8 @@ def test_build_state_compares_each_build_with_its_source(tmp_path):
 
 
 def _imported_files(env: dict[str, str]) -> list[str]:
-    code = ("import lmops.access, importlib; print(lmops.access.BUILD); "
-            f"[print(importlib.import_module('lmops.access.' + m).__file__) for m in {MODULES!r}]")
+    code = ("import lmops, importlib; print(lmops.BUILD); "
+            f"[print(importlib.import_module('lmops.' + m.replace('/', '.')).__file__) for m in {MODULES!r}]")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return out.stdout.split()
 
@@ -51,12 +51,12 @@ def _imported_files(env: dict[str, str]) -> list[str]:
 def test_pure_python_is_chosen_on_request():
     build, *files = _imported_files({**os.environ, "LMOPS_PURE_PYTHON": "1"})
     assert build == SOURCE
-    assert [Path(f).name for f in files] == [f"{m}.py" for m in MODULES]
+    assert [Path(f).name for f in files] == [f"{Path(m).name}.py" for m in MODULES]
 
 
 def test_ci_runs_the_compiled_build():
     """The install compiles the access modules wherever a C compiler and Python's headers exist, as on CI."""
-    if lmops.access.BUILD != COMPILED:
+    if lmops.BUILD != COMPILED:
         if os.environ.get("CI") == "true":
             pytest.fail("the access modules are not compiled: see `pip install -e .`'s output (mypyc)")
         pytest.skip("the access modules are not compiled on this machine (no mypyc build)")
@@ -65,7 +65,7 @@ def test_ci_runs_the_compiled_build():
 
 
 def test_access_tests_pass_on_the_source_build_too():
-    if lmops.access.BUILD != COMPILED:
+    if lmops.BUILD != COMPILED:
         pytest.skip("this run already uses the source build")
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(HERE),

@@ -66,7 +66,7 @@ class AccessGuard:
         self.team_grants = team_grants
         self.counters = counters
         self.prices = prices
-        self.models = models
+        self.contexts = {name: model.context_length or 0 for name, model in models.items()}  # 0: unknown
         self.namespace = namespace
         self.hasher: KeyHasher | None = None  # set at start, once the server secret is known
         self.headers_on_success = headers_on_success  # x-ratelimit-* on every response, else on refusals only
@@ -201,8 +201,7 @@ class AccessGuard:
         A prompt has at most as many tokens as its body has bytes (every token is at least one byte),
         and fits in the context; the output is at most ``max_tokens``, else the model's context.
         """
-        model = self.models.get(ctx.model or "")
-        context = model.context_length if model else 0
+        context = self.contexts.get(ctx.model or "", 0)
         if ctx.endpoint == "embeddings":
             prompt, output = body_bytes, 0
         else:

@@ -1,8 +1,8 @@
 """Which build of the request path's access modules runs: compiled by mypyc at install, or their source.
 
-setup.py compiles ``MODULES`` when it can. A compiled module shadows its ``.py`` file, so after an edit of a
+setup.py compiles ``MODULES`` (the access checks and the pricing every authenticated request runs) when it can. A compiled module shadows its ``.py`` file, so after an edit of a
 checkout installed in editable mode the old compiled code would keep running. ``use_sources_if_needed``
-(called by the package on import) prevents that: if any of the modules has no compiled build at least as
+(called by ``lmops/__init__.py``) prevents that: if any of the modules has no compiled build at least as
 recent as its source, or ``LMOPS_PURE_PYTHON`` is set, all of them load from source. All or none: compiled
 modules call each other's native code directly and must not meet an interpreted twin of one of them.
 
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-MODULES = ("counters", "plan", "guard", "key_cache")
+MODULES = ("access/counters", "access/plan", "access/guard", "access/key_cache", "usage/pricing")  # under lmops/
 
 COMPILED, SOURCE, STALE = "compiled", "source", "stale"
 
@@ -48,31 +48,29 @@ def build_state(directory: Path, names: Sequence[str], checkout: bool = True) ->
 
 
 class SourceFinder(importlib.abc.MetaPathFinder):
-    """Finds the listed modules of one package in their ``.py`` files, whatever else lies beside them."""
+    """Finds the listed modules (paths under ``directory``, the package ``package``) in their ``.py`` files,
+    whatever else lies beside them."""
 
     def __init__(self, package: str, directory: Path, names: Sequence[str]):
         self.package = package
-        self.directory = directory
-        self.names = frozenset(names)
+        self.paths = {f"{package}.{name.replace('/', '.')}": directory / f"{name}.py" for name in names}
 
     def find_spec(self, fullname: str, path: Sequence[str] | None = None,
                   target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
-        package, _, name = fullname.rpartition(".")
-        if package != self.package or name not in self.names:
-            return None
-        return importlib.util.spec_from_file_location(fullname, self.directory / f"{name}.py")
+        source = self.paths.get(fullname)
+        return None if source is None else importlib.util.spec_from_file_location(fullname, source)
 
 
 def use_sources_if_needed(package: str, directory: Path) -> str:
     """Make ``package``'s ``MODULES`` load from source unless their compiled builds are usable; the build
     that will run (``compiled`` or ``source``)."""
-    checkout = (directory.parents[2] / "setup.py").exists()  # src/lmops/access: an editable install
+    checkout = (directory.parents[1] / "setup.py").exists()  # src/lmops: an editable install
     state = build_state(directory, MODULES, checkout)
     if state == SOURCE or (state == COMPILED and not os.environ.get("LMOPS_PURE_PYTHON")):
         return state
     if state == STALE:
-        logging.getLogger("lmops.access").warning(
-            "the compiled access modules in %s are older than their sources: running the sources "
+        logging.getLogger("lmops").warning(
+            "the compiled modules in %s are older than their sources: running the sources "
             "(reinstall lmops to compile them again)", directory)
     if not any(isinstance(f, SourceFinder) and f.package == package for f in sys.meta_path):
         sys.meta_path.insert(0, SourceFinder(package, directory, MODULES))
