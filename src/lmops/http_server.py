@@ -73,5 +73,12 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
 
 def server_options(**overrides: Any) -> dict[str, Any]:
-    """Keyword arguments for ``uvicorn.run`` / ``uvicorn.Config`` serving the way ``lmops serve`` does."""
-    return {"loop": "uvloop", "http": CoalescingHttpToolsProtocol, "access_log": False, **overrides}
+    """Keyword arguments for ``uvicorn.run`` / ``uvicorn.Config`` serving the way ``lmops serve`` does.
+
+    Without uvicorn's proxy-headers middleware (lmops reads neither the client's address nor the scheme, and
+    that layer costs a coroutine and a scan of the headers per request) and without its ``server: uvicorn``
+    header (uvicorn checks every response header with two regular expressions, and this one tells a client
+    nothing it needs).
+    """
+    return {"loop": "uvloop", "http": CoalescingHttpToolsProtocol, "access_log": False, "proxy_headers": False,
+            "server_header": False, **overrides}

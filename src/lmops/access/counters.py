@@ -22,12 +22,14 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 from urllib.parse import urlparse
 
 from lmops.access.resp import NoScript, PipelinedScript
 
 log = logging.getLogger("lmops.access")
+S = TypeVar("S")
+P = TypeVar("P")
 
 
 def pipelined_script(url: str) -> PipelinedScript | None:
@@ -155,16 +157,12 @@ class MemoryCounters:
 
     def _prepare_checks(self, checks: Sequence[Check]) -> tuple[PreparedCheck, ...]:
         cells = tuple([(self._cell(c.key), c.kind == "add", float(c.limit), c.slot, c.ttl) for c in checks])
-        if len(self._checks) >= self._PREPARED_MAX:
-            self._checks.clear()
-        self._checks[id(checks)] = (checks, cells)
+        _remember(self._checks, checks, cells, self._PREPARED_MAX)
         return cells
 
     def _prepare_deltas(self, deltas: Sequence[Delta]) -> tuple[PreparedDelta, ...]:
         cells = tuple([(self._cell(d.key), d.slot, d.ttl) for d in deltas])
-        if len(self._deltas) >= self._PREPARED_MAX:
-            self._deltas.clear()
-        self._deltas[id(deltas)] = (deltas, cells)
+        _remember(self._deltas, deltas, cells, self._PREPARED_MAX)
         return cells
 
     def _cell(self, key: str) -> Cell:
@@ -211,6 +209,13 @@ class MemoryCounters:
 
 # KEYS: one per check. ARGV[1]: per check "kind limit amount ttl", space-separated.
 # Returns "failed value1 value2 ..." (failed = -1 when admitted).
+def _remember(store: dict[int, tuple[S, tuple[P, ...]]], sequence: S, cells: tuple[P, ...], most: int) -> None:
+    """Keep a sequence's prepared cells under its id, with the sequence itself (so that id is not reused)."""
+    if len(store) >= most:
+        store.clear()
+    store[id(sequence)] = (sequence, cells)
+
+
 _ADMIT = """
 local spec = {}
 for word in string.gmatch(ARGV[1], '%S+') do spec[#spec + 1] = word end

@@ -66,7 +66,7 @@ class AccessGuard:
         self.team_grants = team_grants
         self.counters = counters
         self.prices = prices
-        self.contexts = {name: model.context_length or 0 for name, model in models.items()}  # 0: unknown
+        self.contexts = {name: model.context_length for name, model in models.items()}  # absent: unknown
         self.namespace = namespace
         self.hasher: KeyHasher | None = None  # set at start, once the server secret is known
         self.headers_on_success = headers_on_success  # x-ratelimit-* on every response, else on refusals only
