@@ -157,3 +157,12 @@ def test_a_stream_still_arrives_event_by_event_and_complete(counted_server):
     assert data.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in data.lower()
     assert data.endswith(b"0\r\n\r\n") and b"data: [DONE]" in data  # closed only after the last chunk
     assert data.count(b"data: ") > 3
+
+
+def test_responses_carry_a_date_but_do_not_name_the_server(counted_server):
+    with socket.create_connection(("127.0.0.1", counted_server.port)) as sock:
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n")
+        (answer,) = recv_responses(sock, 1)
+    names = [line.split(b":", 1)[0].lower() for line in answer.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]]
+    assert b"date" in names and b"content-type" in names
+    assert b"server" not in names  # uvicorn's "server: uvicorn" is switched off (server_options)

@@ -207,8 +207,6 @@ class MemoryCounters:
         self._next_purge = now + 30.0
 
 
-# KEYS: one per check. ARGV[1]: per check "kind limit amount ttl", space-separated.
-# Returns "failed value1 value2 ..." (failed = -1 when admitted).
 def _remember(store: dict[int, tuple[S, tuple[P, ...]]], sequence: S, cells: tuple[P, ...], most: int) -> None:
     """Keep a sequence's prepared cells under its id, with the sequence itself (so that id is not reused)."""
     if len(store) >= most:
@@ -216,6 +214,8 @@ def _remember(store: dict[int, tuple[S, tuple[P, ...]]], sequence: S, cells: tup
     store[id(sequence)] = (sequence, cells)
 
 
+# KEYS: one per check. ARGV[1]: per check "kind limit amount ttl", space-separated.
+# Returns "failed value1 value2 ..." (failed = -1 when admitted).
 _ADMIT = """
 local spec = {}
 for word in string.gmatch(ARGV[1], '%S+') do spec[#spec + 1] = word end
