@@ -1,10 +1,11 @@
 """Build hook: compile the access guard's request path with mypyc when this machine can; pure Python otherwise.
 
 Every request through a gateway with access control runs the key check, the limit counters and the
-settlement in ``lmops.access``. Compiled, they cost about a third less CPU
-per request (docs/benchmarks.md). ``lmops.compiled.MODULES`` lists them, with the pricing they call. They stay ordinary, type-checked Python source: without a C compiler or
-Python's headers, when mypyc refuses them, or with ``LMOPS_PURE_PYTHON=1`` at install, the build leaves them
-uncompiled and lmops runs the same code interpreted. Everything else is configured in pyproject.toml.
+settlement in ``lmops.access``. Compiled, they cost about a third less CPU per request (docs/benchmarks.md).
+``lmops.compiled.MODULES`` lists them, with the pricing they call. They stay ordinary, type-checked Python
+source: without a C compiler or Python's headers, when mypyc refuses them, or with ``LMOPS_PURE_PYTHON=1`` at
+install, the build leaves them uncompiled and lmops runs the same code interpreted. Everything else is
+configured in pyproject.toml.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Which build of the request path's access modules runs: compiled by mypyc at install, or their source.
 
-setup.py compiles ``MODULES`` (the access checks and the pricing every authenticated request runs) when it can. A compiled module shadows its ``.py`` file, so after an edit of a
-checkout installed in editable mode the old compiled code would keep running. ``use_sources_if_needed``
+setup.py compiles ``MODULES`` (the access checks and the pricing every authenticated request runs) when it
+can. A compiled module shadows its ``.py`` file, so after an edit of a checkout installed in editable mode the
+old compiled code would keep running. ``use_sources_if_needed``
 (called by ``lmops/__init__.py``) prevents that: if any of the modules has no compiled build at least as
 recent as its source, or ``LMOPS_PURE_PYTHON`` is set, all of them load from source. All or none: compiled
 modules call each other's native code directly and must not meet an interpreted twin of one of them.
