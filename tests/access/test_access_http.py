@@ -130,11 +130,17 @@ def test_admin_routes_refuse_non_admins_and_hide_other_teams(gateway):
     assert made.status_code == 201
     assert gateway.admin("PUT", f"/limits/key/{made.json()['id']}", key=team_admin,
                          json={"rpm": 5}).json()["rpm"] == 5
-    ledger_rows(gateway.services.settings.database_url, wait_for=1)
-    usage = gateway.ok("GET", "/usage?by=team", key=team_admin)
-    assert all(r["group"] == a["id"] for r in usage["rows"])
+    ask(gateway.client(team_admin))
+    ledger_rows(gateway.services.settings.database_url, wait_for=2)
+    usage = gateway.ok("GET", "/usage?by=team,user", key=team_admin)
+    assert [(r["team"], r["team_name"], r["user_name"], r["requests"]) for r in usage["rows"]] == [
+        (a["id"], "team-a", "boss", 1)]
+    assert usage["totals"]["requests"] == 1
     everyone = gateway.ok("GET", "/usage?by=team")
-    assert b["id"] in {r["group"] for r in everyone["rows"]}
+    assert {(r["team"], r["team_name"]) for r in everyone["rows"]} >= {(a["id"], "team-a"), (b["id"], "team-b")}
+    bad = gateway.admin("GET", "/usage?by=team,colour")
+    assert bad.status_code == 400
+    assert bad.json()["error"]["param"] == "by" and "colour" in bad.json()["error"]["message"]
 
 
 def test_limits_beyond_what_the_database_holds_are_refused_with_400(gateway):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import random
+import re
 from datetime import datetime, timedelta, timezone
 
 import openai
@@ -13,6 +14,7 @@ from openpyxl import load_workbook
 from sqlalchemy import insert
 from typer.testing import CliRunner
 
+from lmops.access.tables import Team
 from lmops.cli import app as cli
 from lmops.store.database import create_engine, upgrade
 from lmops.usage.records import RequestRecord
@@ -51,6 +53,8 @@ def test_cli_manages_principals_that_the_gateway_enforces(start_gateway, databas
     ledger_rows(database_url, wait_for=2)
     report = _cli("usage", "report", "--by", "team", "--team", "acme")
     assert "total" in report and " 2 " in report
+    by_user = _cli("usage", "report", "--by", "team,user", "--team", "acme")
+    assert re.search(r"acme\s.*bob\s.*\s2\s", by_user)  # names, not ids
 
     _cli("keys", "revoke", prefix)
     gateway.services.extras["access"].cache.invalidate()
@@ -85,20 +89,21 @@ def _seed_ledger(url: str, rows: int) -> list[dict]:
     return data
 
 
-@pytest.mark.parametrize("by", ["team", "user", "model", "day"])
+@pytest.mark.parametrize("by", ["team", "user", "model", "day", "team,model,day", "day,user"])
 def test_report_groups_match_the_rows(database_url, by):
     data = _seed_ledger(database_url, 500)
     since = datetime(2025, 3, 3, tzinfo=timezone.utc)
     until = datetime(2025, 3, 8, tzinfo=timezone.utc)
     report = asyncio.run(_report(database_url, by, since, until))
     chosen = [r for r in data if since <= r["created_at"] < until]
-    key = {"team": lambda r: r["team_id"], "user": lambda r: r["user_id"] or "-", "model": lambda r: r["model"],
-           "day": lambda r: r["created_at"].date().isoformat()}[by]
-    expected: dict[str, list[int]] = {}
+    key = {"team": lambda r: r["team_id"], "user": lambda r: r["user_id"], "model": lambda r: r["model"],
+           "day": lambda r: r["created_at"].date().isoformat()}
+    dims = by.split(",")
+    expected: dict[tuple, list[int]] = {}
     for r in chosen:
-        expected.setdefault(key(r), []).append(r["prompt_tokens"] + r["completion_tokens"])
-    assert {row.group: row.tokens for row in report.rows} == {g: sum(v) for g, v in expected.items()}
-    assert {row.group: row.requests for row in report.rows} == {g: len(v) for g, v in expected.items()}
+        expected.setdefault(tuple(key[d](r) for d in dims), []).append(r["prompt_tokens"] + r["completion_tokens"])
+    assert {row.keys: row.tokens for row in report.rows} == {g: sum(v) for g, v in expected.items()}
+    assert {row.keys: row.requests for row in report.rows} == {g: len(v) for g, v in expected.items()}
     assert report.totals.requests == len(chosen)
     assert report.totals.cost_usd == pytest.approx(sum(r["cost_usd"] for r in chosen))
 
@@ -127,3 +132,36 @@ def test_report_exports_csv_xlsx_png(tmp_path, monkeypatch):
     assert sheet.cell(sheet.max_row, 2).value == len(data)
     assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert files["png"].stat().st_size > 5000
+
+
+def test_report_by_several_dimensions_names_teams_and_exports_each_as_a_column(tmp_path, monkeypatch):
+    url = f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"
+    data = _seed_ledger(url, 300)
+    asyncio.run(_name_teams(url, {"t1": "alpha", "t2": "beta"}))  # t3 has no row in teams: shown by its id
+    monkeypatch.setenv("LMOPS_DATABASE_URL", url)
+    files = {ext: tmp_path / f"usage.{ext}" for ext in ("csv", "xlsx", "png")}
+    shown = _cli("usage", "report", "--by", "team,model", "--csv", str(files["csv"]), "--xlsx", str(files["xlsx"]),
+                 "--png", str(files["png"]))
+    assert "alpha" in shown and "beta" in shown and "t3" in shown and "t1" not in shown
+    table = list(csv.reader(files["csv"].open()))
+    assert table[0] == ["team", "team_name", "model", "requests", "prompt_tokens", "completion_tokens", "cost_usd"]
+    expected: dict[tuple[str, str], int] = {}
+    for r in data:
+        expected[(r["team_id"], r["model"])] = expected.get((r["team_id"], r["model"]), 0) + 1
+    names = {"t1": "alpha", "t2": "beta", "t3": ""}
+    assert {(t, n, m): int(k) for t, n, m, k, *_ in table[1:-1]} == {
+        (t, names[t], m): k for (t, m), k in expected.items()}
+    assert table[-1][:3] == ["total", "", ""] and int(table[-1][3]) == len(data)
+    sheet = load_workbook(files["xlsx"]).active
+    assert [c.value for c in sheet[1]] == table[0] and sheet.max_row == len(table)
+    assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = CliRunner().invoke(cli, ["usage", "report", "--by", "team,price"])
+    assert bad.exit_code == 2 and "price" in bad.output
+
+
+async def _name_teams(url: str, names: dict[str, str]) -> None:
+    db = create_engine(url)
+    async with db.begin() as conn:
+        await conn.execute(insert(Team), [{"id": i, "name": n, "created_at": datetime.now(timezone.utc)}
+                                          for i, n in names.items()])
+    await db.dispose()

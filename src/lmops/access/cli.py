@@ -188,7 +188,7 @@ def _show_limits(row: dict[str, Any]) -> None:
 # -- usage -----------------------------------------------------------------------------------
 @usage_app.command("report")
 def usage_report_cmd(
-    by: str = typer.Option("team", help="team | user | key | model | day"),
+    by: str = typer.Option("team", help="team | user | key | model | day, or several comma-separated: team,model"),
     since: Optional[datetime] = typer.Option(None, help="from this UTC time (inclusive)"),
     until: Optional[datetime] = typer.Option(None, help="to this UTC time (exclusive)"),
     team: Optional[str] = typer.Option(None, help="only this team (id or name)"),
@@ -197,26 +197,33 @@ def usage_report_cmd(
     png: Optional[str] = typer.Option(None, "--png", help="write a chart of usage per day"),
     config: Optional[str] = ConfigOpt,
 ) -> None:
-    """Requests, tokens and cost grouped by team, user, key, model or day, with totals."""
+    """Requests, tokens and cost grouped by team, user, key, model and/or day, with totals."""
     from lmops.usage import reports
 
-    if by not in reports.GROUPINGS:
-        raise typer.BadParameter(f"--by must be one of {', '.join(reports.GROUPINGS)}")
+    try:
+        dims = reports.parse_dimensions(by)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--by") from None
 
-    async def work(admin: AdminService, db: Any) -> tuple[reports.UsageReport, list[Any] | None]:
+    async def work(admin: AdminService, db: Any) -> tuple[reports.UsageReport, reports.UsageReport | None]:
         team_id = await admin.visible_team_id(None, team)
-        report = await reports.usage_report(db, by, since=since, until=until, team_id=team_id)
-        series = await reports.usage_over_time(db, by, since=since, until=until, team_id=team_id) if png else None
+        report = await reports.usage_report(db, dims, since=since, until=until, team_id=team_id)
+        series = await reports.usage_over_time(db, dims, since=since, until=until, team_id=team_id) if png else None
         return report, series
 
     report, series = _run(config, work)
-    table = Table(by, "requests", "prompt tokens", "completion tokens", "cost (USD)")
-    for r in [*report.rows, report.totals]:
-        table.add_row(r.group, str(r.requests), str(r.prompt_tokens), str(r.completion_tokens), f"{r.cost_usd:.6f}")
+    table = Table(*dims, "requests", "prompt tokens", "completion tokens", "cost (USD)")
+    for r in report.rows:
+        table.add_row(*(r.label(i) for i in range(len(dims))), *_sums(r))
+    table.add_row("total", *([""] * (len(dims) - 1)), *_sums(report.totals), style="bold")
     _console().print(table)
     if csv:
         reports.write_csv(report, csv)
     if xlsx:
         reports.write_xlsx(report, xlsx)
     if png and series is not None:
-        reports.write_png(series, by, png)
+        reports.write_png(series, png)
+
+
+def _sums(row: Any) -> tuple[str, ...]:
+    return str(row.requests), str(row.prompt_tokens), str(row.completion_tokens), f"{row.cost_usd:.6f}"

@@ -13,7 +13,7 @@ from lmops.api.bodies import parse_json
 from lmops.api.deps import services
 from lmops.protocol.errors import InvalidRequest, NotFound
 from lmops.serving.context import Principal
-from lmops.usage.reports import GROUPINGS, usage_report
+from lmops.usage.reports import parse_dimensions, usage_report
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -99,8 +99,10 @@ async def get_limits(subject_type: str, subject: str, request: Request) -> Respo
 async def usage(request: Request, by: str = "team", since: datetime | None = None, until: datetime | None = None,
                 team: str | None = None) -> Response:
     admin, actor = await _admin(request)
-    if by not in GROUPINGS:
-        raise InvalidRequest(f"'by' must be one of {', '.join(GROUPINGS)}", param="by")
+    try:
+        dims = parse_dimensions(by)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="by") from None
     team_id = await admin.visible_team_id(actor, team)
-    report = await usage_report(services(request).db, by, since=since, until=until, team_id=team_id)
+    report = await usage_report(services(request).db, dims, since=since, until=until, team_id=team_id)
     return _reply(request, report.as_dict())
