@@ -56,6 +56,24 @@ def test_chat_completion_matches_llama_cpp_directly(client, direct_llama):
     assert resp.usage.completion_tokens == ref["usage"]["completion_tokens"]
 
 
+@pytest.mark.parametrize("max_tokens", [4, 5, 6])
+def test_a_character_cut_by_max_tokens_is_left_out_and_max_tokens_holds(client, direct_llama, max_tokens):
+    """This prompt answers "🌟🌟..." at temperature 0, each emoji three tokens: 4 and 5 tokens end inside one.
+
+    The unfinished character is left out, not sent as U+FFFD. llama-cpp-python instead generates past
+    max_tokens until the character is complete; lmops keeps max_tokens a hard cap (budgets reserve it)."""
+    messages = [{"role": "user", "content": "Reply only with three emojis."}]
+    resp = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=max_tokens, temperature=0)
+    text = resp.choices[0].message.content
+    assert text == "\N{GLOWING STAR}" * (max_tokens // 3)
+    assert resp.usage.completion_tokens == max_tokens
+    ref = direct_llama.create_chat_completion(messages, max_tokens=max_tokens, temperature=0)
+    assert ref["choices"][0]["message"]["content"].startswith(text)  # the same answer, the same model
+    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="smollm2", messages=messages, max_tokens=max_tokens, temperature=0, stream=True) if c.choices)
+    assert streamed == text
+
+
 def test_chat_completion_answers_with_usage(client):
     resp = client.chat.completions.create(
         model="smollm2", messages=[{"role": "system", "content": "Answer in one short sentence."},

@@ -299,7 +299,9 @@ class EmbeddedLlamaEngine(Engine):
                 if n >= job.max_tokens:
                     break
             if not stops.stopped:
-                tail = stops.feed(decoder.decode(b"", final=True)) + stops.flush()
+                # Bytes still held by the decoder begin a character the model never finished (max_tokens cut
+                # it): left out, as llama-cpp-python does, rather than sent as U+FFFD.
+                tail = stops.flush()
                 if tail:
                     parts.append(tail)
                     job.emit("text", tail)
