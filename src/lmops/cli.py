@@ -70,8 +70,8 @@ def serve(
     console = _console(stderr=True)
     console.print(f"[bold green]lmops[/] serving {', '.join(m.name for m in settings.models)} on [bold]{url}[/]")
     first = settings.models[0].name if settings.models else "MODEL"
-    auth = ' -H "authorization: Bearer $LMOPS_KEY"' if settings.access.enabled else ""
-    key = "os.environ['LMOPS_KEY']" if settings.access.enabled else "'-'"
+    auth = ' -H "authorization: Bearer $LMOPS_API_KEY"' if settings.access.enabled else ""
+    key = "os.environ['LMOPS_API_KEY']" if settings.access.enabled else "'-'"
     console.print(f"  curl {url}/v1/chat/completions{auth} -H 'content-type: application/json' "
                   f"-d '{{\"model\": \"{first}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'",
                   soft_wrap=True)
@@ -79,7 +79,7 @@ def serve(
                   f"print(c.chat.completions.create(model='{first}', "
                   f"messages=[{{'role': 'user', 'content': 'Hello'}}]).choices[0].message.content)\"", soft_wrap=True)
     if settings.access.enabled:
-        console.print("  (LMOPS_KEY: an API key; the first start on an empty database prints an admin key below)",
+        console.print("  (LMOPS_API_KEY: an API key; the first start on an empty database prints an admin key below)",
                       soft_wrap=True)
         from lmops import BUILD
 
