@@ -123,3 +123,20 @@ def test_upload_over_the_limit_is_413(lmops_server):
     assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
     ok = httpx.post(f"{srv.url}/v1/files", data={"purpose": "batch"}, files={"file": ("s.jsonl", b"{}\n")})
     assert ok.status_code == 200
+
+
+@pytest.mark.parametrize("body", [
+    b"--B\r\nNone--B--\r\n",  # a part without headers
+    # cut off mid-file, after a valid purpose: not taken for a whole file
+    b"--B\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n"
+    b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jsonl\"\r\n\r\n{}\n",
+    b"--B\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--B\r\nbad header\r\n\r\n",
+])
+def test_a_malformed_multipart_upload_is_400_and_leaves_no_file(lmops_server, tmp_path, body):
+    srv = lmops_server()
+    r = httpx.post(f"{srv.url}/v1/files", content=body, headers={"content-type": "multipart/form-data; boundary=B"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "invalid_multipart"
+    files = tmp_path / "data" / "files"
+    assert not files.exists() or list(files.iterdir()) == []
+    assert httpx.get(f"{srv.url}/v1/files").json()["data"] == []

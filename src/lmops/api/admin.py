@@ -11,6 +11,7 @@ from lmops.access.admin import AdminService, require_manager
 from lmops.access.schemas import KeyCreate, LimitsBody, TeamCreate, UserCreate
 from lmops.api.bodies import parse_json
 from lmops.api.deps import services
+from lmops.api.openapi_bodies import request_body
 from lmops.protocol.errors import InvalidRequest, NotFound
 from lmops.serving.context import Principal
 from lmops.usage.reports import parse_dimensions, usage_report
@@ -35,7 +36,7 @@ def _list(rows: list[dict]) -> dict:
     return {"object": "list", "data": rows}
 
 
-@router.post("/teams")
+@router.post("/teams", openapi_extra=request_body(TeamCreate))
 async def create_team(request: Request) -> Response:
     admin, actor = await _admin(request)
     body = await parse_json(request, TeamCreate, 64 * 1024)
@@ -48,7 +49,7 @@ async def list_teams(request: Request) -> Response:
     return _reply(request, _list(await admin.list_teams(actor)))
 
 
-@router.post("/users")
+@router.post("/users", openapi_extra=request_body(UserCreate))
 async def create_user(request: Request) -> Response:
     admin, actor = await _admin(request)
     body = await parse_json(request, UserCreate, 64 * 1024)
@@ -61,7 +62,7 @@ async def list_users(request: Request, team: str | None = None) -> Response:
     return _reply(request, _list(await admin.list_users(actor, team)))
 
 
-@router.post("/keys")
+@router.post("/keys", openapi_extra=request_body(KeyCreate))
 async def create_key(request: Request) -> Response:
     admin, actor = await _admin(request)
     body = await parse_json(request, KeyCreate, 64 * 1024)
@@ -82,7 +83,7 @@ async def revoke_key(key: str, request: Request) -> Response:
     return _reply(request, await admin.revoke_key(actor, key))
 
 
-@router.put("/limits/{subject_type}/{subject}")
+@router.put("/limits/{subject_type}/{subject}", openapi_extra=request_body(LimitsBody))
 async def set_limits(subject_type: str, subject: str, request: Request) -> Response:
     admin, actor = await _admin(request)
     body = await parse_json(request, LimitsBody, 64 * 1024)

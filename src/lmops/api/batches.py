@@ -7,6 +7,7 @@ from starlette.responses import Response
 
 from lmops.api.bodies import parse_json
 from lmops.api.deps import services
+from lmops.api.openapi_bodies import request_body
 from lmops.batch.service import OPENAI_WORKFLOW
 from lmops.protocol.batches import BatchCreate, batch_list, batch_object
 from lmops.protocol.errors import InvalidRequest
@@ -14,7 +15,7 @@ from lmops.protocol.errors import InvalidRequest
 router = APIRouter(prefix="/v1", tags=["batches"])
 
 
-@router.post("/batches")
+@router.post("/batches", openapi_extra=request_body(BatchCreate))
 async def create_batch(request: Request) -> Response:
     svc = services(request)
     team = (await svc.guard.authenticate(request, "batch")).team_id

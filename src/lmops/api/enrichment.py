@@ -11,11 +11,20 @@ from starlette.responses import Response, StreamingResponse
 
 from lmops.api.bodies import parse_json
 from lmops.api.deps import services
+from lmops.api.openapi_bodies import request_body, schema_of, upload_form
 from lmops.batch import results
 from lmops.protocol.enrichment import JobCreate, JobOptions, job_list, job_object
 from lmops.protocol.errors import InvalidRequest, from_validation_error
 
 router = APIRouter(prefix="/v1/enrichment", tags=["enrichment"])
+
+
+def _job_form() -> dict[str, Any]:
+    """The multipart form of a job upload: ``JobOptions``' fields, ``params`` and ``metadata`` as JSON text."""
+    schema = schema_of(JobOptions)
+    for name in ("params", "metadata"):
+        schema["properties"][name] = {"type": "string", "description": "a JSON object"}
+    return upload_form(schema)
 
 
 async def _team(request: Request) -> str:
@@ -33,7 +42,7 @@ async def list_workflows(request: Request) -> Response:
     return services(request).json({"object": "list", "data": data})
 
 
-@router.post("/jobs")
+@router.post("/jobs", openapi_extra=request_body(JobCreate, _job_form()))
 async def create_job(request: Request) -> Response:
     """JSON ``{"workflow", "records": [...], "params"}``, or multipart: ``file`` (JSONL or CSV) + the same fields."""
     svc = services(request)

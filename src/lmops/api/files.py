@@ -6,6 +6,8 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
 from lmops.api.deps import services
+from lmops.api.openapi_bodies import request_body, upload_form
+from lmops.batch.files import PURPOSES
 from lmops.protocol.files import file_list, file_object
 
 router = APIRouter(prefix="/v1", tags=["files"])
@@ -19,7 +21,11 @@ async def _team(request: Request) -> str:
     return (await services(request).guard.authenticate(request, "batch")).team_id
 
 
-@router.post("/files")
+_PURPOSE = {"type": "object", "required": ["purpose"],
+            "properties": {"purpose": {"type": "string", "enum": sorted(PURPOSES - {"batch_output"})}}}
+
+
+@router.post("/files", openapi_extra=request_body(form=upload_form(_PURPOSE)))
 async def upload_file(request: Request) -> Response:
     team = await _team(request)
     row, _ = await _batch(request).files.upload(request, team)

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from lmops.api.deps import new_context, parse_tracked, services
+from lmops.api.openapi_bodies import request_body
 from lmops.protocol.chat import ChatCompletionRequest
 from lmops.protocol.completions import CompletionRequest
 from lmops.protocol.embeddings import EmbeddingRequest
@@ -13,7 +14,7 @@ from lmops.protocol.embeddings import EmbeddingRequest
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", openapi_extra=request_body(ChatCompletionRequest))
 async def chat_completions(request: Request) -> Response:
     svc = services(request)
     ctx = new_context(request, "chat.completions")
@@ -21,7 +22,7 @@ async def chat_completions(request: Request) -> Response:
     return await svc.inference.chat(req, request, ctx)
 
 
-@router.post("/completions")
+@router.post("/completions", openapi_extra=request_body(CompletionRequest))
 async def completions(request: Request) -> Response:
     svc = services(request)
     ctx = new_context(request, "completions")
@@ -29,7 +30,7 @@ async def completions(request: Request) -> Response:
     return await svc.inference.completion(req, request, ctx)
 
 
-@router.post("/embeddings")
+@router.post("/embeddings", openapi_extra=request_body(EmbeddingRequest))
 async def embeddings(request: Request) -> Response:
     svc = services(request)
     ctx = new_context(request, "embeddings")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
@@ -38,11 +39,15 @@ class _Receiver:
         self._name: str | None = None
         self._value = bytearray()
         self._file: IO[bytes] | None = None
+        self.complete = False  # the closing boundary arrived: nothing was cut off
 
     def callbacks(self) -> dict:
         return {"on_part_begin": self._begin, "on_header_field": self._hfield, "on_header_value": self._hvalue,
                 "on_header_end": self._hend, "on_headers_finished": self._headers_done,
-                "on_part_data": self._data, "on_part_end": self._end}
+                "on_part_data": self._data, "on_part_end": self._end, "on_end": self._complete}
+
+    def _complete(self) -> None:
+        self.complete = True
 
     def _begin(self) -> None:
         self._headers, self._value, self._name = {}, bytearray(), None
@@ -94,7 +99,7 @@ async def receive_multipart(request: Request, dest: Path, max_bytes: int) -> Upl
     """Parse the request body as multipart/form-data; the file part is written to ``dest``.
 
     Raises 413 as soon as the file grows past ``max_bytes`` (or the declared length does), 400 when
-    the body is not multipart. On any failure ``dest`` is removed.
+    the body is not multipart or is malformed. On any failure ``dest`` is removed.
     """
     ctype, params = parse_options_header(request.headers.get("content-type"))
     if ctype != b"multipart/form-data" or b"boundary" not in params:
@@ -108,10 +113,17 @@ async def receive_multipart(request: Request, dest: Path, max_bytes: int) -> Upl
         async for chunk in request.stream():
             parser.write(chunk)
         parser.finalize()
+        if not receiver.complete:
+            raise InvalidRequest("The multipart/form-data body ended before its closing boundary: the upload is "
+                                 "incomplete.", code="invalid_multipart")
     except ClientDisconnect:
         receiver.close()
         dest.unlink(missing_ok=True)
         raise InvalidRequest("The client disconnected during the upload.") from None
+    except FormParserError as exc:
+        receiver.close()
+        dest.unlink(missing_ok=True)
+        raise InvalidRequest(f"The multipart/form-data body is malformed: {exc}", code="invalid_multipart") from None
     except BaseException:
         receiver.close()
         dest.unlink(missing_ok=True)
