@@ -83,6 +83,7 @@ def teams_create(name: str, config: Optional[str] = ConfigOpt) -> None:
 
 @teams_app.command("list")
 def teams_list(config: Optional[str] = ConfigOpt) -> None:
+    """List the teams."""
     _show(_run(config, lambda a, _: a.list_teams(None)), ["id", "name", "created_at"])
 
 
@@ -99,6 +100,7 @@ def users_create(name: str, team: str = typer.Option(..., help="team id or name"
 @users_app.command("list")
 def users_list(team: Optional[str] = typer.Option(None, help="only this team"),
                config: Optional[str] = ConfigOpt) -> None:
+    """List the users (of one team with --team)."""
     _show(_run(config, lambda a, _: a.list_users(None, team)), ["id", "name", "team_id", "role", "created_at"])
 
 
@@ -123,6 +125,7 @@ def keys_create(team: str = typer.Option(..., help="team id or name"),
 @keys_app.command("list")
 def keys_list(team: Optional[str] = typer.Option(None, help="only this team"),
               config: Optional[str] = ConfigOpt) -> None:
+    """List the API keys: prefixes and metadata, never the keys themselves."""
     _show(_run(config, lambda a, _: a.list_keys(None, team)),
           ["id", "prefix", "name", "team_id", "user_id", "scopes", "expires_at", "revoked_at"])
 
@@ -169,6 +172,7 @@ def limits_set(
 def limits_show(subject_type: str = typer.Argument(..., help="team | key"),
                 subject: str = typer.Argument(..., help="team id/name or key id/prefix"),
                 config: Optional[str] = ConfigOpt) -> None:
+    """Show the limits of a team or a key."""
     _show_limits(_run(config, lambda a, _: a.get_limits(None, subject_type, subject)))
 
 
