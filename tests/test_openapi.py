@@ -1,4 +1,4 @@
-"""/openapi.json (and so /docs) documents the request bodies that routes parse themselves."""
+"""/openapi.json documents the request bodies that routes parse themselves; /docs renders it without a CDN."""
 
 from __future__ import annotations
 
@@ -15,14 +15,19 @@ from lmops.testing.settings import make_settings
 
 
 @pytest.fixture(scope="module")
-def spec(tmp_path_factory):
+def spec_server(tmp_path_factory):
     settings = make_settings(tmp_path_factory.mktemp("openapi"),
                              [{"name": "fake", "engine": "openai", "replicas": ["http://127.0.0.1:9/v1"]}])
     srv = ServerThread(create_app(settings)).start()
     try:
-        yield httpx.get(f"{srv.url}/openapi.json").json()
+        yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="module")
+def spec(spec_server):
+    return httpx.get(f"{spec_server.url}/openapi.json").json()
 
 
 def _body(spec: dict, path: str, method: str = "post") -> dict:
@@ -70,3 +75,14 @@ def test_a_self_referencing_model_is_refused_rather_than_inlined_forever():
 
     with pytest.raises(ValueError, match="refers to itself"):
         schema_of(Node)
+
+
+def test_docs_page_and_its_assets_are_served_by_lmops_not_a_cdn(spec_server):
+    page = httpx.get(f"{spec_server.url}/docs")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "cdn." not in page.text and "/openapi.json" in page.text
+    for asset, kind in (("swagger-ui-bundle.js", "javascript"), ("swagger-ui.css", "text/css")):
+        assert f"/docs/assets/{asset}" in page.text
+        got = httpx.get(f"{spec_server.url}/docs/assets/{asset}")
+        assert got.status_code == 200 and kind in got.headers["content-type"] and len(got.content) > 10_000
+    assert httpx.get(f"{spec_server.url}/docs/assets/nope.js").status_code == 404

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from lmops import __version__
-from lmops.api import admin, batches, enrichment, errors, files, openai, system
+from lmops.api import admin, batches, docs, enrichment, errors, files, openai, system
 from lmops.api.direct import Gateway
 from lmops.api.middleware import RequestIdMiddleware
 from lmops.config import Settings, load_settings
@@ -39,9 +39,10 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             await svc.stop()
 
     app = Gateway(direct_routes=openai.DIRECT_ROUTES, title="lmops", version=__version__, lifespan=lifespan,
-                  docs_url="/docs", redoc_url=None)
+                  docs_url=None, redoc_url=None)
     app.state.services = svc
     errors.install(app)
+    docs.install(app)
     app.include_router(system.router)
     app.include_router(openai.router)
     app.include_router(admin.router)
