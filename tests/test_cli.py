@@ -184,3 +184,29 @@ def test_chat_against_nothing_is_a_readable_error(tmp_path):
     result = run("chat", "hi", "--url", f"http://127.0.0.1:{free_port()}", cwd=tmp_path)
     assert result.returncode != 0
     assert "cannot reach" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_config_check_reports_settings_that_name_an_undeclared_model(tmp_path):
+    cfg = tmp_path / "lmops.yaml"
+    cfg.write_text("""\
+models:
+  - name: qwen
+    engine: openai
+    replicas: ["http://127.0.0.1:1/v1"]
+    adapters: [{name: sql}]
+access:
+  prices:
+    qwen: {input: 1, output: 2}
+    qwen-typo: {input: 1, output: 2}
+batch:
+  default_model: "qwen:sql"
+  model_concurrency: {qwen: 4, gone: 2}
+""")
+    result = run("config", "check", "--config", str(cfg))
+    assert result.returncode == 2
+    out = " ".join((result.stdout + result.stderr).split())
+    assert "line 9, column 16: access.prices.qwen-typo: no model is called 'qwen-typo'" in out
+    assert "line 12, column 38: batch.model_concurrency.gone: no model is called 'gone'" in out
+    assert "default_model" not in out  # an adapter's public name is a model requests may name
+    cfg.write_text(cfg.read_text().replace("    qwen-typo: {input: 1, output: 2}\n", "").replace(", gone: 2", ""))
+    assert run("config", "check", "--config", str(cfg)).returncode == 0

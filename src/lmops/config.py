@@ -250,6 +250,23 @@ class Settings(BaseSettings):
                                      f"model '{m.name}:{a.name}'")
         return self
 
+    def unknown_models(self) -> list[tuple[tuple[str, ...], str]]:
+        """(location, message) of each setting that names a model no entry of ``models`` declares.
+
+        A price under a misspelt name would bill the real model at zero (its budgets would never trip); a
+        misspelt batch model would fail every job that uses it.
+        """
+        names = {m.name for m in self.models}
+        declared = f"declared: {', '.join(sorted(names)) or 'none'}"
+        found = [(("access", "prices", name), f"no model is called {name!r} ({declared}; an adapter is billed at "
+                  "its model's price)") for name in sorted(set(self.access.prices) - names)]
+        found += [(("batch", "model_concurrency", name), f"no model is called {name!r} ({declared})")
+                  for name in sorted(set(self.batch.model_concurrency) - names)]
+        public = names | {f"{m.name}:{a.name}" for m in self.models for a in m.adapters}  # what requests may name
+        if self.batch.default_model is not None and self.batch.default_model not in public:
+            found.append((("batch", "default_model"), f"no model is called {self.batch.default_model!r} ({declared})"))
+        return found
+
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)
 
@@ -347,9 +364,13 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
     if not data.get("models") and "LMOPS_MODELS" not in os.environ:
         data["models"] = default_models()
     try:
-        return Settings(**data)
+        settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(source, [_problem(err, node) for err in exc.errors()]) from exc
+    unknown = [ConfigProblem(".".join(loc), message, *_find_mark(node, loc)) for loc, message in settings.unknown_models()]
+    if unknown:
+        raise ConfigError(source, unknown)
+    return settings
 
 
 def _problem(err: Any, node: yaml.Node | None) -> ConfigProblem:
