@@ -101,3 +101,25 @@ async def test_memory_counters_expire_purge_and_reuse_prepared_cells():
     await counters.seed("spent", 7.0, 0)
     await counters.seed("spent", 9.0, 0)  # only when missing
     assert counters.value("spent") == 7.0
+
+
+@pytest.mark.parametrize(("prices", "warned"), [
+    ({"big": {"input": 1, "output": 2}}, "small"),  # one model priced, the other not: said at start
+    ({}, None),  # no billing in dollars at all (the laptop default): nothing to say
+    ({"big": {"input": 1, "output": 2}, "small": {"input": 1, "output": 1}}, None),
+])
+async def test_start_warns_about_models_without_a_price_when_others_have_one(tmp_path, caplog, prices, warned):
+    import logging
+
+    from lmops.testing.access import running_access
+    from lmops.testing.settings import make_settings
+
+    models = [{"name": n, "engine": "openai", "replicas": ["http://127.0.0.1:9/v1"]} for n in ("big", "small")]
+    settings = make_settings(tmp_path, models, access={"enabled": True, "prices": prices})
+    with caplog.at_level(logging.WARNING, logger="lmops.access"):
+        async with running_access(settings):  # serving settings: start() bootstraps, and warns
+            pass
+    said = [r.getMessage() for r in caplog.records if "no price" in r.getMessage()]
+    assert len(said) == (0 if warned is None else 1)
+    if warned:
+        assert warned in said[0] and "big" not in said[0]

@@ -47,7 +47,16 @@ class AccessService:
         self.guard.hasher = hasher
         self.admin = AdminService(self.store, hasher, self.cache)
         if serving:
+            self._warn_unpriced()
             await self.bootstrap(announce or sys.stderr)
+
+    def _warn_unpriced(self) -> None:
+        """Prices set for some models but not all: the others cost $0, which dollar budgets never see."""
+        prices = self.settings.access.prices
+        unpriced = [m.name for m in self.settings.models if prices and m.name not in prices]
+        if unpriced:
+            log.warning("access.prices has no price for %s: their requests cost $0 in the ledger, and budgets in "
+                        "dollars never count them", ", ".join(unpriced))
 
     async def stop(self) -> None:
         await self.counters.close()
