@@ -98,7 +98,13 @@ def test_completions_and_embeddings_validate_too(gw):
 
 def test_unknown_route_and_method(gw):
     envelope(httpx.get(gw.url + "/v1/nothing"), 404)
-    envelope(httpx.get(gw.url + CHAT), 405)
+    wrong = httpx.get(gw.url + CHAT)
+    envelope(wrong, 405)
+    assert wrong.headers["allow"] == "POST"
+    # Two routes share this path (GET lists files, POST uploads): Allow names both, not the first one found.
+    wrong = httpx.delete(gw.url + "/v1/files")
+    assert "GET or HEAD or POST" in envelope(wrong, 405)["message"]
+    assert wrong.headers["allow"] == "GET, HEAD, POST"
 
 
 def test_chat_on_an_embeddings_only_engine_is_400(serve, settings_factory):

@@ -7,6 +7,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import compile_path
 
 from lmops.protocol.errors import APIError, error_envelope, from_error_list
 
@@ -27,10 +28,27 @@ async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
     message = exc.detail if isinstance(exc.detail, str) else "Request failed."
+    headers = dict(exc.headers or {})
     if status == 404:
         message = f"Unknown route: {request.method} {request.url.path}"
-    return _json(status, error_envelope(message, _TYPES.get(status, "invalid_request_error"), None, None),
-                 dict(exc.headers or {}))
+    elif status == 405:
+        allowed = _allowed_methods(request)
+        headers["Allow"] = ", ".join(allowed)
+        message = f"{request.method} is not allowed on {request.url.path}; use {' or '.join(allowed)}."
+    return _json(status, error_envelope(message, _TYPES.get(status, "invalid_request_error"), None, None), headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method the API serves at this path (from the OpenAPI document: FastAPI keeps included routers
+    nested, and Starlette's 405 names only the methods of the first route that matched the path)."""
+    path = request.url.path
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        if compile_path(template)[0].match(path):
+            methods |= {m.upper() for m in operations}
+    if "GET" in methods:
+        methods.add("HEAD")  # Starlette answers HEAD wherever it answers GET
+    return sorted(methods)
 
 
 async def validation_error(request: Request, exc: Exception) -> Response:

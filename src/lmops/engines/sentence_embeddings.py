@@ -50,6 +50,7 @@ class SentenceEmbeddingsEngine(Engine):
     def _load(self) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Loading weights" bar in lmops serve's output
         from sentence_transformers import SentenceTransformer
 
         path = self.config.model_path or default_model_dir()
