@@ -144,6 +144,22 @@ def test_json_schema_response_format_is_enforced(client):
     assert isinstance(data["city"], str) and isinstance(data["population"], int)
 
 
+@pytest.mark.parametrize("schema", [
+    {"anyOf": []},  # converts to an empty rule: llama.cpp cannot parse it
+    {"type": "object", "properties": {"tags": {"type": "array", "items": {"enum": []}}}},
+    {"type": "strange"},  # refused by the converter itself
+])
+def test_a_schema_llama_cpp_cannot_enforce_is_a_400_and_the_server_lives_on(client, schema):
+    """Before: the unparsable grammar reached the sampler chain and the first token crashed the whole process."""
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model="smollm2", messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}})
+    assert "response_format.json_schema.schema is not usable" in err.value.message
+    ok = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    assert ok.usage.completion_tokens >= 1
+
+
 def test_sampling_parameters_are_accepted(client):
     resp = client.chat.completions.create(
         model="smollm2", messages=[{"role": "user", "content": "Say something."}], max_tokens=6, temperature=0.5,

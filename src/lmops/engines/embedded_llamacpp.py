@@ -211,7 +211,8 @@ class EmbeddedLlamaEngine(Engine):
             "frequency_penalty": float(body.get("frequency_penalty", 0.0)),
         }
         return _Job(prompt=tokens, max_tokens=max_tokens, params=params, stops=stops or None,
-                    grammar=_grammar(body.get("response_format")), seed=body.get("seed"),
+                    grammar=_grammar(body.get("response_format"), self._ready()._model.vocab),
+                    seed=body.get("seed"),
                     loop=asyncio.get_running_loop())
 
     def _ready(self) -> Any:
@@ -326,7 +327,7 @@ def _plain_message(message: dict[str, Any]) -> dict[str, Any]:
     return {"role": role, "content": content or ""}
 
 
-def _grammar(response_format: dict[str, Any] | None) -> Any:
+def _grammar(response_format: dict[str, Any] | None, vocab: Any) -> Any:
     """A llama.cpp grammar that forces the response_format (JSON object or JSON schema)."""
     if not response_format or response_format.get("type") == "text":
         return None
@@ -337,7 +338,24 @@ def _grammar(response_format: dict[str, Any] | None) -> Any:
         schema = (response_format.get("json_schema") or {}).get("schema")
         if schema:
             try:
-                return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+                grammar = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
             except Exception as exc:  # noqa: BLE001 - tell the client what is wrong with its schema
                 raise EngineRejected(f"response_format.json_schema.schema is not usable: {exc}", status=400) from exc
+            if not _compiles(grammar, vocab):
+                raise EngineRejected("response_format.json_schema.schema is not usable: llama.cpp cannot parse the "
+                                     "grammar it converts to (an empty anyOf or enum allows no value at all)",
+                                     status=400)
+            return grammar
     return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+
+
+def _compiles(grammar: Any, vocab: Any) -> bool:
+    """Whether llama.cpp accepts the grammar. It answers an unparsable one with no sampler, which llama-cpp-python
+    would put in its sampler chain regardless, and the first sampled token would then crash the whole process."""
+    import llama_cpp
+
+    sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar._grammar.encode(), grammar._root.encode())
+    if not sampler:
+        return False
+    llama_cpp.llama_sampler_free(sampler)
+    return True
