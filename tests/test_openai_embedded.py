@@ -226,3 +226,30 @@ def test_client_disconnect_stops_a_non_streamed_generation(embedded):
     wait_for_pending(engine, 0)
     finish, generated = engine.last_generation
     assert finish == "cancelled" and generated < 400
+
+
+def test_an_empty_prompt_is_a_400_and_the_model_stays_in_service(client, embedded):
+    """This model has no BOS token: an empty prompt has no tokens at all, on which llama.cpp asserts."""
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model="smollm2", prompt="", max_tokens=4)
+    assert "prompt is empty" in err.value.message
+    assert httpx.get(f"{embedded.url}/ready").json()["models"]["smollm2"] is True
+    assert client.completions.create(model="smollm2", prompt="Once", max_tokens=2).usage.completion_tokens >= 1
+
+
+def test_a_failed_generation_is_a_502_for_that_request_only(client, embedded, monkeypatch):
+    """An in-process engine that fails on one request is still loaded: the replica is not ejected (with the
+    default failure threshold of 1 that would refuse every other request with 503 until a health check)."""
+    llm = engine_of(embedded)._llm
+    real = llm.generate
+
+    def broken(*args, **kwargs):
+        monkeypatch.setattr(llm, "generate", real)  # the next request generates normally
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(llm, "generate", broken)
+    with pytest.raises(openai.APIStatusError) as err:
+        client.completions.create(model="smollm2", prompt="Once", max_tokens=2)
+    assert err.value.status_code == 502 and "injected failure" in err.value.message
+    assert httpx.get(f"{embedded.url}/ready").json()["models"]["smollm2"] is True
+    assert client.completions.create(model="smollm2", prompt="Once", max_tokens=2).usage.completion_tokens >= 1

@@ -41,6 +41,13 @@ class EngineRejected(EngineError):
     retryable = False
 
 
+class EngineFault(EngineError):
+    """The engine failed on this request alone: an in-process engine whose model is still loaded and serving.
+    Not retried elsewhere, and not held against the replica's health (one odd request must not eject a model)."""
+
+    retryable = False
+
+
 class EngineBusy(EngineError):
     """The engine's own queue is full; the client should come back later."""
 

@@ -22,7 +22,7 @@ from importlib import resources
 from typing import Any
 
 from lmops.config import ModelConfig
-from lmops.engines.base import Body, Engine, EngineBusy, EngineError, EngineRejected
+from lmops.engines.base import Body, Engine, EngineBusy, EngineError, EngineFault, EngineRejected
 from lmops.engines.text_stops import StopMatcher
 from lmops.protocol import responses as R
 
@@ -191,6 +191,8 @@ class EmbeddedLlamaEngine(Engine):
     def _completion_job(self, body: Body) -> _Job:
         llm = self._ready()
         tokens = llm.tokenize(_prompt_text(body).encode("utf-8"), add_bos=True, special=False)
+        if not tokens:  # this model has no BOS token to start from: llama.cpp cannot generate from nothing
+            raise EngineRejected("The prompt is empty; give the model some text to continue.", status=400)
         return self._job(tokens, body.get("max_tokens") or 16, body, list(body.get("stop") or []))
 
     def _job(self, tokens: list[int], limit: int | None, body: Body, stops: list[str]) -> _Job:
@@ -309,7 +311,7 @@ class EmbeddedLlamaEngine(Engine):
             self.last_generation = (finish, n)
             job.finish("".join(parts), finish, n)
         except BaseException as exc:  # noqa: BLE001 - any failure goes back to the waiting request
-            job.fail(EngineError(f"generation failed: {exc}", status=500))
+            job.fail(EngineFault(f"generation failed: {type(exc).__name__} {exc}".rstrip(), status=500))
         finally:
             self._recent_seconds = max(0.1, time.monotonic() - started)
 
