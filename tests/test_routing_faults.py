@@ -187,3 +187,38 @@ def test_stream_cut_by_the_upstream_ends_with_an_error_event(serve, settings_fac
     assert len(lines) == 4
     last = json.loads(lines[-1][6:])
     assert last["error"]["type"] == "upstream_error" and "[DONE]" in last["error"]["message"]
+
+
+_CHOICE = {"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "stop"}
+
+
+@pytest.mark.parametrize(("answer", "problem"), [
+    ([], "a JSON list, not an object"),
+    ({}, "'choices' is not a list of objects"),
+    ({"choices": "x"}, "'choices' is not a list of objects"),
+    ({"choices": [_CHOICE], "usage": [1]}, "'usage' is not an object"),
+    ({"choices": [_CHOICE], "usage": {"prompt_tokens": "many"}}, "usage.prompt_tokens is not a whole number"),
+    ({"choices": [_CHOICE], "usage": {"completion_tokens": -3}}, "usage.completion_tokens is not a whole number"),
+])
+def test_an_answer_that_parses_but_is_not_openai_is_a_502_not_a_500(serve, settings_factory, answer, problem):
+    """Valid JSON of the wrong shape used to crash the request (500) and leave no record."""
+    up = serve(FakeOpenAI(Behaviour(answer=answer)))
+    _, client = gateway(serve, settings_factory, [f"{up.url}/v1"])
+    with pytest.raises(openai.APIStatusError) as err:
+        client.chat.completions.create(model="m", messages=MESSAGES)
+    assert err.value.status_code == 502 and problem in err.value.message
+    srv, _ = gateway(serve, settings_factory, [f"{up.url}/v1"])  # a fresh one: the first ejected its replica
+    stream = httpx.post(f"{srv.url}/v1/chat/completions", timeout=10,
+                        json={"model": "m", "messages": MESSAGES, "stream": True})
+    if answer == {}:  # as a stream event, an object without choices is let through (usage chunks have none)
+        assert stream.status_code == 200
+    else:  # the first event is checked before any byte reaches the client: a plain 502, as for the JSON answer
+        assert stream.status_code == 502 and problem in stream.json()["error"]["message"]
+
+
+def test_embeddings_must_carry_a_data_list(serve, settings_factory):
+    up = serve(FakeOpenAI(Behaviour(answer={"object": "list", "data": {"0": [0.1]}})))
+    _, client = gateway(serve, settings_factory, [f"{up.url}/v1"])
+    with pytest.raises(openai.APIStatusError) as err:
+        client.embeddings.create(model="m", input="x")
+    assert err.value.status_code == 502 and "'data' is not a list of objects" in err.value.message

@@ -57,21 +57,21 @@ class OpenAIHTTPEngine(Engine):
         return resp.status < 500
 
     async def chat_completion(self, body: Body) -> Body:
-        return await self._post("/chat/completions", body)
+        return await self._post("/chat/completions", body, "choices")
 
     def stream_chat_completion(self, body: Body) -> AsyncIterator[Body]:
         return self._stream("/chat/completions", body)
 
     async def completion(self, body: Body) -> Body:
-        return await self._post("/completions", body)
+        return await self._post("/completions", body, "choices")
 
     def stream_completion(self, body: Body) -> AsyncIterator[Body]:
         return self._stream("/completions", body)
 
     async def embeddings(self, body: Body) -> Body:
-        return await self._post("/embeddings", body)
+        return await self._post("/embeddings", body, "data")
 
-    async def _post(self, path: str, body: Body) -> Body:
+    async def _post(self, path: str, body: Body, items: str) -> Body:
         try:
             resp = await self._pool.request("POST", path, orjson.dumps(body))
             content = await resp.read()
@@ -82,9 +82,13 @@ class OpenAIHTTPEngine(Engine):
         if resp.status >= 400:
             raise _status_error(self.endpoint, resp.status, content)
         try:
-            return orjson.loads(content)
+            answer = orjson.loads(content)
         except orjson.JSONDecodeError as exc:
             raise EngineError(f"{self.endpoint} answered with invalid JSON") from exc
+        problem = answer_problem(answer, items)
+        if problem is not None:
+            raise EngineError(f"{self.endpoint} answered with JSON that is not an OpenAI answer: {problem}")
+        return answer
 
     async def _stream(self, path: str, body: Body) -> AsyncIterator[Body]:
         body = dict(body)
@@ -109,10 +113,13 @@ class OpenAIHTTPEngine(Engine):
                         chunk = orjson.loads(data)
                     except orjson.JSONDecodeError as exc:
                         raise EngineError(f"{self.endpoint} sent an invalid stream event") from exc
-                    if "error" in chunk and "choices" not in chunk:
+                    if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
                         err = chunk["error"]
                         raise EngineError(
                             f"{self.endpoint}: {err.get('message', err) if isinstance(err, dict) else err}")
+                    problem = answer_problem(chunk, "choices", required=False)
+                    if problem is not None:
+                        raise EngineError(f"{self.endpoint} sent a stream event that is not an OpenAI chunk: {problem}")
                     yield chunk
             raise EngineError(f"{self.endpoint} ended the stream without [DONE]")
         except http1.Timeout as exc:
@@ -148,3 +155,28 @@ def _upstream_message(content: bytes) -> str | None:
             return str(err.get("message") or err.get("detail") or err)
         return str(err)
     return str(data)[:200]
+
+
+def answer_problem(answer: Any, items: str, *, required: bool = True) -> str | None:
+    """What keeps a parsed upstream answer from being one lmops can read, or None.
+
+    It must be an object whose ``items`` ("choices" or "data") is a list of objects (a stream chunk may leave
+    ``items`` out), and whose ``usage``, when there is one, holds whole, non-negative token counts. JSON of
+    another shape is the upstream's failure (502, held against the replica), not a crash in lmops (500).
+    """
+    if not isinstance(answer, dict):
+        return f"a JSON {type(answer).__name__}, not an object"
+    listed = answer.get(items)
+    if (listed is not None or required) and not (
+            isinstance(listed, list) and all(isinstance(item, dict) for item in listed)):
+        return f"{items!r} is not a list of objects"
+    usage = answer.get("usage")
+    if usage is None:
+        return None
+    if not isinstance(usage, dict):
+        return "'usage' is not an object"
+    for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        count = usage.get(name)
+        if count is not None and (type(count) is not int or count < 0):
+            return f"usage.{name} is not a whole number of tokens"
+    return None

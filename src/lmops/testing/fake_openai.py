@@ -19,6 +19,7 @@ import asyncio
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -35,6 +36,7 @@ class Behaviour:
     words: int = len(WORDS)
     truncate_after: int | None = None  # end a stream after this many chunks, without [DONE]
     served: tuple[str, ...] | None = None  # the model names served (first: the base model); None: any
+    answer: Any = None  # if set: the JSON every completion (or stream event) is, whatever its shape
 
 
 class FakeOpenAI:
@@ -86,6 +88,15 @@ class FakeOpenAI:
         if b.served is not None and model not in b.served:
             await _json(send, 404, {"error": {"message": f"The model `{model}` does not exist.",
                                               "type": "NotFoundError", "param": None, "code": 404}})
+            return
+        if b.answer is not None:  # an upstream that speaks broken OpenAI
+            if req.get("stream"):
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": [(b"content-type", b"text/event-stream")]})
+                await send({"type": "http.response.body",
+                            "body": b"data: " + orjson.dumps(b.answer) + b"\n\ndata: [DONE]\n\n"})
+            else:
+                await _json(send, 200, b.answer)
             return
         words = WORDS[: b.words] if b.words <= len(WORDS) else (WORDS * (b.words // len(WORDS) + 1))[: b.words]
         if path.endswith("/embeddings"):
@@ -168,7 +179,7 @@ async def _watch_disconnect(receive, gone: asyncio.Event) -> None:  # type: igno
     gone.set()
 
 
-async def _json(send, status: int, payload: dict) -> None:  # type: ignore[no-untyped-def]
+async def _json(send, status: int, payload: Any) -> None:  # type: ignore[no-untyped-def]
     body = orjson.dumps(payload)
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
