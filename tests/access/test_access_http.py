@@ -312,3 +312,28 @@ def test_limits_fail_closed_when_redis_is_down(start_gateway):
     assert err.value.status_code == 503 and err.value.code == "limits_unavailable"
     unlimited, _ = gateway.key(gateway.team()["id"])
     assert ask(gateway.client(unlimited)).usage.completion_tokens == 10  # nothing to count: no Redis needed
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "embeddings"])
+def test_an_unforeseen_failure_still_releases_the_slot_and_leaves_a_record(gateway, monkeypatch, endpoint):
+    """A bug after admission (injected here) is a 500 envelope; the parallel slot is given back and the request
+    is in the ledger, instead of the slot staying held until its counter expires."""
+    key, _ = gateway.key(gateway.team()["id"], max_parallel=1)
+    client = gateway.client(key)
+    router = gateway.services.router
+    real = router.resolve
+
+    def broken(model):
+        monkeypatch.setattr(router, "resolve", real)  # once
+        raise RuntimeError("injected bug")
+
+    monkeypatch.setattr(router, "resolve", broken)
+    with pytest.raises(openai.InternalServerError) as err:
+        if endpoint == "chat":
+            ask(client)
+        else:
+            client.embeddings.create(model="fake", input="a")
+    assert err.value.code == "internal_error" and "injected" not in err.value.message  # no internals leak
+    ask(client)  # the only parallel slot is free again
+    rows = ledger_rows(gateway.services.settings.database_url, wait_for=2)
+    assert [r["status"] for r in rows[-2:]] == [500, 200]

@@ -66,12 +66,14 @@ class InferenceService:
                 result = await self.router.call(req.model, _embeddings_call, body, routed)
             finally:
                 ctx.replica = routed.replica
+            result["model"] = req.model
+            usage = result.get("usage") or {}
+            ctx.prompt_tokens = int(usage.get("prompt_tokens") or 0)
         except APIError as exc:
             self._failed(ctx, exc)
             raise
-        result["model"] = req.model
-        usage = result.get("usage") or {}
-        ctx.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        except Exception as exc:
+            raise self._crashed(ctx) from exc
         self.finish(ctx)
         return _json_response(result, ctx)
 
@@ -96,20 +98,23 @@ class InferenceService:
                     result = await self.router.call(req.model, call, body, routed)
             finally:
                 ctx.replica = routed.replica
+            if not req.stream:
+                result["model"] = req.model
+                usage = result.get("usage") or {}
+                ctx.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+                ctx.completion_tokens = int(usage.get("completion_tokens") or 0)
         except APIError as exc:
             self._failed(ctx, exc)
             raise
         except ClientGone:
             self.finish(ctx, _ClientClosed())
             return Response(status_code=499)
+        except Exception as exc:
+            raise self._crashed(ctx) from exc
         if req.stream:
             events = self._events(ctx, chunks, req.model, req.wants_usage_chunk())
             return EventStreamResponse(events, [(b"x-request-id", ctx.request_id.encode("latin-1")),
                                                 *(ctx.rate_headers or ())])
-        result["model"] = req.model
-        usage = result.get("usage") or {}
-        ctx.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        ctx.completion_tokens = int(usage.get("completion_tokens") or 0)
         self.finish(ctx)
         return _json_response(result, ctx)
 
@@ -170,6 +175,14 @@ class InferenceService:
         self.finish(ctx, exc)
         for name, value in ctx.rate_headers or ():
             exc.headers.setdefault(name.decode(), value.decode())
+
+    def _crashed(self, ctx: RequestContext) -> APIError:
+        """A failure lmops did not foresee (a bug): logged with its traceback, and the request still settles and
+        leaves its record, so that no reservation or parallel slot is held until its counter expires."""
+        log.exception("the request failed")
+        failure = APIError("The server failed to process the request.", code="internal_error")
+        self.finish(ctx, failure)
+        return failure
 
     def finish(self, ctx: RequestContext, error: APIError | None = None) -> None:
         """Record a finished request: metrics, the guard's settlement, and its record (billed if the guard says so)."""
