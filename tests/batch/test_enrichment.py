@@ -87,14 +87,15 @@ def test_bad_lines_fail_alone_with_line_numbers(api, wait):
     assert entries[0]["outputs"]["title"] and entries[0]["outputs"]["description"]
 
 
-def test_csv_upload(api, wait):
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"], ids=["utf-8", "excel-bom"])
+def test_csv_upload(api, wait, bom):
     rows = list(products(5))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
     w.writeheader()
     w.writerows(rows)
     job = httpx.post(f"{api.url}/v1/enrichment/jobs", data={"workflow": "keywords", "id_field": "sku"},
-                     files={"file": ("catalogue.csv", buf.getvalue().encode())}).json()
+                     files={"file": ("catalogue.csv", bom + buf.getvalue().encode())}).json()
     job = finished(wait, api, job["id"])
     assert job["progress"]["done"] == 5
     entries = httpx.get(f"{api.url}/v1/enrichment/jobs/{job['id']}/results").json()["data"]

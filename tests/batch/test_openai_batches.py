@@ -140,3 +140,14 @@ def test_a_malformed_multipart_upload_is_400_and_leaves_no_file(lmops_server, tm
     files = tmp_path / "data" / "files"
     assert not files.exists() or list(files.iterdir()) == []
     assert httpx.get(f"{srv.url}/v1/files").json()["data"] == []
+
+
+def test_a_file_with_a_byte_order_mark_and_crlf_lines_runs(client):
+    """What Windows tools write: a UTF-8 BOM first, CRLF line ends, a blank line at the end."""
+    data = b"\xef\xbb\xbf" + b"\r\n".join(json.dumps(chat_line(i)).encode() for i in range(3)) + b"\r\n\r\n"
+    f = client.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch")
+    batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    done = finished(client, batch.id)
+    assert done.status == "completed" and done.request_counts.completed == 3, done.errors
+    out = [json.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()]
+    assert sorted(o["custom_id"] for o in out) == ["req-0", "req-1", "req-2"]

@@ -27,6 +27,7 @@ from lmops.protocol.errors import APIError
 
 ITEMS = ItemRow.__table__
 MAX_ERRORS = 100
+_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass
@@ -95,7 +96,8 @@ class BatchLineChecker:
 def enrichment_lines(f: BinaryIO, fmt: str, id_field: str | None, max_line_bytes: int) -> Iterator[Line]:
     """Records from a JSONL or CSV upload; bad lines come back with their error."""
     if fmt == "csv":
-        reader = csv.DictReader(io.TextIOWrapper(f, encoding="utf-8", errors="replace", newline=""))
+        # utf-8-sig: Excel's "CSV UTF-8" starts with a byte order mark, which would stick to the first column name
+        reader = csv.DictReader(io.TextIOWrapper(f, encoding="utf-8-sig", errors="replace", newline=""))
         start = 2
         for record in reader:
             number, start = start, reader.line_num + 1
@@ -104,7 +106,7 @@ def enrichment_lines(f: BinaryIO, fmt: str, id_field: str | None, max_line_bytes
                 continue
             yield Line(number, _custom_id(record, id_field), record)
         return
-    for number, raw in enumerate(f, 1):
+    for number, raw in _numbered(f):
         if not raw.strip():
             continue
         if len(raw) > max_line_bytes:
@@ -129,15 +131,21 @@ def _custom_id(record: dict[str, Any], id_field: str | None) -> str | None:
     return None
 
 
-def _batch_lines(f: BinaryIO, checker: BatchLineChecker) -> Iterator[Line]:
+def _numbered(f: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """The file's lines with their numbers, without the UTF-8 byte order mark that Windows tools put first."""
     for number, raw in enumerate(f, 1):
+        yield number, raw[3:] if number == 1 and raw.startswith(_BOM) else raw
+
+
+def _batch_lines(f: BinaryIO, checker: BatchLineChecker) -> Iterator[Line]:
+    for number, raw in _numbered(f):
         if raw.strip():
             yield checker.check(number, raw)
 
 
 def _checked_batch_lines(f: BinaryIO) -> Iterator[Line]:
     """Lines of a batch file that was checked whole already: parse only."""
-    for number, raw in enumerate(f, 1):
+    for number, raw in _numbered(f):
         if raw.strip():
             obj = orjson.loads(raw)
             yield Line(number, obj["custom_id"], obj["body"])
