@@ -137,23 +137,25 @@ def test_report_exports_csv_xlsx_png(tmp_path, monkeypatch):
 def test_report_by_several_dimensions_names_teams_and_exports_each_as_a_column(tmp_path, monkeypatch):
     url = f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"
     data = _seed_ledger(url, 300)
-    asyncio.run(_name_teams(url, {"t1": "alpha", "t2": "beta"}))  # t3 has no row in teams: shown by its id
+    asyncio.run(_name_teams(url, {"t1": "alpha", "t2": '=HYPERLINK("http://x","beta")'}))  # t3: no row in teams
     monkeypatch.setenv("LMOPS_DATABASE_URL", url)
     files = {ext: tmp_path / f"usage.{ext}" for ext in ("csv", "xlsx", "png")}
     shown = _cli("usage", "report", "--by", "team,model", "--csv", str(files["csv"]), "--xlsx", str(files["xlsx"]),
                  "--png", str(files["png"]))
-    assert "alpha" in shown and "beta" in shown and "t3" in shown and "t1" not in shown
+    assert "alpha" in shown and "HYPERLINK" in shown and "t3" in shown and "t1" not in shown
     table = list(csv.reader(files["csv"].open()))
     assert table[0] == ["team", "team_name", "model", "requests", "prompt_tokens", "completion_tokens", "cost_usd"]
     expected: dict[tuple[str, str], int] = {}
     for r in data:
         expected[(r["team_id"], r["model"])] = expected.get((r["team_id"], r["model"]), 0) + 1
-    names = {"t1": "alpha", "t2": "beta", "t3": ""}
+    names = {"t1": "alpha", "t2": '=HYPERLINK("http://x","beta")', "t3": ""}
     assert {(t, n, m): int(k) for t, n, m, k, *_ in table[1:-1]} == {
         (t, names[t], m): k for (t, m), k in expected.items()}
     assert table[-1][:3] == ["total", "", ""] and int(table[-1][3]) == len(data)
     sheet = load_workbook(files["xlsx"]).active
     assert [c.value for c in sheet[1]] == table[0] and sheet.max_row == len(table)
+    named = [c for c in sheet["B"] if c.value == names["t2"]]
+    assert named and all(c.data_type == "s" for c in named)  # text, not a live formula
     assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     bad = CliRunner().invoke(cli, ["usage", "report", "--by", "team,price"])
     assert bad.exit_code == 2 and "price" in bad.output

@@ -199,6 +199,10 @@ def write_xlsx(report: UsageReport, path: str | Path) -> None:
     rows = table(report)
     for row in rows:
         ws.append(row)
+    for line in ws.iter_rows():
+        for cell in line:
+            if cell.data_type == "f":  # openpyxl takes any text starting with "=" (a team's name) for a formula
+                cell.data_type = "s"
     for cell in (*ws[1], *ws[ws.max_row]):
         cell.font = Font(bold=True)
     cost = len(rows[0])  # the last column
