@@ -6,7 +6,7 @@ throughput: requests/s through the gateway with access control + limits + ledger
     gateway whose difference from the first is the run's noise. Load: wrk when installed, else a Python client.
 report:     the usage report over 1,000,000 ledger rows on PostgreSQL.
 
-    python bench/bench_access.py throughput --seconds 10 --rounds 3 [--redis redis://127.0.0.1:6379/0] [--refusals-only]
+    python bench/bench_access.py throughput --seconds 10 --rounds 3 [--redis redis://127.0.0.1:6379/0] [--headers-always]
         [--concurrent] [--control] [--source-too] [--load wrk|python] [--limits all|typical]
         [--pg postgresql://postgres@127.0.0.1:5432/test]  (each gateway on a fresh database there, not SQLite)
     python bench/bench_access.py report --rows 1000000 [--pg postgresql://postgres@127.0.0.1:5432/test]
@@ -151,11 +151,11 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
                                   {**on_env, "LMOPS_PURE_PYTHON": "1"}, database("on_source"))
             procs.append(proc)
             modes["on_source"], pids["on_source"] = (port, _limited_key(port, admin_key, args.limits)), proc.pid
-        if args.refusals_only:
-            proc, port = _gateway(workdir, "on_refusals", upstream, {"prices": prices, "rate_limit_headers": "refusals"},
-                                  on_env, database("on_refusals"))
+        if args.headers_always:
+            proc, port = _gateway(workdir, "on_always", upstream, {"prices": prices, "rate_limit_headers": "always"},
+                                  on_env, database("on_always"))
             procs.append(proc)
-            modes["on_refusals"], pids["on_refusals"] = (port, _limited_key(port, admin_key, args.limits)), proc.pid
+            modes["on_always"], pids["on_always"] = (port, _limited_key(port, admin_key, args.limits)), proc.pid
         if args.redis:
             redis_env = {**on_env, "LMOPS_REDIS_URL": args.redis}
             proc, port = _gateway(workdir, "on_redis", upstream,
@@ -395,8 +395,9 @@ def main() -> None:
     t.add_argument("--warmup", type=float, default=3.0, help="seconds of load on each gateway before measuring")
     t.add_argument("--pause", type=float, default=1.5, help="idle seconds before each measurement")
     t.add_argument("--redis", default=None, help="also measure with limits in this Redis")
-    t.add_argument("--refusals-only", action="store_true",
-                   help="also measure access.rate_limit_headers=refusals (no x-ratelimit-* on admitted requests)")
+    t.add_argument("--headers-always", action="store_true",
+                   help="also measure access.rate_limit_headers=always (x-ratelimit-* on every admitted request; "
+                        "before session 12 that was the default, and --refusals-only measured the other mode)")
     t.add_argument("--source-too", action="store_true",
                    help="also measure 'on' running the source build of lmops.compiled.MODULES (LMOPS_PURE_PYTHON=1)")
     t.add_argument("--pg", default=None, help="PostgreSQL server URL: each gateway gets a fresh database there")

@@ -108,3 +108,9 @@ def database_url(request, tmp_path) -> str:
 @pytest.fixture
 def gateway(start_gateway, database_url) -> Gateway:
     return start_gateway(database_url=database_url)
+
+
+@pytest.fixture
+def headers_gateway(start_gateway, database_url) -> Gateway:
+    """A gateway that sends x-ratelimit-* on every response of a limited key, as OpenAI does."""
+    return start_gateway(database_url=database_url, access={"rate_limit_headers": "always"})

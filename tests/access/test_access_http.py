@@ -153,7 +153,8 @@ def test_limits_beyond_what_the_database_holds_are_refused_with_400(gateway):
     assert gateway.ok("PUT", f"/limits/team/{team['id']}", json=largest)["tpm"] == 2**31 - 1
 
 
-def test_requests_per_minute_429_with_headers(gateway):
+def test_requests_per_minute_429_with_headers(headers_gateway):
+    gateway = headers_gateway
     clear_of_minute_boundary()
     key, _ = gateway.key(gateway.team(rpm=10)["id"], rpm=3)
     client = gateway.client(key)
@@ -170,10 +171,9 @@ def test_requests_per_minute_429_with_headers(gateway):
     assert headers["x-ratelimit-remaining-requests"] == "0"
 
 
-def test_rate_limit_headers_only_on_refusals_when_configured(start_gateway, tmp_path):
+def test_rate_limit_headers_only_on_refusals_by_default(start_gateway, tmp_path):
     clear_of_minute_boundary()
-    gateway = start_gateway(database_url=f"sqlite+aiosqlite:///{tmp_path / 'refusals.db'}",
-                            access={"rate_limit_headers": "refusals"})
+    gateway = start_gateway(database_url=f"sqlite+aiosqlite:///{tmp_path / 'refusals.db'}")
     key, _ = gateway.key(gateway.team()["id"], rpm=1)
     raw = gateway.client(key).chat.completions.with_raw_response.create(model="fake", messages=CHAT, max_tokens=5)
     assert raw.http_response.status_code == 200 and raw.parse().choices
@@ -195,7 +195,8 @@ def test_team_limit_is_shared_by_its_keys(gateway):
         ask(gateway.client(k1))
 
 
-def test_tokens_per_minute(gateway):
+def test_tokens_per_minute(headers_gateway):
+    gateway = headers_gateway
     clear_of_minute_boundary()
     key, _ = gateway.key(gateway.team()["id"], tpm=30)  # each answer uses 7 + 10 tokens
     client = gateway.client(key)

@@ -54,7 +54,7 @@ def test_rate_limit_shared_by_two_gateway_processes(tmp_path, upstream, redis_ur
     config.write_text(yaml.safe_dump({
         "database_url": f"sqlite:///{tmp_path / 'shared.db'}",
         "models": [{"name": "fake", "engine": "openai", "replicas": [f"{upstream[0].url}/v1"]}],
-        "access": {"redis_prefix": f"t{secrets.token_hex(4)}", "key_cache_ttl": 1},
+        "access": {"redis_prefix": f"t{secrets.token_hex(4)}", "key_cache_ttl": 1, "rate_limit_headers": "always"},
         "usage": {"flush_interval": 0.1},
     }))
     env = {k: v for k, v in os.environ.items() if not k.startswith("LMOPS_")}

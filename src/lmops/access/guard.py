@@ -61,7 +61,7 @@ class AccessGuard:
 
     def __init__(self, cache: KeyCache, counters: Counters, prices: PriceBook,
                  models: dict[str, ModelConfig], namespace: str, clock: Any = time.time,
-                 team_grants: KeyCache | None = None, headers_on_success: bool = True):
+                 team_grants: KeyCache | None = None, headers_on_success: bool = False):
         self.cache = cache
         self.team_grants = team_grants
         self.counters = counters
