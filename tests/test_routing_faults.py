@@ -199,6 +199,7 @@ _CHOICE = {"index": 0, "message": {"role": "assistant", "content": "x"}, "finish
     ({"choices": [_CHOICE], "usage": [1]}, "'usage' is not an object"),
     ({"choices": [_CHOICE], "usage": {"prompt_tokens": "many"}}, "usage.prompt_tokens is not a whole number"),
     ({"choices": [_CHOICE], "usage": {"completion_tokens": -3}}, "usage.completion_tokens is not a whole number"),
+    ({"choices": [_CHOICE], "usage": {"completion_tokens": 2.5}}, "usage.completion_tokens is not a whole number"),
 ])
 def test_an_answer_that_parses_but_is_not_openai_is_a_502_not_a_500(serve, settings_factory, answer, problem):
     """Valid JSON of the wrong shape used to crash the request (500) and leave no record."""
@@ -222,3 +223,12 @@ def test_embeddings_must_carry_a_data_list(serve, settings_factory):
     with pytest.raises(openai.APIStatusError) as err:
         client.embeddings.create(model="m", input="x")
     assert err.value.status_code == 502 and "'data' is not a list of objects" in err.value.message
+
+
+def test_token_counts_written_as_whole_floats_are_read(serve, settings_factory):
+    """Some servers write 17.0 for 17: that is a count, not a broken answer."""
+    answer = {"choices": [_CHOICE], "usage": {"prompt_tokens": 7.0, "completion_tokens": 10.0, "total_tokens": 17.0}}
+    up = serve(FakeOpenAI(Behaviour(answer=answer)))
+    _, client = gateway(serve, settings_factory, [f"{up.url}/v1"])
+    usage = client.chat.completions.create(model="m", messages=MESSAGES).usage
+    assert (usage.prompt_tokens, usage.completion_tokens) == (7, 10)

@@ -10,6 +10,7 @@ CONNECT tunnel).
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -177,6 +178,13 @@ def answer_problem(answer: Any, items: str, *, required: bool = True) -> str | N
         return "'usage' is not an object"
     for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
         count = usage.get(name)
-        if count is not None and (type(count) is not int or count < 0):
+        if count is not None and not _whole(count):
             return f"usage.{name} is not a whole number of tokens"
     return None
+
+
+def _whole(count: Any) -> bool:
+    """A token count: a non-negative integer (written 17 or, by some servers, 17.0)."""
+    if type(count) is int:
+        return count >= 0
+    return type(count) is float and math.isfinite(count) and count >= 0 and count.is_integer()
