@@ -108,6 +108,14 @@ def test_unknown_workflow_and_bad_requests_are_400(api):
         r.json()["error"]["message"]
     r = httpx.post(f"{api.url}/v1/enrichment/jobs", json={"workflow": "keywords", "records": []})
     assert r.status_code == 400 and r.json()["error"]["param"] == "records"
+    r = httpx.post(f"{api.url}/v1/enrichment/jobs",
+                   json={"workflow": "keywords", "records": [{"a": 1}], "params": {"model": "fakee"}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "params.model"
+    assert "'fakee'" in r.json()["error"]["message"] and "fake" in r.json()["error"]["message"]
+    upload = httpx.post(f"{api.url}/v1/enrichment/jobs", files={"file": ("r.jsonl", b'{"a": 1}\n')},
+                        data={"workflow": "keywords", "params": '{"model": 3}'})
+    assert upload.status_code == 400 and upload.json()["error"]["code"] == "model_not_found"
+    assert httpx.get(f"{api.url}/v1/files").json()["data"] == []  # the refused upload's file is gone too
     names = [w["name"] for w in httpx.get(f"{api.url}/v1/enrichment/workflows").json()["data"]]
     assert "copywriting" in names
 

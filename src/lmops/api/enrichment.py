@@ -60,11 +60,11 @@ async def create_job(request: Request) -> Response:
         req = await parse_json(request, JobCreate, svc.settings.server.max_body_bytes)
         opts = JobOptions(workflow=req.workflow, params=req.params, id_field=req.id_field, metadata=req.metadata)
         source, fmt = None, "jsonl"
-    if batch.registry.get(opts.workflow, team) is None:
+    problem = _options_problem(svc, opts, team)
+    if problem is not None:
         if source is not None:
             await batch.files.delete(team, source.id)
-        raise InvalidRequest(f"Unknown workflow '{opts.workflow}'; available: "
-                             f"{', '.join(batch.registry.names(team))}.", param="workflow", code="unknown_workflow")
+        raise problem
     if source is None:
         data = b"".join(orjson.dumps(r) + b"\n" for r in req.records)
         source = await batch.files.save_bytes(team, "enrichment", "records.jsonl", data)
@@ -73,6 +73,21 @@ async def create_job(request: Request) -> Response:
                                   params={**opts.params, "format": fmt, "id_field": opts.id_field})
     batch.wake_upkeep()
     return svc.json(job_object(row))
+
+
+def _options_problem(svc: Any, opts: JobOptions, team: str) -> InvalidRequest | None:
+    """Why a job with these options cannot run, found before a single record is queued (a misspelt model would
+    otherwise fail every record, one by one)."""
+    registry = svc.extras["batch"].registry
+    if registry.get(opts.workflow, team) is None:
+        return InvalidRequest(f"Unknown workflow '{opts.workflow}'; available: {', '.join(registry.names(team))}.",
+                              param="workflow", code="unknown_workflow")
+    model = opts.params.get("model")
+    if model is not None and (not isinstance(model, str) or svc.router.find(model) is None):
+        return InvalidRequest(f"No model is called {model!r}; available: "
+                              f"{', '.join(m.name for m in svc.settings.models)}.",
+                              param="params.model", code="model_not_found")
+    return None
 
 
 def _maybe_json(key: str, value: str) -> Any:
