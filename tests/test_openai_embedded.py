@@ -160,6 +160,21 @@ def test_a_schema_llama_cpp_cannot_enforce_is_a_400_and_the_server_lives_on(clie
     assert ok.usage.completion_tokens >= 1
 
 
+def test_text_parts_are_read_and_an_image_is_refused_not_ignored(client):
+    text = [{"type": "text", "text": "What is the capital of "}, {"type": "text", "text": "France?"}]
+    resp = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": text}],
+                                          max_tokens=8, temperature=0)
+    plain = client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=8,
+        temperature=0)
+    assert resp.choices[0].message.content == plain.choices[0].message.content
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": [text[0], image]}],
+                                       max_tokens=4)
+    assert "reads text only" in err.value.message and "image_url" in err.value.message
+
+
 def test_sampling_parameters_are_accepted(client):
     resp = client.chat.completions.create(
         model="smollm2", messages=[{"role": "user", "content": "Say something."}], max_tokens=6, temperature=0.5,

@@ -322,9 +322,14 @@ def _prompt_text(body: Body) -> str:
 
 
 def _plain_message(message: dict[str, Any]) -> dict[str, Any]:
+    """A message as the chat template takes it: text only. A GGUF served here reads no images or audio, and
+    answering as if an image had been seen would be worse than saying so."""
     content = message.get("content")
     if isinstance(content, list):
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        other = sorted({str(p.get("type")) for p in content if isinstance(p, dict) and p.get("type") != "text"})
+        if other:
+            raise EngineRejected(f"this model reads text only; the messages hold {', '.join(other)} parts", status=400)
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
     role = "system" if message.get("role") == "developer" else message.get("role")
     return {"role": role, "content": content or ""}
 
