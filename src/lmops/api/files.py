@@ -7,7 +7,7 @@ from starlette.responses import Response, StreamingResponse
 
 from lmops.api.deps import services
 from lmops.api.openapi_bodies import request_body, upload_form
-from lmops.batch.files import PURPOSES
+from lmops.batch.files import UPLOAD_PURPOSES
 from lmops.protocol.files import file_list, file_object
 
 router = APIRouter(prefix="/v1", tags=["files"])
@@ -22,7 +22,7 @@ async def _team(request: Request) -> str:
 
 
 _PURPOSE = {"type": "object", "required": ["purpose"],
-            "properties": {"purpose": {"type": "string", "enum": sorted(PURPOSES - {"batch_output"})}}}
+            "properties": {"purpose": {"type": "string", "enum": UPLOAD_PURPOSES}}}
 
 
 @router.post("/files", openapi_extra=request_body(form=upload_form(_PURPOSE)))

@@ -21,6 +21,7 @@ from lmops.protocol.errors import InvalidRequest, NotFound
 
 FILES = FileRow.__table__
 PURPOSES = {"batch", "batch_output", "enrichment"}
+UPLOAD_PURPOSES = sorted(PURPOSES - {"batch_output"})  # what a client may upload (lmops writes the outputs)
 READ_CHUNK = 256 * 1024
 
 
@@ -47,8 +48,8 @@ class FileStore:
             purpose = purpose or up.fields.get("purpose")
             if up.path is None:
                 raise InvalidRequest("The upload has no file part.", param="file")
-            if purpose not in PURPOSES - {"batch_output"}:
-                raise InvalidRequest(f"purpose must be one of 'batch', 'enrichment', not {purpose!r}.",
+            if purpose not in UPLOAD_PURPOSES:
+                raise InvalidRequest(f"purpose must be one of {', '.join(map(repr, UPLOAD_PURPOSES))}, not {purpose!r}.",
                                      param="purpose")
             row = await self._record(file_id, team_id, purpose, up.filename or "upload", up.size)
         except BaseException:

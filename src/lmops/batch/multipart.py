@@ -116,17 +116,14 @@ async def receive_multipart(request: Request, dest: Path, max_bytes: int) -> Upl
         if not receiver.complete:
             raise InvalidRequest("The multipart/form-data body ended before its closing boundary: the upload is "
                                  "incomplete.", code="invalid_multipart")
-    except ClientDisconnect:
+    except BaseException as exc:
         receiver.close()
         dest.unlink(missing_ok=True)
-        raise InvalidRequest("The client disconnected during the upload.") from None
-    except FormParserError as exc:
-        receiver.close()
-        dest.unlink(missing_ok=True)
-        raise InvalidRequest(f"The multipart/form-data body is malformed: {exc}", code="invalid_multipart") from None
-    except BaseException:
-        receiver.close()
-        dest.unlink(missing_ok=True)
+        if isinstance(exc, ClientDisconnect):
+            raise InvalidRequest("The client disconnected during the upload.") from None
+        if isinstance(exc, FormParserError):
+            raise InvalidRequest(f"The multipart/form-data body is malformed: {exc}",
+                                 code="invalid_multipart") from None
         raise
     receiver.close()
     return receiver.upload
