@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from lmops.app import create_app
 from lmops.config import Settings
 from lmops.testing.server import ServerThread
 from lmops.testing.settings import make_settings
@@ -20,6 +21,26 @@ from lmops.testing.settings import make_settings
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PG_ADMIN_URL = os.environ.get("LMOPS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("LMOPS_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    """A gateway serving the embedded SmolLM2 as ``smollm2`` (one per test module: the model loads in ~0.2 s)."""
+    settings = make_settings(tmp_path_factory.mktemp("embedded"),
+                             [{"name": "smollm2", "engine": "embedded", "context_length": 1024, "queue_size": 2}])
+    srv = ServerThread(create_app(settings)).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def direct_llama() -> Any:
+    """llama-cpp-python used directly on the same GGUF: the reference answers must match."""
+    from llama_cpp import Llama
+
+    from lmops.engines.embedded_llamacpp import default_model_path
+
+    return Llama(default_model_path(), n_ctx=1024, verbose=False)
 
 
 def need_service(name: str, reason: str) -> None:

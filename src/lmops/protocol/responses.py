@@ -19,46 +19,50 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def chat_completion(rid: str, model: str, text: str, finish: str, prompt_toks: int, out_toks: int) -> dict[str, Any]:
+def chat_completion(rid: str, model: str, text: str, finish: str, prompt_toks: int, out_toks: int,
+                    logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "id": rid,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
-                     "logprobs": None}],
+                     "logprobs": logprobs}],
         "usage": usage(prompt_toks, out_toks),
     }
 
 
-def chat_chunk(rid: str, created: int, model: str, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+def chat_chunk(rid: str, created: int, model: str, delta: dict[str, Any], finish: str | None,
+               logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "id": rid,
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}],
     }
 
 
-def text_completion(rid: str, model: str, text: str, finish: str, prompt_toks: int, out_toks: int) -> dict[str, Any]:
+def text_completion(rid: str, model: str, text: str, finish: str, prompt_toks: int, out_toks: int,
+                    logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "id": rid,
         "object": "text_completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
+        "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs}],
         "usage": usage(prompt_toks, out_toks),
     }
 
 
-def text_chunk(rid: str, created: int, model: str, text: str, finish: str | None) -> dict[str, Any]:
+def text_chunk(rid: str, created: int, model: str, text: str, finish: str | None,
+               logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "id": rid,
         "object": "text_completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
+        "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs}],
     }
 
 

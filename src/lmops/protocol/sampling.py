@@ -34,6 +34,18 @@ class SamplingParams(BaseModel):
     repetition_penalty: float | None = Field(None, gt=0)
     n: int = Field(1, ge=1, le=1, description="lmops serves one choice per request")
     user: str | None = None
+    logit_bias: dict[str, float] | None = Field(
+        None, description="token id (as a string) -> bias from -100 to 100, added to the token's logit")
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_biases(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        for token, bias in (v or {}).items():
+            if not (token.isascii() and token.isdigit()):
+                raise ValueError(f"keys are token ids (whole numbers written as strings); got {token!r}")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"a bias is between -100 and 100; token {token} has {bias}")
+        return v
 
     @field_validator("stop")
     @classmethod
