@@ -92,7 +92,8 @@ def test_max_tokens_beyond_context_is_400(gw):
 
 def test_completions_and_embeddings_validate_too(gw):
     envelope(httpx.post(gw.url + "/v1/completions", json={"model": "m"}), 400)
-    envelope(httpx.post(gw.url + "/v1/completions", json={"model": "m", "prompt": ["a", "b"]}), 400)
+    envelope(httpx.post(gw.url + "/v1/completions", json={"model": "m", "prompt": []}), 400)
+    envelope(httpx.post(gw.url + "/v1/completions", json={"model": "m", "prompt": ["a", 7]}), 400)
     envelope(httpx.post(gw.url + "/v1/embeddings", json={"model": "m", "input": []}), 400)
 
 

@@ -12,7 +12,7 @@ from sqlalchemy import make_url, select
 
 from lmops.app import create_app
 from lmops.store.database import create_engine, current_revision, upgrade
-from lmops.testing.fake_openai import FakeOpenAI
+from lmops.testing.fake_openai import Behaviour, FakeOpenAI
 from lmops.usage.records import RequestRecord
 
 
@@ -124,6 +124,26 @@ def test_every_request_leaves_a_record(database_url, serve, settings_factory):
     assert streamed.prompt_tokens == 7  # from the upstream's usage chunk, requested even though the client did not
     assert streamed.ttft_ms is not None and streamed.ttft_ms <= streamed.latency_ms
     assert missing.status == 404 and "missing" in missing.error
+
+
+@pytest.mark.parametrize("delta", [
+    {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                     "function": {"name": "weather", "arguments": "{}"}}]},
+    {"reasoning_content": "Let me think."},  # vLLM's reasoning parsers
+])
+def test_a_streams_first_output_is_any_output_not_only_text(serve, settings_factory, tmp_path, delta):
+    """Time to first token, and the count of a stream that came without usage, include tool calls and reasoning."""
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+             "choices": [{"index": 0, "delta": {"role": "assistant", **delta}, "finish_reason": None}]}
+    up = serve(FakeOpenAI(Behaviour(answer=chunk)))
+    url = f"sqlite:///{tmp_path / 'records.db'}"
+    srv = serve(create_app(settings_factory([{"name": "m", "engine": "openai", "replicas": [f"{up.url}/v1"]}],
+                                            database_url=url)))
+    client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="x", max_retries=0)
+    list(client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True))
+    wait_for_records(srv, 1)
+    (row,) = read_records(url)
+    assert row.status == 200 and row.ttft_ms is not None and row.completion_tokens == 1
 
 
 def test_database_outage_never_fails_requests(serve, settings_factory, tmp_path):

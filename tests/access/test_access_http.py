@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 from datetime import datetime, timedelta, timezone
 
 import httpx
@@ -283,6 +284,28 @@ def test_token_budget_of_a_team(gateway):
     assert 1 <= served <= 300 // 17
     rows = ledger_rows(gateway.services.settings.database_url, wait_for=served)
     assert sum(r["prompt_tokens"] + r["completion_tokens"] for r in rows if r["team_id"] == team["id"]) <= 300
+
+
+def test_a_budget_reserves_max_tokens_for_every_choice(gateway):
+    """``n`` choices can use ``n * max_tokens``: the reservation must hold that much, not one choice's worth."""
+    team = gateway.team()
+    key, row = gateway.key(team["id"])
+
+    def send(n: int) -> httpx.Response:
+        body = json.dumps({"model": "fake", "messages": CHAT, "max_tokens": 40, "n": n}).encode()
+        return httpx.post(f"{gateway.url}/v1/chat/completions", content=body,
+                          headers={"authorization": f"Bearer {key}", "content-type": "application/json"})
+
+    size = len(json.dumps({"model": "fake", "messages": CHAT, "max_tokens": 40, "n": 2}).encode())
+    gateway.ok("PUT", f"/limits/key/{row['id']}", json={"budget_tokens": size + 2 * 40 + 20, "budget_period": "total"})
+    refused = send(3)  # worst case: the prompt's bytes and 3 * 40 tokens, beyond the budget
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "budget_exceeded", refused.text
+    served = send(2)
+    assert served.status_code == 200, served.text
+    assert len(served.json()["choices"]) == 2
+    (ledger,) = [r for r in ledger_rows(gateway.services.settings.database_url, wait_for=2) if r["status"] == 200
+                 and r["key_id"] == row["id"]]
+    assert ledger["completion_tokens"] == served.json()["usage"]["completion_tokens"] == 2 * 10
 
 
 def test_model_list_needs_a_key(gateway):

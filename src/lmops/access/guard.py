@@ -199,14 +199,14 @@ class AccessGuard:
         """The most tokens and dollars the request can use: what its budget reservation holds.
 
         A prompt has at most as many tokens as its body has bytes (every token is at least one byte),
-        and fits in the context; the output is at most ``max_tokens``, else the model's context.
+        and fits in the context; each of the ``n`` choices is at most ``max_tokens``, else the model's context.
         """
         context = self.contexts.get(ctx.model or "", 0)
         if ctx.endpoint == "embeddings":
             prompt, output = body_bytes, 0
         else:
             prompt = min(body_bytes, context) if context else body_bytes
-            output = ctx.max_tokens or context
+            output = (ctx.max_tokens or context) * ctx.choices
         return prompt + output, self.prices.cost(ctx.model, prompt, output)
 
 

@@ -148,51 +148,66 @@ class EmbeddedLlamaEngine(Engine):
         return max(0, self._pending - 1)
 
     # -- Engine interface -------------------------------------------------------------------------
+    # A request for n choices (for each prompt of a completion) runs its generations one after the other (the
+    # model runs one at a time); a stream sends each choice whole before the next, every chunk naming its
+    # choice's index, then one usage chunk.
     async def chat_completion(self, body: Body) -> Body:
-        job = self._chat_job(body)
-        out = await self._run(job)
-        return R.chat_completion(R.new_id("chatcmpl"), body["model"], out.text, out.finish, len(job.prompt),
-                                 out.tokens, logprobs=_logprobs(job, out.logprobs, chat_logprobs))
+        jobs = [self._chat_job(b) for b in _choice_bodies(body)]
+        outs = [await self._run(job) for job in jobs]
+        choices = [R.chat_choice(i, out.text, out.finish, _logprobs(job, out.logprobs, chat_logprobs))
+                   for i, (job, out) in enumerate(zip(jobs, outs))]
+        return R.chat_completion(R.new_id("chatcmpl"), body["model"], choices, len(jobs[0].prompt),
+                                 sum(out.tokens for out in outs))
 
     async def stream_chat_completion(self, body: Body) -> AsyncIterator[Body]:
-        job = self._chat_job(body)
+        jobs = [self._chat_job(b) for b in _choice_bodies(body)]
         rid, created, model = R.new_id("chatcmpl"), int(time.time()), body["model"]
-        async for kind, value in self._stream(job):
-            if kind == "start":
-                yield R.chat_chunk(rid, created, model, {"role": "assistant", "content": ""}, None)
-            elif kind == "text":
-                text, entries = value
-                yield R.chat_chunk(rid, created, model, {"content": text}, None,
-                                   logprobs=_logprobs(job, entries, chat_logprobs))
-            else:
-                finish, n = value
-                yield R.chat_chunk(rid, created, model, {}, finish)
-                yield R.usage_chunk(rid, created, model, "chat.completion.chunk", len(job.prompt), n)
+        tokens = 0
+        for index, job in enumerate(jobs):
+            async for kind, value in self._stream(job):
+                if kind == "start":
+                    yield R.chat_chunk(rid, created, model, {"role": "assistant", "content": ""}, None, index=index)
+                elif kind == "text":
+                    text, entries = value
+                    yield R.chat_chunk(rid, created, model, {"content": text}, None,
+                                       logprobs=_logprobs(job, entries, chat_logprobs), index=index)
+                else:
+                    finish, n = value
+                    tokens += n
+                    yield R.chat_chunk(rid, created, model, {}, finish, index=index)
+        yield R.usage_chunk(rid, created, model, "chat.completion.chunk", len(jobs[0].prompt), tokens)
 
     async def completion(self, body: Body) -> Body:
-        job = self._completion_job(body)
-        out = await self._run(job)
-        text = _prompt_text(body) + out.text if body.get("echo") else out.text
-        return R.text_completion(R.new_id("cmpl"), body["model"], text, out.finish, len(job.prompt), out.tokens,
-                                 logprobs=_logprobs(job, out.logprobs, completion_logprobs))
+        bodies = _choice_bodies(body)
+        jobs = [self._completion_job(b) for b in bodies]
+        outs = [await self._run(job) for job in jobs]
+        choices = [R.text_choice(i, _echo(b) + out.text, out.finish,
+                                 _logprobs(job, out.logprobs, completion_logprobs))
+                   for i, (b, job, out) in enumerate(zip(bodies, jobs, outs))]
+        return R.text_completion(R.new_id("cmpl"), body["model"], choices, _prompt_tokens(body, jobs),
+                                 sum(out.tokens for out in outs))
 
     async def stream_completion(self, body: Body) -> AsyncIterator[Body]:
-        job = self._completion_job(body)
+        bodies = _choice_bodies(body)
+        jobs = [self._completion_job(b) for b in bodies]
         rid, created, model = R.new_id("cmpl"), int(time.time()), body["model"]
-        offset = 0  # where the next chunk starts in the whole completion's text (the logprobs' text_offset)
-        async for kind, value in self._stream(job):
-            if kind == "start":
-                if body.get("echo"):
-                    yield R.text_chunk(rid, created, model, _prompt_text(body), None)
-            elif kind == "text":
-                text, entries = value
-                yield R.text_chunk(rid, created, model, text, None,
-                                   logprobs=_logprobs(job, entries, completion_logprobs, offset))
-                offset += len(text)
-            else:
-                finish, n = value
-                yield R.text_chunk(rid, created, model, "", finish)
-                yield R.usage_chunk(rid, created, model, "text_completion", len(job.prompt), n)
+        tokens = 0
+        for index, (one, job) in enumerate(zip(bodies, jobs)):
+            offset = 0  # where the next chunk starts in this choice's text (the logprobs' text_offset)
+            async for kind, value in self._stream(job):
+                if kind == "start":
+                    if one.get("echo"):
+                        yield R.text_chunk(rid, created, model, _echo(one), None, index=index)
+                elif kind == "text":
+                    text, entries = value
+                    yield R.text_chunk(rid, created, model, text, None,
+                                       logprobs=_logprobs(job, entries, completion_logprobs, offset), index=index)
+                    offset += len(text)
+                else:
+                    finish, n = value
+                    tokens += n
+                    yield R.text_chunk(rid, created, model, "", finish, index=index)
+        yield R.usage_chunk(rid, created, model, "text_completion", _prompt_tokens(body, jobs), tokens)
 
     # -- building jobs ----------------------------------------------------------------------------
     def _chat_job(self, body: Body) -> _Job:
@@ -372,6 +387,28 @@ class EmbeddedLlamaEngine(Engine):
             job.fail(EngineFault(f"generation failed: {type(exc).__name__} {exc}".rstrip(), status=500))
         finally:
             self._recent_seconds = max(0.1, time.monotonic() - started)
+
+
+def _choice_bodies(body: Body) -> list[Body]:
+    """One body per choice: ``n`` of them, for each prompt of a completion in turn (choice i of prompt p is
+    index p * n + i, as OpenAI numbers them), each with a single prompt. A seeded request seeds choice k with
+    seed + k: the choices differ from each other, and the whole answer repeats with the same seed."""
+    prompts = body.get("prompt")
+    per_prompt = [{**body, "prompt": p} for p in prompts] if isinstance(prompts, list) else [body]
+    bodies = [b for b in per_prompt for _ in range(body.get("n") or 1)]
+    seed = body.get("seed")
+    if len(bodies) == 1 or seed is None:
+        return bodies
+    return [{**b, "seed": seed + k} for k, b in enumerate(bodies)]
+
+
+def _prompt_tokens(body: Body, jobs: list[_Job]) -> int:
+    """The prompt tokens of a request: each prompt once, however many choices it has."""
+    return sum(len(job.prompt) for job in jobs[:: body.get("n") or 1])
+
+
+def _echo(body: Body) -> str:
+    return _prompt_text(body) if body.get("echo") else ""
 
 
 def _logprobs(job: _Job, entries: list[TokenLogprob], render: Any, *args: Any) -> dict[str, Any] | None:

@@ -8,7 +8,7 @@ from lmops.protocol.sampling import ResponseFormat, SamplingParams
 
 
 class CompletionRequest(SamplingParams):
-    prompt: str | list[str] = Field(...)
+    prompt: str | list[str] = Field(..., description="a prompt, or a list of prompts: n choices for each, in order")
     echo: bool = False
     suffix: str | None = None
     response_format: ResponseFormat | None = None
@@ -17,14 +17,13 @@ class CompletionRequest(SamplingParams):
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, v: str | list[str]) -> str | list[str]:
-        if isinstance(v, list):
-            if len(v) != 1:
-                raise ValueError("lmops serves one prompt per request; send a list of exactly one string")
+    def _some_prompt(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and not v:
+            raise ValueError("an empty list of prompts asks for nothing; send at least one")
         return v
 
-    def prompt_text(self) -> str:
-        return self.prompt[0] if isinstance(self.prompt, list) else self.prompt
+    def choices(self) -> int:
+        return self.n * (len(self.prompt) if isinstance(self.prompt, list) else 1)
 
     def token_limit(self) -> int | None:
         return self.max_tokens

@@ -19,50 +19,48 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def chat_completion(rid: str, model: str, text: str, finish: str, prompt_toks: int, out_toks: int,
-                    logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "id": rid,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
-                     "logprobs": logprobs}],
-        "usage": usage(prompt_toks, out_toks),
-    }
+def chat_choice(index: int, text: str, finish: str, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
+            "logprobs": logprobs}
+
+
+def text_choice(index: int, text: str, finish: str, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"index": index, "text": text, "finish_reason": finish, "logprobs": logprobs}
+
+
+def chat_completion(rid: str, model: str, choices: list[dict[str, Any]], prompt_toks: int,
+                    out_toks: int) -> dict[str, Any]:
+    """A chat completion of ``chat_choice`` choices; ``out_toks`` counts the tokens of all of them."""
+    return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": choices, "usage": usage(prompt_toks, out_toks)}
 
 
 def chat_chunk(rid: str, created: int, model: str, delta: dict[str, Any], finish: str | None,
-               logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+               logprobs: dict[str, Any] | None = None, index: int = 0) -> dict[str, Any]:
     return {
         "id": rid,
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}],
+        "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs}],
     }
 
 
-def text_completion(rid: str, model: str, text: str, finish: str, prompt_toks: int, out_toks: int,
-                    logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "id": rid,
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs}],
-        "usage": usage(prompt_toks, out_toks),
-    }
+def text_completion(rid: str, model: str, choices: list[dict[str, Any]], prompt_toks: int,
+                    out_toks: int) -> dict[str, Any]:
+    """A text completion of ``text_choice`` choices; ``out_toks`` counts the tokens of all of them."""
+    return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
+            "choices": choices, "usage": usage(prompt_toks, out_toks)}
 
 
 def text_chunk(rid: str, created: int, model: str, text: str, finish: str | None,
-               logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+               logprobs: dict[str, Any] | None = None, index: int = 0) -> dict[str, Any]:
     return {
         "id": rid,
         "object": "text_completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs}],
+        "choices": [{"index": index, "text": text, "finish_reason": finish, "logprobs": logprobs}],
     }
 
 

@@ -32,7 +32,7 @@ class SamplingParams(BaseModel):
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     repetition_penalty: float | None = Field(None, gt=0)
-    n: int = Field(1, ge=1, le=1, description="lmops serves one choice per request")
+    n: int = Field(1, ge=1, le=128, description="how many choices to generate for the prompt")
     user: str | None = None
     logit_bias: dict[str, float] | None = Field(
         None, description="token id (as a string) -> bias from -100 to 100, added to the token's logit")
@@ -56,6 +56,10 @@ class SamplingParams(BaseModel):
         if len(stops) > 4:
             raise ValueError("at most 4 stop sequences")
         return stops
+
+    def choices(self) -> int:
+        """How many choices the answer has (each up to the token limit)."""
+        return self.n
 
     def wants_usage_chunk(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)

@@ -37,7 +37,8 @@ class RequestContext:
     endpoint: str
     model: str | None = None
     stream: bool = False
-    max_tokens: int | None = None
+    max_tokens: int | None = None  # per choice
+    choices: int = 1  # ``n`` (times the prompts of a completion): budgets reserve max_tokens for each
     body_bytes: int = 0  # the request body's size: a bound on its prompt tokens (budgets reserve it)
     started: float = field(default_factory=time.perf_counter)
     principal: Principal | None = None  # set by the guard (access control)

@@ -85,6 +85,7 @@ class InferenceService:
             known = self.router.find(req.model)
             address(ctx, req.model, known)
             ctx.max_tokens = limit or (known.config.defaults.max_tokens if known else None)
+            ctx.choices = req.choices()
             await self.guard.admit(http, ctx)  # first: who may ask which models exist
             target = self.router.resolve(req.model)
             body = upstream_body(req, target)
@@ -123,7 +124,7 @@ class InferenceService:
         """Relay engine chunks as SSE events; count usage from the engine's final usage chunk.
 
         Without one (an upstream that ignores ``include_usage``, or a stream cut short), the
-        completion is counted as the number of content chunks delivered.
+        completion is counted as the number of chunks with output delivered.
         """
         delivered = 0
         got_usage = completed = False
@@ -137,7 +138,7 @@ class InferenceService:
                     got_usage = True
                 choices = chunk.get("choices")
                 if choices:
-                    if _has_text(choices[0]):
+                    if _has_output(choices[0]):
                         delivered += 1
                         if ctx.ttft is None:
                             ctx.ttft = ctx.elapsed()
@@ -246,9 +247,14 @@ class _ClientClosed(APIError):
         super().__init__("The client closed the connection before the stream ended.")
 
 
-def _has_text(choice: Body) -> bool:
+def _has_output(choice: Body) -> bool:
+    """Whether a stream chunk's choice carries generated output: text, a tool call, or reasoning (vLLM's reasoning
+    parsers send it as ``reasoning_content``, newer ones as ``reasoning``) all count for time to first token."""
     delta = choice.get("delta")
-    return bool(delta.get("content") if delta is not None else choice.get("text"))
+    if delta is None:
+        return bool(choice.get("text"))
+    return bool(delta.get("content") or delta.get("tool_calls") or delta.get("reasoning_content")
+                or delta.get("reasoning") or delta.get("refusal"))
 
 
 def _chunk_object(ctx: RequestContext) -> str:

@@ -112,15 +112,18 @@ class FakeOpenAI:
             await _json(send, 404, {"error": {"message": "not found", "type": "invalid_request_error",
                                               "param": None, "code": None}})
             return
-        usage = {"prompt_tokens": 7, "completion_tokens": len(words), "total_tokens": 7 + len(words)}
+        prompts = req.get("prompt")  # a completion's list of prompts gets n choices each, as vLLM answers it
+        n = (req.get("n") or 1) * (len(prompts) if isinstance(prompts, list) else 1)  # all the same words here
+        usage = {"prompt_tokens": 7, "completion_tokens": n * len(words), "total_tokens": 7 + n * len(words)}
         rid, created = "cmpl-fake", int(time.time())
         if not req.get("stream"):
             text = "".join(words)
             choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop",
                        "logprobs": None} if chat else
                       {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None})
+            choices = [choice] if n == 1 else [{**choice, "index": i} for i in range(n)]
             await _json(send, 200, {"id": rid, "object": "chat.completion" if chat else "text_completion",
-                                    "created": created, "model": model, "choices": [choice], "usage": usage})
+                                    "created": created, "model": model, "choices": choices, "usage": usage})
             return
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream")]})
@@ -147,8 +150,12 @@ class FakeOpenAI:
                 chunk = {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice]}
                 if include_usage:
                     chunk["usage"] = None
-                await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(chunk) + b"\n\n",
-                            "more_body": True})
+                if n == 1:
+                    event = b"data: " + orjson.dumps(chunk) + b"\n\n"
+                else:  # one event per choice, choices interleaved, as vLLM streams them
+                    event = b"".join(b"data: " + orjson.dumps({**chunk, "choices": [{**choice, "index": i}]})
+                                     + b"\n\n" for i in range(n))
+                await send({"type": "http.response.body", "body": event, "more_body": True})
                 if b.chunk_delay:
                     await asyncio.sleep(b.chunk_delay)
             if include_usage:
