@@ -59,11 +59,13 @@ class Side:
         return n
 
 
-def request_body(prompt: str, max_tokens: int, stream: bool) -> dict[str, object]:
+def request_body(prompt: str, max_tokens: int, stream: bool, top_logprobs: int | None = None) -> dict[str, object]:
     body: dict[str, object] = {"model": "smollm2", "messages": [{"role": "user", "content": prompt}],
                                "max_tokens": max_tokens, "temperature": 0}
     if stream:
         body.update(stream=True, stream_options={"include_usage": True})
+    if top_logprobs is not None:
+        body.update(logprobs=True, top_logprobs=top_logprobs)
     return body
 
 
@@ -107,6 +109,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="llama.cpp threads, both sides")
     p.add_argument("--context", type=int, default=2048, help="n_ctx, both sides")
     p.add_argument("--stream", action="store_true", help="stream the lmops side (server-sent events)")
+    p.add_argument("--top-logprobs", type=int, metavar="N",
+                   help="the lmops side also asks for logprobs with N alternatives per token (what they cost)")
     a = p.parse_args()
     stop_children_on_sigterm()
 
@@ -131,8 +135,8 @@ def main() -> None:
                 for prompt in PROMPTS:
                     calls: list[tuple[str, Side, Callable[[], int]]] = [
                         ("direct", direct, lambda: direct_call(prompt)),
-                        ("lmops", lmops, lambda: lmops_call(server.ready_url,
-                                                            request_body(prompt, a.max_tokens, a.stream))),
+                        ("lmops", lmops, lambda: lmops_call(server.ready_url, request_body(
+                            prompt, a.max_tokens, a.stream, a.top_logprobs))),
                     ]
                     for name, side, call in calls if rnd % 2 == 0 else calls[::-1]:
                         n = side.add(call)
@@ -144,7 +148,8 @@ def main() -> None:
     print(f"machine: {machine_line()}")
     print(f"command: {' '.join(['bench/embedded_efficiency.py', *sys.argv[1:]])}")
     print(f"threads {a.threads}, n_ctx {a.context}, max_tokens {a.max_tokens}, temperature 0, "
-          f"{len(PROMPTS)} prompts x {a.rounds} rounds, lmops {'streamed' if a.stream else 'not streamed'}\n")
+          f"{len(PROMPTS)} prompts x {a.rounds} rounds, lmops {'streamed' if a.stream else 'not streamed'}"
+          + (f", lmops with logprobs (top {a.top_logprobs})" if a.top_logprobs is not None else "") + "\n")
     print("| side | completion tokens | seconds | output tokens/s |")
     print("|---|---:|---:|---:|")
     for name, side in (("llama-cpp-python direct", direct), ("lmops serve (HTTP)", lmops)):

@@ -24,16 +24,34 @@ class TokenLogprob:
 
 
 def token_logprob(logits: np.ndarray, token: int, top_n: int, token_bytes: Callable[[int], bytes]) -> TokenLogprob:
-    """The entry for ``token`` sampled from ``logits`` (one row: a logit per vocabulary entry)."""
-    row = logits.astype(np.float64, copy=False)
-    peak = float(row.max())
-    log_total = peak + float(np.log(np.exp(row - peak).sum()))
+    """The entry for ``token`` sampled from ``logits`` (one float32 row: a logit per vocabulary entry).
+
+    Runs once per generated token on the model thread, so it stays in float32 (numpy's float64 ``exp`` was
+    seven times slower here) and looks for the most likely tokens among the few near the peak first."""
+    peak = logits.max()
+    log_total = float(peak) + float(np.log(np.exp(logits - peak).sum(dtype=np.float64)))
     top: tuple[tuple[bytes, float], ...] = ()
     if top_n > 0:
-        best = np.argpartition(row, -top_n)[-top_n:]
-        best = best[np.argsort(-row[best], kind="stable")]
-        top = tuple((token_bytes(int(t)), float(row[t]) - log_total) for t in best)
-    return TokenLogprob(token_bytes(token), float(row[token]) - log_total, top)
+        best = _most_likely(logits, float(peak), top_n)
+        top = tuple((token_bytes(int(t)), float(logits[t]) - log_total) for t in best)
+    return TokenLogprob(token_bytes(token), float(logits[token]) - log_total, top)
+
+
+def _most_likely(logits: np.ndarray, peak: float, n: int) -> np.ndarray:
+    """The ids of the ``n`` largest logits, largest first.
+
+    Once at least ``n`` tokens lie within some distance of the peak, the top ``n`` are among them; a model's
+    distribution has few tokens near its peak, so selecting within those beats partitioning the whole
+    vocabulary (~0.4 ms for 49k entries)."""
+    pool = np.arange(len(logits))
+    for distance in (8.0, 16.0, 32.0):
+        near = np.flatnonzero(logits >= peak - distance)
+        if len(near) >= n:
+            pool = near
+            break
+    if len(pool) > n:
+        pool = pool[np.argpartition(logits[pool], -n)[-n:]]
+    return pool[np.argsort(-logits[pool], kind="stable")]
 
 
 def _text(token: bytes) -> str:
