@@ -41,7 +41,7 @@ def test_completion_logprobs_match_llama_cpp_run_directly(client, logits_llama):
         assert set(mine) == set(theirs)  # the 3 most likely, and the chosen token (one of them when greedy)
         assert [mine[t] for t in theirs] == pytest.approx(list(theirs.values()), abs=1e-3)
     text = resp.choices[0].text
-    assert [text[o:o + len(t)] for o, t in zip(got.text_offset, got.tokens)] == got.tokens
+    assert [text[o:o + len(t)] for o, t in zip(got.text_offset, got.tokens, strict=True)] == got.tokens
 
 
 def test_chat_logprobs_are_the_greedy_choices_with_their_alternatives(client):

@@ -155,7 +155,7 @@ class EmbeddedLlamaEngine(Engine):
         jobs = [self._chat_job(b) for b in _choice_bodies(body)]
         outs = [await self._run(job) for job in jobs]
         choices = [R.chat_choice(i, out.text, out.finish, _logprobs(job, out.logprobs, chat_logprobs))
-                   for i, (job, out) in enumerate(zip(jobs, outs))]
+                   for i, (job, out) in enumerate(zip(jobs, outs, strict=True))]
         return R.chat_completion(R.new_id("chatcmpl"), body["model"], choices, len(jobs[0].prompt),
                                  sum(out.tokens for out in outs))
 
@@ -183,7 +183,7 @@ class EmbeddedLlamaEngine(Engine):
         outs = [await self._run(job) for job in jobs]
         choices = [R.text_choice(i, _echo(b) + out.text, out.finish,
                                  _logprobs(job, out.logprobs, completion_logprobs))
-                   for i, (b, job, out) in enumerate(zip(bodies, jobs, outs))]
+                   for i, (b, job, out) in enumerate(zip(bodies, jobs, outs, strict=True))]
         return R.text_completion(R.new_id("cmpl"), body["model"], choices, _prompt_tokens(body, jobs),
                                  sum(out.tokens for out in outs))
 
@@ -192,7 +192,7 @@ class EmbeddedLlamaEngine(Engine):
         jobs = [self._completion_job(b) for b in bodies]
         rid, created, model = R.new_id("cmpl"), int(time.time()), body["model"]
         tokens = 0
-        for index, (one, job) in enumerate(zip(bodies, jobs)):
+        for index, (one, job) in enumerate(zip(bodies, jobs, strict=True)):
             offset = 0  # where the next chunk starts in this choice's text (the logprobs' text_offset)
             async for kind, value in self._stream(job):
                 if kind == "start":

@@ -123,10 +123,10 @@ def from_validation_error(exc: ValidationError) -> InvalidRequest:
 
 def from_error_list(errors: Any) -> InvalidRequest:
     errors = list(errors)
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    first: dict[str, Any] = dict(errors[0]) if errors else {"loc": (), "msg": "invalid request"}
     loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
     param = ".".join(loc) or None
-    msg = first.get("msg", "invalid value")
+    msg = str(first.get("msg", "invalid value"))
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     text = f"Invalid value for '{param}': {msg}" if param else msg
