@@ -64,6 +64,13 @@ def start_lmops(tmp: Path, upstream: str) -> Server:
                   f"http://127.0.0.1:{port}{PATH}", chat_body(False), log_dir=tmp).start()
 
 
+def start_floor(tmp: Path, upstream: str) -> Server:
+    port = free_port()
+    script = Path(__file__).with_name("floor_proxy.py")
+    return Server("floor", [sys.executable, str(script), upstream, str(port)], f"http://127.0.0.1:{port}{PATH}",
+                  chat_body(False), log_dir=tmp).start()
+
+
 def start_litellm(tmp: Path, upstream: str, litellm: str) -> Server:
     port = free_port()
     config = tmp / "litellm.yaml"
@@ -137,6 +144,9 @@ def report(runs: dict[str, dict[str, Runs]], connections: int) -> str:
         lm = median_result(per_target["lmops"].saturation)
         lines.append("")
         lines.append(f"- lmops / upstream req/s: {lm.rps / up.rps:.2f} (target >= 0.50)")
+        if "floor" in per_target:
+            floor = median_result(per_target["floor"].saturation)
+            lines.append(f"- floor / upstream req/s: {floor.rps / up.rps:.2f} (a bare proxy on lmops's stack)")
         if "litellm" in per_target:
             ll = median_result(per_target["litellm"].saturation)
             lines.append(f"- lmops / LiteLLM req/s: {lm.rps / ll.rps:.1f}x (target >= 20x)")
@@ -150,6 +160,8 @@ def main() -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--litellm", default="/tmp/litellm-venv/bin/litellm", help="the LiteLLM proxy executable")
     p.add_argument("--no-litellm", action="store_true", help="measure only the upstream and lmops")
+    p.add_argument("--floor", action="store_true",
+                   help="also measure bench/floor_proxy.py: a bare proxy on lmops's stack")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians are reported)")
     p.add_argument("--seconds", type=float, default=5, help="duration of each wrk run")
     p.add_argument("--warmup", type=float, default=1, help="seconds of load before each measured run")
@@ -169,6 +181,8 @@ def main() -> None:
             servers["upstream"] = start_upstream(tmp)
             upstream = servers["upstream"].ready_url.removesuffix("/chat/completions")
             servers["lmops"] = start_lmops(tmp, upstream)
+            if a.floor:
+                servers["floor"] = start_floor(tmp, upstream)
             if not a.no_litellm:
                 servers["litellm"] = start_litellm(tmp, upstream, a.litellm)
             runs = measure(servers, a.rounds, a.seconds, a.connections, a.warmup, a.load)
