@@ -153,13 +153,18 @@ def test_text_parts_are_read_and_an_image_is_refused_not_ignored(client):
 
 
 @pytest.mark.parametrize("path,body,words", [
+    ("/v1/chat/completions", {"tool_choice": "required"}, "no function tools"),
     ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
-                              "tool_choice": "required"}, "does not call tools"),
-    ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
-                              "tool_choice": {"type": "function", "function": {"name": "f"}}}, "does not call tools"),
+                              "tool_choice": {"type": "function", "function": {"name": "g"}}}, "not among the tools"),
+    ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"x": {"enum": []}}, "required": ["x"]}}}], "tool_choice": "required"},
+     "the tools' parameters schema is not usable"),
+    ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}],
+                              "tool_choice": {"type": "function", "function": "f"}}, "tool_choice is"),
+    ("/v1/chat/completions", {"tools": "f", "tool_choice": "required"}, "no function tools"),
     ("/v1/completions", {"suffix": "and that is all."}, "suffix"),
 ])
-def test_what_the_model_cannot_do_is_a_400_not_silently_ignored(embedded, path, body, words):
+def test_what_cannot_be_done_is_a_400_not_silently_ignored(embedded, path, body, words):
     base = {"messages": [{"role": "user", "content": "Hi"}]} if "chat" in path else {"prompt": "Once upon"}
     resp = httpx.post(f"{embedded.url}{path}", json={"model": "smollm2", "max_tokens": 2, **base, **body})
     assert resp.status_code == 400, resp.text

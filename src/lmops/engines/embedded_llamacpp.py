@@ -26,6 +26,7 @@ import numpy as np
 from lmops.config import ModelConfig
 from lmops.engines.base import Body, Engine, EngineBusy, EngineError, EngineFault, EngineRejected
 from lmops.engines.text_stops import StopMatcher
+from lmops.engines.tool_calls import ToolChoiceError, as_tool_call, forced_call, history_text, tools_message
 from lmops.engines.token_logprobs import (TokenLogprob, bias_processor, chat_logprobs, completion_logprobs,
                                           parse_logit_bias, token_logprob)
 from lmops.protocol import responses as R
@@ -70,6 +71,7 @@ class _Job:
     seed: int | None
     loop: asyncio.AbstractEventLoop
     top_logprobs: int | None = None  # None: no log-probabilities; N: the chosen token's and N alternatives
+    tool_call: bool = False  # the grammar makes the output a function call (tool_choice demanded one)
     bias: dict[int, float] | None = None  # logit_bias by token id
     stream: asyncio.Queue[tuple[str, Any]] | None = None
     result: asyncio.Future[_Generated] | None = None
@@ -154,8 +156,7 @@ class EmbeddedLlamaEngine(Engine):
     async def chat_completion(self, body: Body) -> Body:
         jobs = [self._chat_job(b) for b in _choice_bodies(body)]
         outs = [await self._run(job) for job in jobs]
-        choices = [R.chat_choice(i, out.text, out.finish, _logprobs(job, out.logprobs, chat_logprobs))
-                   for i, (job, out) in enumerate(zip(jobs, outs, strict=True))]
+        choices = [_chat_choice(i, job, out) for i, (job, out) in enumerate(zip(jobs, outs, strict=True))]
         return R.chat_completion(R.new_id("chatcmpl"), body["model"], choices, len(jobs[0].prompt),
                                  sum(out.tokens for out in outs))
 
@@ -164,16 +165,28 @@ class EmbeddedLlamaEngine(Engine):
         rid, created, model = R.new_id("chatcmpl"), int(time.time()), body["model"]
         tokens = 0
         for index, job in enumerate(jobs):
+            call_text: list[str] = []  # a function call goes out whole, once it parses
             async for kind, value in self._stream(job):
                 if kind == "start":
                     yield R.chat_chunk(rid, created, model, {"role": "assistant", "content": ""}, None, index=index)
                 elif kind == "text":
                     text, entries = value
+                    if job.tool_call:
+                        call_text.append(text)
+                        continue
                     yield R.chat_chunk(rid, created, model, {"content": text}, None,
                                        logprobs=_logprobs(job, entries, chat_logprobs), index=index)
                 else:
                     finish, n = value
                     tokens += n
+                    if job.tool_call:
+                        call = as_tool_call("".join(call_text))
+                        if call is None:  # cut short by max_tokens: what was generated, as text
+                            yield R.chat_chunk(rid, created, model, {"content": "".join(call_text)}, None, index=index)
+                        else:
+                            finish = "tool_calls"
+                            yield R.chat_chunk(rid, created, model, {"tool_calls": [{"index": 0, **call}]}, None,
+                                               index=index)
                     yield R.chat_chunk(rid, created, model, {}, finish, index=index)
         yield R.usage_chunk(rid, created, model, "chat.completion.chunk", len(jobs[0].prompt), tokens)
 
@@ -212,13 +225,13 @@ class EmbeddedLlamaEngine(Engine):
     # -- building jobs ----------------------------------------------------------------------------
     def _chat_job(self, body: Body) -> _Job:
         llm = self._ready()
-        choice = body.get("tool_choice")
-        if choice == "required" or isinstance(choice, dict):
-            # With tools and tool_choice "auto" (or "none") an answer in text is a valid answer; a demanded call is not.
-            raise EngineRejected("this model does not call tools, so it cannot honour tool_choice "
-                                 f"{json.dumps(choice)}; send tool_choice \"auto\" or \"none\", or use a model "
-                                 "served by an engine that calls tools", status=400)
+        try:
+            call = forced_call(body)
+        except ToolChoiceError as exc:
+            raise EngineRejected(str(exc), status=400) from exc
         messages = [_plain_message(m) for m in body["messages"]]
+        if call is not None:
+            messages.insert(0, tools_message(call))
         stops = list(body.get("stop") or [])
         if self._formatter is not None:
             formatted = self._formatter(messages=messages)
@@ -231,7 +244,10 @@ class EmbeddedLlamaEngine(Engine):
         tokens = llm.tokenize(prompt_text.encode("utf-8"), add_bos=True, special=True)
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         top = (body.get("top_logprobs") or 0) if body.get("logprobs") else None
-        return self._job(tokens, limit, body, stops, top)
+        job = self._job(tokens, limit, body, stops, top,
+                        None if call is None else ("the tools' parameters schema", call.schema))
+        job.tool_call = call is not None
+        return job
 
     def _completion_job(self, body: Body) -> _Job:
         llm = self._ready()
@@ -248,7 +264,8 @@ class EmbeddedLlamaEngine(Engine):
         return self._job(tokens, body.get("max_tokens") or 16, body, list(body.get("stop") or []), top)
 
     def _job(self, tokens: list[int], limit: int | None, body: Body, stops: list[str],
-             top_logprobs: int | None) -> _Job:
+             top_logprobs: int | None, schema: tuple[str, dict[str, Any]] | None = None) -> _Job:
+        """``schema``: (what it is, a JSON schema) the output must follow, instead of the response_format."""
         n_ctx = self.config.context_length
         room = n_ctx - len(tokens)
         if room <= 0:
@@ -271,7 +288,8 @@ class EmbeddedLlamaEngine(Engine):
         except ValueError as exc:
             raise EngineRejected(str(exc), status=400) from exc
         return _Job(prompt=tokens, max_tokens=max_tokens, params=params, stops=stops or None,
-                    grammar=_grammar(body.get("response_format"), llm._model.vocab),
+                    grammar=(_schema_grammar(schema[1], llm._model.vocab, schema[0]) if schema is not None
+                             else _grammar(body.get("response_format"), llm._model.vocab)),
                     seed=body.get("seed"), loop=asyncio.get_running_loop(),
                     top_logprobs=top_logprobs, bias=bias or None)
 
@@ -411,6 +429,15 @@ def _echo(body: Body) -> str:
     return _prompt_text(body) if body.get("echo") else ""
 
 
+def _chat_choice(index: int, job: _Job, out: _Generated) -> dict[str, Any]:
+    """A chat choice: the text, or the function call the grammar made of it (text again if it was cut short)."""
+    logprobs = _logprobs(job, out.logprobs, chat_logprobs)
+    call = as_tool_call(out.text) if job.tool_call else None
+    if call is None:
+        return R.chat_choice(index, out.text, out.finish, logprobs)
+    return R.tool_call_choice(index, call, logprobs)
+
+
 def _logprobs(job: _Job, entries: list[TokenLogprob], render: Any, *args: Any) -> dict[str, Any] | None:
     """``choices[].logprobs``: None unless the request asked for them."""
     return None if job.top_logprobs is None else render(entries, *args)
@@ -431,6 +458,8 @@ def _plain_message(message: dict[str, Any]) -> dict[str, Any]:
             raise EngineRejected(f"this model reads text only; the messages hold {', '.join(other)} parts", status=400)
         content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
     role = "system" if message.get("role") == "developer" else message.get("role")
+    if not content and role == "assistant":
+        content = history_text(message)  # its earlier function calls, which the template would leave out
     return {"role": role, "content": content or ""}
 
 
@@ -444,16 +473,22 @@ def _grammar(response_format: dict[str, Any] | None, vocab: Any) -> Any:
     if response_format.get("type") == "json_schema":
         schema = (response_format.get("json_schema") or {}).get("schema")
         if schema:
-            try:
-                grammar = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
-            except Exception as exc:  # noqa: BLE001 - tell the client what is wrong with its schema
-                raise EngineRejected(f"response_format.json_schema.schema is not usable: {exc}", status=400) from exc
-            if not _compiles(grammar, vocab):
-                raise EngineRejected("response_format.json_schema.schema is not usable: llama.cpp cannot parse the "
-                                     "grammar it converts to (an empty anyOf or enum allows no value at all)",
-                                     status=400)
-            return grammar
+            return _schema_grammar(schema, vocab, "response_format.json_schema.schema")
     return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+
+
+def _schema_grammar(schema: dict[str, Any], vocab: Any, what: str) -> Any:
+    """A llama.cpp grammar for a JSON schema; one it cannot build or parse is the client's 400, naming ``what``."""
+    from llama_cpp import LlamaGrammar
+
+    try:
+        grammar = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+    except Exception as exc:  # noqa: BLE001 - tell the client what is wrong with its schema
+        raise EngineRejected(f"{what} is not usable: {exc}", status=400) from exc
+    if not _compiles(grammar, vocab):
+        raise EngineRejected(f"{what} is not usable: llama.cpp cannot parse the grammar it converts to (an empty "
+                             "anyOf or enum allows no value at all)", status=400)
+    return grammar
 
 
 def _compiles(grammar: Any, vocab: Any) -> bool:

@@ -24,6 +24,11 @@ def chat_choice(index: int, text: str, finish: str, logprobs: dict[str, Any] | N
             "logprobs": logprobs}
 
 
+def tool_call_choice(index: int, call: dict[str, Any], logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"index": index, "message": {"role": "assistant", "content": None, "tool_calls": [call]},
+            "finish_reason": "tool_calls", "logprobs": logprobs}
+
+
 def text_choice(index: int, text: str, finish: str, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"index": index, "text": text, "finish_reason": finish, "logprobs": logprobs}
 
