@@ -18,6 +18,7 @@ import uvicorn
 
 from lmops.engines.http1 import Pool
 from lmops.http_server import server_options
+from lmops.testing.fake_openai import receive_body
 
 
 class FloorProxy:
@@ -34,12 +35,7 @@ class FloorProxy:
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
-        body = b""
-        while True:
-            msg = await receive()
-            body += msg.get("body", b"")
-            if not msg.get("more_body"):
-                break
+        body = await receive_body(receive)
         if self.pool is None:
             self.pool = Pool(self.upstream, proxy=False)
         answer = await self.pool.request("POST", "/chat/completions", body)

@@ -58,12 +58,7 @@ class FakeOpenAI:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         path = scope["path"]
-        body = b""
-        while True:
-            msg = await receive()
-            body += msg.get("body", b"")
-            if not msg.get("more_body"):
-                break
+        body = await receive_body(receive)
         b = self.behaviour
         if (path.endswith("/models") or path == "/health") and not b.fail_health:
             await _json(send, 200, {"object": "list", "data": _model_cards(b.served)})
@@ -169,6 +164,16 @@ class FakeOpenAI:
             raise
         finally:
             watcher.cancel()
+
+
+async def receive_body(receive) -> bytes:  # type: ignore[no-untyped-def]
+    """A request's whole body from ASGI ``receive`` messages (also used by bench/floor_proxy.py)."""
+    body = b""
+    while True:
+        msg = await receive()
+        body += msg.get("body", b"")
+        if not msg.get("more_body"):
+            return body
 
 
 def _model_cards(served: tuple[str, ...] | None) -> list[dict]:
