@@ -162,6 +162,7 @@ def test_text_parts_are_read_and_an_image_is_refused_not_ignored(client):
     ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}],
                               "tool_choice": {"type": "function", "function": "f"}}, "tool_choice is"),
     ("/v1/chat/completions", {"tools": "f", "tool_choice": "required"}, "no function tools"),
+    ("/v1/chat/completions", {"tools": 5, "tool_choice": "required"}, "no function tools"),
     ("/v1/completions", {"suffix": "and that is all."}, "suffix"),
 ])
 def test_what_cannot_be_done_is_a_400_not_silently_ignored(embedded, path, body, words):

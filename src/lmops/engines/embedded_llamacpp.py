@@ -26,7 +26,8 @@ import numpy as np
 from lmops.config import ModelConfig
 from lmops.engines.base import Body, Engine, EngineBusy, EngineError, EngineFault, EngineRejected
 from lmops.engines.text_stops import StopMatcher
-from lmops.engines.tool_calls import ToolChoiceError, as_tool_call, forced_call, history_text, tools_message
+from lmops.engines.tool_calls import (ForcedCall, ToolChoiceError, as_tool_call, forced_call, history_text,
+                                      tools_message)
 from lmops.engines.token_logprobs import (TokenLogprob, bias_processor, chat_logprobs, completion_logprobs,
                                           parse_logit_bias, token_logprob)
 from lmops.protocol import responses as R
@@ -244,10 +245,7 @@ class EmbeddedLlamaEngine(Engine):
         tokens = llm.tokenize(prompt_text.encode("utf-8"), add_bos=True, special=True)
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         top = (body.get("top_logprobs") or 0) if body.get("logprobs") else None
-        job = self._job(tokens, limit, body, stops, top,
-                        None if call is None else ("the tools' parameters schema", call.schema))
-        job.tool_call = call is not None
-        return job
+        return self._job(tokens, limit, body, stops, top, call)
 
     def _completion_job(self, body: Body) -> _Job:
         llm = self._ready()
@@ -264,8 +262,8 @@ class EmbeddedLlamaEngine(Engine):
         return self._job(tokens, body.get("max_tokens") or 16, body, list(body.get("stop") or []), top)
 
     def _job(self, tokens: list[int], limit: int | None, body: Body, stops: list[str],
-             top_logprobs: int | None, schema: tuple[str, dict[str, Any]] | None = None) -> _Job:
-        """``schema``: (what it is, a JSON schema) the output must follow, instead of the response_format."""
+             top_logprobs: int | None, call: ForcedCall | None = None) -> _Job:
+        """``call``: the function call the output must be (its grammar replaces the response_format's)."""
         n_ctx = self.config.context_length
         room = n_ctx - len(tokens)
         if room <= 0:
@@ -288,10 +286,10 @@ class EmbeddedLlamaEngine(Engine):
         except ValueError as exc:
             raise EngineRejected(str(exc), status=400) from exc
         return _Job(prompt=tokens, max_tokens=max_tokens, params=params, stops=stops or None,
-                    grammar=(_schema_grammar(schema[1], llm._model.vocab, schema[0]) if schema is not None
-                             else _grammar(body.get("response_format"), llm._model.vocab)),
+                    grammar=(_schema_grammar(call.schema, llm._model.vocab, "the tools' parameters schema")
+                             if call is not None else _grammar(body.get("response_format"), llm._model.vocab)),
                     seed=body.get("seed"), loop=asyncio.get_running_loop(),
-                    top_logprobs=top_logprobs, bias=bias or None)
+                    top_logprobs=top_logprobs, bias=bias or None, tool_call=call is not None)
 
     def _ready(self) -> Any:
         if self._llm is None:
@@ -366,6 +364,10 @@ class EmbeddedLlamaEngine(Engine):
             n = 0
             finish = "length"
             processors = llama_cpp.LogitsProcessorList([bias_processor(job.bias)]) if job.bias else None
+
+            def piece(token: int) -> bytes:  # a token's bytes as logprobs show it (special tokens by name)
+                return llm.detokenize([token], special=True)
+
             for token in llm.generate(job.prompt, grammar=job.grammar, reset=True, logits_processor=processors,
                                       **job.params):
                 if job.cancelled.is_set():
@@ -378,8 +380,7 @@ class EmbeddedLlamaEngine(Engine):
                 if job.top_logprobs is not None:
                     # The logits that chose this token: the context's last output (samplers work on a copy).
                     logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(n_vocab,))
-                    held.append(token_logprob(logits, token, job.top_logprobs,
-                                              lambda t: llm.detokenize([t], special=True)))
+                    held.append(token_logprob(logits, token, job.top_logprobs, piece))
                 text = stops.feed(decoder.decode(llm.detokenize([token])))
                 if text:
                     parts.append(text)

@@ -32,9 +32,13 @@ def forced_call(body: dict[str, Any]) -> ForcedCall | None:
     choice = body.get("tool_choice")
     if choice != "required" and not isinstance(choice, dict):
         return None
-    functions = [t.get("function") for t in body.get("tools") or [] if isinstance(t, dict)
-                 and t.get("type", "function") == "function" and isinstance(t.get("function"), dict)]
-    functions = [f for f in functions if isinstance(f.get("name"), str) and f["name"]]
+    tools = body.get("tools")
+    functions: list[dict[str, Any]] = []
+    for tool in tools if isinstance(tools, list) else []:
+        function = tool.get("function") if isinstance(tool, dict) and tool.get("type", "function") == "function" \
+            else None
+        if isinstance(function, dict) and isinstance(function.get("name"), str) and function["name"]:
+            functions.append(function)
     if isinstance(choice, dict):
         function = choice.get("function")
         wanted = function.get("name") if isinstance(function, dict) else None
