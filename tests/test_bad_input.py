@@ -52,6 +52,10 @@ def test_malformed_bodies(gw, raw):
     ({"model": "m", "messages": OK_MESSAGES, "stream": "yes"}, "stream"),
     ({"model": "m", "messages": OK_MESSAGES, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"model": "m", "messages": OK_MESSAGES, "response_format": {"type": "xml"}}, "response_format.type"),
+    ({"model": "m", "messages": OK_MESSAGES, "top_k": "abc"}, "top_k"),
+    ({"model": "m", "messages": OK_MESSAGES, "min_p": [1]}, "min_p"),
+    ({"model": "m", "messages": OK_MESSAGES, "min_p": 2}, "min_p"),
+    ({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, "messages.0"),
 ])
 def test_wrong_fields_name_the_field(gw, body, param):
     err = envelope(httpx.post(gw.url + CHAT, json=body), 400)

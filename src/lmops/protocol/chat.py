@@ -20,6 +20,10 @@ class ChatMessage(BaseModel):
         extra = self.model_extra or {}
         if self.content is None and self.role != "assistant" and not extra.get("tool_calls"):
             raise ValueError(f"a {self.role} message needs content")
+        if isinstance(self.content, list):
+            for part in self.content:
+                if part.get("type") == "text" and not isinstance(part.get("text"), str):
+                    raise ValueError("a text part's text is a string")
         return self
 
     def text(self) -> str:

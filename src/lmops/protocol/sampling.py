@@ -32,6 +32,8 @@ class SamplingParams(BaseModel):
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     repetition_penalty: float | None = Field(None, gt=0)
+    top_k: int | None = Field(None, ge=-1, description="sample from the k most likely tokens (vLLM's; -1 or 0: all)")
+    min_p: float | None = Field(None, ge=0, le=1, description="drop tokens less likely than min_p times the likeliest")
     n: int = Field(1, ge=1, le=128, description="how many choices to generate for the prompt")
     user: str | None = None
     logit_bias: dict[str, float] | None = Field(
