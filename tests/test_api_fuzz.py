@@ -67,3 +67,24 @@ def test_no_request_gets_a_server_error_and_every_error_is_an_openai_envelope(ca
         error = response.json()["error"]
         assert isinstance(error["message"], str) and error["message"], where
         assert isinstance(error["type"], str) and {"param", "code"} <= set(error), where
+
+
+inference = schema.include(path_regex=r"^/v1/(chat/)?completions$")
+
+
+@inference.parametrize()
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True)
+def test_the_embedded_model_answers_every_generated_request_below_500(case, embedded):  # type: ignore[no-untyped-def]
+    """The same property through the embedded llama.cpp engine, which reads the body itself (its sampling
+    extras, content parts, tools, logit_bias...). Each case asks the served model for a few tokens at most."""
+    if isinstance(case.body, dict):
+        case.body["model"] = "smollm2"
+        case.body["max_tokens"] = 4
+        case.body.pop("max_completion_tokens", None)
+        if isinstance(case.body.get("n"), int) and case.body["n"] > 2:
+            case.body["n"] = 2
+    response = case.call(base_url=embedded.url, timeout=120)
+    where = f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:300]}"
+    assert response.status_code < 500, where
+    if response.status_code >= 400:
+        assert isinstance(response.json()["error"]["message"], str), where
