@@ -208,7 +208,7 @@ def to_api_error(exc: EngineError) -> APIError:
     if isinstance(exc, Unsupported):
         return InvalidRequest(exc.message, param="model", code="unsupported_model_capability")
     if isinstance(exc, EngineRejected):
-        err = InvalidRequest(f"The upstream engine rejected the request: {exc.message}")
+        err = InvalidRequest(f"The model's engine rejected the request: {exc.message}")  # upstream or in-process
         err.status_code = exc.status if 400 <= exc.status < 500 else 400
         return err
     return UpstreamError(f"The upstream engine failed: {exc.message}")
