@@ -83,3 +83,19 @@ def test_stream_and_completion_through_the_llama_cpp_server(client):
     assert "5" in streamed
     comp = client.completions.create(model="remote-smol", prompt="1, 2, 3, 4,", max_tokens=6, temperature=0)
     assert "5" in comp.choices[0].text and comp.usage.completion_tokens == 6
+
+
+def test_logprobs_pass_through_and_agree_with_the_embedded_engines(client, embedded):
+    """Two implementations of the same numbers: llama.cpp's server computes them upstream (passed through lmops
+    untouched), lmops's embedded engine computes its own."""
+    # greedy on both sides: the server's own default repeat_penalty (1.1) would change the choice
+    ask = dict(prompt="The capital of France is", max_tokens=5, temperature=0, logprobs=2,
+               extra_body={"repeat_penalty": 1.0})
+    remote = client.completions.create(model="remote-smol", **ask).choices[0].logprobs
+    local_client = openai.OpenAI(base_url=f"{embedded.url}/v1", api_key="x", max_retries=0)
+    local = local_client.completions.create(model="smollm2", **ask).choices[0].logprobs
+    assert remote.tokens == local.tokens and len(remote.tokens) == 5
+    assert local.token_logprobs == pytest.approx(remote.token_logprobs, abs=1e-3)
+    for theirs, ours in zip(remote.top_logprobs, local.top_logprobs, strict=True):
+        assert set(theirs) <= set(ours)  # the server lists the top 2; lmops the top 2 and the chosen token
+        assert [ours[t] for t in theirs] == pytest.approx(list(theirs.values()), abs=1e-3)
