@@ -445,8 +445,8 @@ def _logprobs(job: _Job, entries: list[TokenLogprob], render: Any, *args: Any) -
 
 
 def _prompt_text(body: Body) -> str:
-    prompt = body.get("prompt", "")
-    return prompt[0] if isinstance(prompt, list) else prompt
+    """The prompt of one choice's body (``_choice_bodies`` gives each a single prompt)."""
+    return str(body.get("prompt", ""))
 
 
 def _plain_message(message: dict[str, Any]) -> dict[str, Any]:
