@@ -9,6 +9,11 @@ request body:
 - ``lmops``: ``lmops serve`` (one worker process, SQLite request records) in front of it;
 - ``litellm``: the LiteLLM proxy (one worker, no database, logging/telemetry off) in front of it.
 
+With ``--reference``, two more: ``ref-upstream`` (``bench/reference_upstream.py``: the same answers from a FastAPI +
+pydantic app, the stack vLLM's and lmdeploy's OpenAI servers run on, about as fast as the bare upstream quoted in
+issue 2) and ``lmops-ref``, a second ``lmops serve`` in front of it. Each gateway's ratio is to the upstream it
+fronts, measured in the same round.
+
 For each of plain and streamed chat completions, each round measures every target back to back
 (order rotated per round): requests/s at saturation (``--connections`` connections) with the
 server's CPU time per request, then p50/p99 latency at concurrency 1. Figures are medians over
@@ -17,6 +22,7 @@ rounds; "added" latency is the target's minus the bare upstream's, from the same
 Run (LiteLLM in its own venv, see docs/benchmarks.md):
     .venv/bin/python bench/gateway_overhead.py --litellm /tmp/litellm-venv/bin/litellm
     .venv/bin/python bench/gateway_overhead.py --no-litellm --rounds 1 --seconds 3   # quick check
+    .venv/bin/python bench/gateway_overhead.py --no-litellm --reference --rounds 5 --seconds 4
 """
 
 from __future__ import annotations
@@ -50,17 +56,24 @@ def start_upstream(tmp: Path) -> Server:
                   f"http://127.0.0.1:{port}{PATH}", chat_body(False), log_dir=tmp).start()
 
 
-def start_lmops(tmp: Path, upstream: str) -> Server:
+def start_reference_upstream(tmp: Path) -> Server:
     port = free_port()
-    config = tmp / "lmops.yaml"
+    script = Path(__file__).with_name("reference_upstream.py")
+    return Server("ref-upstream", [sys.executable, str(script), str(port)], f"http://127.0.0.1:{port}{PATH}",
+                  chat_body(False), log_dir=tmp).start()
+
+
+def start_lmops(tmp: Path, upstream: str, name: str = "lmops") -> Server:
+    port = free_port()
+    config = tmp / f"{name}.yaml"
     config.write_text(json.dumps({  # JSON is YAML
-        "database_url": f"sqlite:///{tmp / 'lmops.db'}",
+        "database_url": f"sqlite:///{tmp / name}.db",
         "models": [{"name": MODEL, "engine": "openai", "upstream_model": MODEL, "replicas": [upstream]}],
         "access": {"enabled": False},  # the foundation path; bench_access.py measures access on vs off
         "batch": {"worker_in_process": False},
     }))
     lmops = Path(sys.executable).with_name("lmops")
-    return Server("lmops", [str(lmops), "serve", "-c", str(config), "--port", str(port), "--workers", "1"],
+    return Server(name, [str(lmops), "serve", "-c", str(config), "--port", str(port), "--workers", "1"],
                   f"http://127.0.0.1:{port}{PATH}", chat_body(False), log_dir=tmp).start()
 
 
@@ -122,37 +135,52 @@ def measure(servers: dict[str, Server], rounds: int, seconds: float, connections
 
 def added(runs: Runs, base: Runs, attr: str) -> float:
     """Median over rounds of (target - upstream) latency, each pair from the same round."""
-    return statistics.median(getattr(a, attr) - getattr(b, attr) for a, b in zip(runs.latency, base.latency))
+    pairs = zip(runs.latency, base.latency, strict=True)
+    return statistics.median(getattr(a, attr) - getattr(b, attr) for a, b in pairs)
+
+
+FRONTS = {"lmops-ref": "ref-upstream", "ref-upstream": "ref-upstream"}  # the rest front (or are) "upstream"
 
 
 def report(runs: dict[str, dict[str, Runs]], connections: int) -> str:
     lines = []
     for mode, per_target in runs.items():
-        base = per_target["upstream"]
-        up = median_result(base.saturation)
         lines += [f"\n### {mode} chat completions", "",
                   f"| target | req/s at c={connections} | CPU ms/req (server) | p50 ms c=1 | p99 ms c=1 "
                   "| added p50 ms | added p99 ms | errors |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for name, r in per_target.items():
+            base = per_target[FRONTS.get(name, "upstream")]
             sat, lat = median_result(r.saturation), median_result(r.latency)
-            add50 = "-" if name == "upstream" else f"{added(r, base, 'p50_ms'):+.3f}"
-            add99 = "-" if name == "upstream" else f"{added(r, base, 'p99_ms'):+.3f}"
+            add50 = "-" if r is base else f"{added(r, base, 'p50_ms'):+.3f}"
+            add99 = "-" if r is base else f"{added(r, base, 'p99_ms'):+.3f}"
             cpu = f"{sat.cpu_ms_per_request:.3f}" if sat.cpu_ms_per_request is not None else "-"
             lines.append(f"| {name} | {sat.rps:.0f} | {cpu} | {lat.p50_ms:.3f} | {lat.p99_ms:.3f} "
                          f"| {add50} | {add99} | {sat.errors + lat.errors} |")
-        lm = median_result(per_target["lmops"].saturation)
         lines.append("")
-        lines.append(f"- lmops / upstream req/s: {lm.rps / up.rps:.2f} (target >= 0.50)")
-        if "floor" in per_target:
-            floor = median_result(per_target["floor"].saturation)
-            lines.append(f"- floor / upstream req/s: {floor.rps / up.rps:.2f} (a bare proxy on lmops's stack)")
+        lines += [line for line in (_ratio_line(per_target, name) for name in ("lmops", "lmops-ref", "floor"))
+                  if line]
         if "litellm" in per_target:
-            ll = median_result(per_target["litellm"].saturation)
+            lm, ll = median_result(per_target["lmops"].saturation), median_result(per_target["litellm"].saturation)
             lines.append(f"- lmops / LiteLLM req/s: {lm.rps / ll.rps:.1f}x (target >= 20x)")
-        lines.append(f"- lmops added latency at c=1: p50 {added(per_target['lmops'], base, 'p50_ms'):+.3f} ms "
-                     f"(target <= 1), p99 {added(per_target['lmops'], base, 'p99_ms'):+.3f} ms (target <= 3)")
+        for name in ("lmops", "lmops-ref"):
+            if name in per_target:
+                r, base = per_target[name], per_target[FRONTS.get(name, "upstream")]
+                lines.append(f"- {name} added latency at c=1: p50 {added(r, base, 'p50_ms'):+.3f} ms (target <= 1), "
+                             f"p99 {added(r, base, 'p99_ms'):+.3f} ms (target <= 3)")
     return "\n".join(lines)
+
+
+def _ratio_line(per_target: dict[str, Runs], name: str) -> str | None:
+    """``name``'s requests/s over its upstream's: the median ratio, and each round's (both from the same round)."""
+    if name not in per_target:
+        return None
+    upstream = FRONTS.get(name, "upstream")
+    runs, base = per_target[name].saturation, per_target[upstream].saturation
+    rounds = [a.rps / b.rps for a, b in zip(runs, base, strict=True)]
+    what = "(a bare proxy on lmops's stack)" if name == "floor" else "(target >= 0.50)"
+    return (f"- {name} / {upstream} req/s: {median_result(runs).rps / median_result(base).rps:.2f} {what}; "
+            f"per round {', '.join(f'{x:.2f}' for x in rounds)}")
 
 
 def main() -> None:
@@ -162,6 +190,8 @@ def main() -> None:
     p.add_argument("--no-litellm", action="store_true", help="measure only the upstream and lmops")
     p.add_argument("--floor", action="store_true",
                    help="also measure bench/floor_proxy.py: a bare proxy on lmops's stack")
+    p.add_argument("--reference", action="store_true",
+                   help="also measure a FastAPI + pydantic upstream (bench/reference_upstream.py) and lmops before it")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians are reported)")
     p.add_argument("--seconds", type=float, default=5, help="duration of each wrk run")
     p.add_argument("--warmup", type=float, default=1, help="seconds of load before each measured run")
@@ -183,6 +213,10 @@ def main() -> None:
             servers["lmops"] = start_lmops(tmp, upstream)
             if a.floor:
                 servers["floor"] = start_floor(tmp, upstream)
+            if a.reference:
+                servers["ref-upstream"] = start_reference_upstream(tmp)
+                reference = servers["ref-upstream"].ready_url.removesuffix("/chat/completions")
+                servers["lmops-ref"] = start_lmops(tmp, reference, "lmops-ref")
             if not a.no_litellm:
                 servers["litellm"] = start_litellm(tmp, upstream, a.litellm)
             runs = measure(servers, a.rounds, a.seconds, a.connections, a.warmup, a.load)
