@@ -14,6 +14,10 @@ pydantic app, the stack vLLM's and lmdeploy's OpenAI servers run on, about as fa
 issue 2) and ``lmops-ref``, a second ``lmops serve`` in front of it. Each gateway's ratio is to the upstream it
 fronts, measured in the same round.
 
+With ``--baseline SRC`` (the ``src`` folder of another checkout, e.g. a ``git worktree`` of an earlier commit with
+this one's compiled modules copied in), ``lmops-base`` runs that code in front of the same upstream: the two
+versions side by side in one run, which a noisy shared host needs to tell them apart.
+
 For each of plain and streamed chat completions, each round measures every target back to back
 (order rotated per round): requests/s at saturation (``--connections`` connections) with the
 server's CPU time per request, then p50/p99 latency at concurrency 1. Figures are medians over
@@ -63,7 +67,7 @@ def start_reference_upstream(tmp: Path) -> Server:
                   chat_body(False), log_dir=tmp).start()
 
 
-def start_lmops(tmp: Path, upstream: str, name: str = "lmops") -> Server:
+def start_lmops(tmp: Path, upstream: str, name: str = "lmops", source: Path | None = None) -> Server:
     port = free_port()
     config = tmp / f"{name}.yaml"
     config.write_text(json.dumps({  # JSON is YAML
@@ -73,8 +77,9 @@ def start_lmops(tmp: Path, upstream: str, name: str = "lmops") -> Server:
         "batch": {"worker_in_process": False},
     }))
     lmops = Path(sys.executable).with_name("lmops")
+    env = {"PYTHONPATH": str(source)} if source else None  # ahead of the installed (editable) lmops
     return Server(name, [str(lmops), "serve", "-c", str(config), "--port", str(port), "--workers", "1"],
-                  f"http://127.0.0.1:{port}{PATH}", chat_body(False), log_dir=tmp).start()
+                  f"http://127.0.0.1:{port}{PATH}", chat_body(False), env=env, log_dir=tmp).start()
 
 
 def start_floor(tmp: Path, upstream: str) -> Server:
@@ -158,8 +163,13 @@ def report(runs: dict[str, dict[str, Runs]], connections: int) -> str:
             lines.append(f"| {name} | {sat.rps:.0f} | {cpu} | {lat.p50_ms:.3f} | {lat.p99_ms:.3f} "
                          f"| {add50} | {add99} | {sat.errors + lat.errors} |")
         lines.append("")
-        lines += [line for line in (_ratio_line(per_target, name) for name in ("lmops", "lmops-ref", "floor"))
-                  if line]
+        lines += [line for line in (_ratio_line(per_target, name)
+                                    for name in ("lmops", "lmops-base", "lmops-ref", "floor")) if line]
+        if "lmops-base" in per_target:
+            pairs = list(zip(per_target["lmops"].saturation, per_target["lmops-base"].saturation, strict=True))
+            ratios = ", ".join(f"{a.rps / b.rps:.2f}" for a, b in pairs)
+            cpu = ", ".join(f"{a.cpu_ms_per_request or 0:.3f}/{b.cpu_ms_per_request or 0:.3f}" for a, b in pairs)
+            lines.append(f"- lmops / lmops-base req/s per round: {ratios}; CPU ms/req (lmops/base) per round: {cpu}")
         if "litellm" in per_target:
             lm, ll = median_result(per_target["lmops"].saturation), median_result(per_target["litellm"].saturation)
             lines.append(f"- lmops / LiteLLM req/s: {lm.rps / ll.rps:.1f}x (target >= 20x)")
@@ -192,6 +202,8 @@ def main() -> None:
                    help="also measure bench/floor_proxy.py: a bare proxy on lmops's stack")
     p.add_argument("--reference", action="store_true",
                    help="also measure a FastAPI + pydantic upstream (bench/reference_upstream.py) and lmops before it")
+    p.add_argument("--baseline", type=Path, metavar="SRC",
+                   help="also run lmops from this src folder (another checkout) as lmops-base, side by side")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians are reported)")
     p.add_argument("--seconds", type=float, default=5, help="duration of each wrk run")
     p.add_argument("--warmup", type=float, default=1, help="seconds of load before each measured run")
@@ -213,6 +225,8 @@ def main() -> None:
             servers["lmops"] = start_lmops(tmp, upstream)
             if a.floor:
                 servers["floor"] = start_floor(tmp, upstream)
+            if a.baseline:
+                servers["lmops-base"] = start_lmops(tmp, upstream, "lmops-base", a.baseline.resolve())
             if a.reference:
                 servers["ref-upstream"] = start_reference_upstream(tmp)
                 reference = servers["ref-upstream"].ready_url.removesuffix("/chat/completions")

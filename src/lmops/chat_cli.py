@@ -59,9 +59,10 @@ async def _local(settings: Settings, body: dict[str, Any], out: TextIO) -> None:
     await engine.start()
     try:
         wire = upstream_body(ChatCompletionRequest.model_validate(body), target)
-        async for chunk in engine.stream_chat_completion(wire):
-            for choice in chunk.get("choices", []):
-                out.write(choice.get("delta", {}).get("content") or "")
-                out.flush()
+        async for chunks in engine.stream_chat_completion(wire):
+            for chunk in chunks:
+                for choice in chunk.get("choices", []):
+                    out.write(choice.get("delta", {}).get("content") or "")
+            out.flush()
     finally:
         await engine.close()

@@ -1,8 +1,11 @@
 """The one Engine interface every inference engine implements.
 
 Requests and responses are OpenAI wire-format dicts: ``body`` is the request as the
-upstream should see it (upstream model name, defaults applied). Streams yield chunk
-dicts and always end with a usage chunk (``choices == []``); the API layer decides
+upstream should see it (upstream model name, defaults applied). Streams yield ``Chunks``:
+the chunk dicts that became available together (those of one network read of an upstream,
+a token's of the embedded engine), never an empty list, so that a burst crosses the router
+and the API layer, and reaches the client, as one piece rather than one chunk at a time.
+A stream always ends with a usage chunk (``choices == []``); the API layer decides
 whether the client sees it.
 """
 
@@ -13,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 Body = dict[str, Any]
+Chunks = list[Body]  # stream chunks that arrived together, in order
 
 
 class EngineError(Exception):
@@ -84,13 +88,13 @@ class Engine(ABC):
     async def chat_completion(self, body: Body) -> Body:
         raise Unsupported("chat completions")
 
-    def stream_chat_completion(self, body: Body) -> AsyncIterator[Body]:
+    def stream_chat_completion(self, body: Body) -> AsyncIterator[Chunks]:
         raise Unsupported("chat completions")
 
     async def completion(self, body: Body) -> Body:
         raise Unsupported("text completions")
 
-    def stream_completion(self, body: Body) -> AsyncIterator[Body]:
+    def stream_completion(self, body: Body) -> AsyncIterator[Chunks]:
         raise Unsupported("text completions")
 
     async def embeddings(self, body: Body) -> Body:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from lmops.config import ModelConfig
-from lmops.engines.base import Body, Engine, EngineBusy, EngineError, EngineFault, EngineRejected
+from lmops.engines.base import Body, Chunks, Engine, EngineBusy, EngineError, EngineFault, EngineRejected
 from lmops.engines.text_stops import StopMatcher
 from lmops.engines.tool_calls import (ForcedCall, ToolChoiceError, as_tool_call, forced_call, history_text,
                                       tools_message)
@@ -161,7 +161,7 @@ class EmbeddedLlamaEngine(Engine):
         return R.chat_completion(R.new_id("chatcmpl"), body["model"], choices, len(jobs[0].prompt),
                                  sum(out.tokens for out in outs))
 
-    async def stream_chat_completion(self, body: Body) -> AsyncIterator[Body]:
+    async def stream_chat_completion(self, body: Body) -> AsyncIterator[Chunks]:
         jobs = [self._chat_job(b) for b in _choice_bodies(body)]
         rid, created, model = R.new_id("chatcmpl"), int(time.time()), body["model"]
         tokens = 0
@@ -169,27 +169,29 @@ class EmbeddedLlamaEngine(Engine):
             call_text: list[str] = []  # a function call goes out whole, once it parses
             async for kind, value in self._stream(job):
                 if kind == "start":
-                    yield R.chat_chunk(rid, created, model, {"role": "assistant", "content": ""}, None, index=index)
+                    yield [R.chat_chunk(rid, created, model, {"role": "assistant", "content": ""}, None,
+                                        index=index)]
                 elif kind == "text":
                     text, entries = value
                     if job.tool_call:
                         call_text.append(text)
                         continue
-                    yield R.chat_chunk(rid, created, model, {"content": text}, None,
-                                       logprobs=_logprobs(job, entries, chat_logprobs), index=index)
+                    yield [R.chat_chunk(rid, created, model, {"content": text}, None,
+                                        logprobs=_logprobs(job, entries, chat_logprobs), index=index)]
                 else:
                     finish, n = value
                     tokens += n
                     if job.tool_call:
                         call = as_tool_call("".join(call_text))
                         if call is None:  # cut short by max_tokens: what was generated, as text
-                            yield R.chat_chunk(rid, created, model, {"content": "".join(call_text)}, None, index=index)
+                            yield [R.chat_chunk(rid, created, model, {"content": "".join(call_text)}, None,
+                                                index=index)]
                         else:
                             finish = "tool_calls"
-                            yield R.chat_chunk(rid, created, model, {"tool_calls": [{"index": 0, **call}]}, None,
-                                               index=index)
-                    yield R.chat_chunk(rid, created, model, {}, finish, index=index)
-        yield R.usage_chunk(rid, created, model, "chat.completion.chunk", len(jobs[0].prompt), tokens)
+                            yield [R.chat_chunk(rid, created, model, {"tool_calls": [{"index": 0, **call}]}, None,
+                                                index=index)]
+                    yield [R.chat_chunk(rid, created, model, {}, finish, index=index)]
+        yield [R.usage_chunk(rid, created, model, "chat.completion.chunk", len(jobs[0].prompt), tokens)]
 
     async def completion(self, body: Body) -> Body:
         bodies = _choice_bodies(body)
@@ -201,7 +203,7 @@ class EmbeddedLlamaEngine(Engine):
         return R.text_completion(R.new_id("cmpl"), body["model"], choices, _prompt_tokens(body, jobs),
                                  sum(out.tokens for out in outs))
 
-    async def stream_completion(self, body: Body) -> AsyncIterator[Body]:
+    async def stream_completion(self, body: Body) -> AsyncIterator[Chunks]:
         bodies = _choice_bodies(body)
         jobs = [self._completion_job(b) for b in bodies]
         rid, created, model = R.new_id("cmpl"), int(time.time()), body["model"]
@@ -211,17 +213,17 @@ class EmbeddedLlamaEngine(Engine):
             async for kind, value in self._stream(job):
                 if kind == "start":
                     if one.get("echo"):
-                        yield R.text_chunk(rid, created, model, _echo(one), None, index=index)
+                        yield [R.text_chunk(rid, created, model, _echo(one), None, index=index)]
                 elif kind == "text":
                     text, entries = value
-                    yield R.text_chunk(rid, created, model, text, None,
-                                       logprobs=_logprobs(job, entries, completion_logprobs, offset), index=index)
+                    yield [R.text_chunk(rid, created, model, text, None, index=index,
+                                        logprobs=_logprobs(job, entries, completion_logprobs, offset))]
                     offset += len(text)
                 else:
                     finish, n = value
                     tokens += n
-                    yield R.text_chunk(rid, created, model, "", finish, index=index)
-        yield R.usage_chunk(rid, created, model, "text_completion", _prompt_tokens(body, jobs), tokens)
+                    yield [R.text_chunk(rid, created, model, "", finish, index=index)]
+        yield [R.usage_chunk(rid, created, model, "text_completion", _prompt_tokens(body, jobs), tokens)]
 
     # -- building jobs ----------------------------------------------------------------------------
     def _chat_job(self, body: Body) -> _Job:

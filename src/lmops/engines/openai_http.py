@@ -19,6 +19,7 @@ import orjson
 from lmops.engines import http1
 from lmops.engines.base import (
     Body,
+    Chunks,
     Engine,
     EngineError,
     EngineRejected,
@@ -60,13 +61,13 @@ class OpenAIHTTPEngine(Engine):
     async def chat_completion(self, body: Body) -> Body:
         return await self._post("/chat/completions", body, "choices")
 
-    def stream_chat_completion(self, body: Body) -> AsyncIterator[Body]:
+    def stream_chat_completion(self, body: Body) -> AsyncIterator[Chunks]:
         return self._stream("/chat/completions", body)
 
     async def completion(self, body: Body) -> Body:
         return await self._post("/completions", body, "choices")
 
-    def stream_completion(self, body: Body) -> AsyncIterator[Body]:
+    def stream_completion(self, body: Body) -> AsyncIterator[Chunks]:
         return self._stream("/completions", body)
 
     async def embeddings(self, body: Body) -> Body:
@@ -91,7 +92,7 @@ class OpenAIHTTPEngine(Engine):
             raise EngineError(f"{self.endpoint} answered with JSON that is not an OpenAI answer: {problem}")
         return answer
 
-    async def _stream(self, path: str, body: Body) -> AsyncIterator[Body]:
+    async def _stream(self, path: str, body: Body) -> AsyncIterator[Chunks]:
         body = dict(body)
         body["stream"] = True
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
@@ -107,21 +108,20 @@ class OpenAIHTTPEngine(Engine):
             pending = b""
             while (piece := await resp.next_bytes()) is not None:
                 events, pending = _sse_data(pending + piece)
+                chunks: Chunks = []  # the events of one read travel on together
                 for data in events:
                     if data == b"[DONE]":
+                        if chunks:
+                            yield chunks
                         return
                     try:
-                        chunk = orjson.loads(data)
-                    except orjson.JSONDecodeError as exc:
-                        raise EngineError(f"{self.endpoint} sent an invalid stream event") from exc
-                    if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
-                        err = chunk["error"]
-                        raise EngineError(
-                            f"{self.endpoint}: {err.get('message', err) if isinstance(err, dict) else err}")
-                    problem = answer_problem(chunk, "choices", required=False)
-                    if problem is not None:
-                        raise EngineError(f"{self.endpoint} sent a stream event that is not an OpenAI chunk: {problem}")
-                    yield chunk
+                        chunks.append(self._chunk(data))
+                    except EngineError:
+                        if chunks:  # what came before the bad event still reaches the client
+                            yield chunks
+                        raise
+                if chunks:
+                    yield chunks
             raise EngineError(f"{self.endpoint} ended the stream without [DONE]")
         except http1.Timeout as exc:
             raise EngineTimeout(f"{self.endpoint} timed out mid-stream", status=504) from exc
@@ -129,6 +129,20 @@ class OpenAIHTTPEngine(Engine):
             raise EngineUnavailable(f"{self.endpoint} broke the stream: {type(exc).__name__}") from exc
         finally:
             resp.release()
+
+    def _chunk(self, data: bytes) -> Body:
+        """One stream event's chunk; EngineError for an event that is not one (an error event included)."""
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise EngineError(f"{self.endpoint} sent an invalid stream event") from exc
+        if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
+            err = chunk["error"]
+            raise EngineError(f"{self.endpoint}: {err.get('message', err) if isinstance(err, dict) else err}")
+        problem = answer_problem(chunk, "choices", required=False)
+        if problem is not None:
+            raise EngineError(f"{self.endpoint} sent a stream event that is not an OpenAI chunk: {problem}")
+        return chunk
 
 
 def _sse_data(buffer: bytes) -> tuple[list[bytes], bytes]:

@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import logging
 import sys
+import threading
 import time
 from typing import Any, TextIO
 
@@ -61,7 +62,11 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.interval = interval
         self.max_lines = max_lines
         self._held: list[str] = []
-        self._flush_on: asyncio.AbstractEventLoop | None = None  # the loop a flush is scheduled on
+        # The loop a flush is scheduled on, and its thread. Asking for the running loop costs a getpid() system
+        # call (CPython checks for a fork), as much as the rest of a line: a line logged in the loop's own
+        # thread while that loop runs is known to be on it.
+        self._flush_on: asyncio.AbstractEventLoop | None = None
+        self._flush_thread = 0
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -72,13 +77,16 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         if record.levelno >= logging.WARNING or len(self._held) >= self.max_lines:
             self.flush()
             return
+        pending = self._flush_on
+        if pending is not None and self._flush_thread == threading.get_ident() and pending.is_running():
+            return  # the flush already scheduled on this thread's running loop takes this line too
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self.flush()
             return
         if self._flush_on is not loop:
-            self._flush_on = loop
+            self._flush_on, self._flush_thread = loop, threading.get_ident()
             loop.call_later(self.interval, self._scheduled_flush)
 
     def _scheduled_flush(self) -> None:

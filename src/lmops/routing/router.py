@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmops.config import AdapterConfig, HealthConfig, ModelConfig
-from lmops.engines.base import Body, Engine, EngineBusy, EngineError, EngineRejected, EngineTimeout, Unsupported
+from lmops.engines.base import Body, Chunks, Engine, EngineBusy, EngineError, EngineRejected, EngineTimeout, Unsupported
 from lmops.protocol.errors import (
     APIError,
     InvalidRequest,
@@ -27,7 +27,7 @@ from lmops.protocol.errors import (
 from lmops.routing.replicas import Deployment, Replica
 
 CallOp = Callable[[Engine, Body], Awaitable[Body]]
-StreamOp = Callable[[Engine, Body], AsyncIterator[Body]]
+StreamOp = Callable[[Engine, Body], AsyncIterator[Chunks]]
 
 
 @dataclass
@@ -124,8 +124,8 @@ class Router:
             return result
         raise _exhausted(dep, last)
 
-    async def stream(self, model: str, op: StreamOp, body: Body, routed: Routed) -> AsyncIterator[Body]:
-        """Open a stream; errors before its first chunk are retried, later ones end the stream."""
+    async def stream(self, model: str, op: StreamOp, body: Body, routed: Routed) -> AsyncIterator[Chunks]:
+        """Open a stream; errors before its first chunks are retried, later ones end the stream."""
         dep = self.deployment(model)
         tried: set[int] = set()
         last: EngineError | None = None
@@ -158,7 +158,7 @@ class Router:
             return self._relay(replica, first, agen)
         raise _exhausted(dep, last)
 
-    async def _relay(self, replica: Replica, first: Body, agen: AsyncIterator[Body]) -> AsyncIterator[Body]:
+    async def _relay(self, replica: Replica, first: Chunks, agen: AsyncIterator[Chunks]) -> AsyncIterator[Chunks]:
         ended = False
         try:
             yield first
@@ -180,7 +180,7 @@ class Router:
             replica.record_failure(self._health.failure_threshold)
 
 
-async def _empty() -> AsyncIterator[Body]:
+async def _empty() -> AsyncIterator[Chunks]:
     return
     yield  # pragma: no cover
 

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from lmops.config import EngineKind
-from lmops.engines.base import Body, Engine
+from lmops.engines.base import Body, Chunks, Engine
 from lmops.ids import sortable_hex
 from lmops.observability.metrics import Metrics
 from lmops.protocol import responses as R
@@ -119,9 +119,10 @@ class InferenceService:
         self.finish(ctx)
         return _json_response(result, ctx)
 
-    async def _events(self, ctx: RequestContext, chunks: AsyncIterator[Body], model: str,
+    async def _events(self, ctx: RequestContext, batches: AsyncIterator[Chunks], model: str,
                       include_usage: bool) -> AsyncIterator[bytes]:
-        """Relay engine chunks as SSE events; count usage from the engine's final usage chunk.
+        """Relay engine chunks as SSE events, those that arrived together as one piece; count usage from the
+        engine's final usage chunk.
 
         Without one (an upstream that ignores ``include_usage``, or a stream cut short), the
         completion is counted as the number of chunks with output delivered.
@@ -130,24 +131,28 @@ class InferenceService:
         got_usage = completed = False
         failure: APIError | None = None
         try:
-            async for chunk in chunks:
-                usage = chunk.get("usage")
-                if usage:
-                    ctx.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-                    ctx.completion_tokens = int(usage.get("completion_tokens") or 0)
-                    got_usage = True
-                choices = chunk.get("choices")
-                if choices:
-                    if _has_output(choices[0]):
-                        delivered += 1
-                        if ctx.ttft is None:
-                            ctx.ttft = ctx.elapsed()
-                    if usage and not include_usage:
-                        chunk = {k: v for k, v in chunk.items() if k != "usage"}
-                elif not include_usage:
-                    continue
-                chunk["model"] = model
-                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+            async for chunks in batches:
+                events = []
+                for chunk in chunks:
+                    usage = chunk.get("usage")
+                    if usage:
+                        ctx.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+                        ctx.completion_tokens = int(usage.get("completion_tokens") or 0)
+                        got_usage = True
+                    choices = chunk.get("choices")
+                    if choices:
+                        if _has_output(choices[0]):
+                            delivered += 1
+                            if ctx.ttft is None:
+                                ctx.ttft = ctx.elapsed()
+                        if usage and not include_usage:
+                            chunk = {k: v for k, v in chunk.items() if k != "usage"}
+                    elif not include_usage:
+                        continue
+                    chunk["model"] = model
+                    events.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+                if events:
+                    yield b"".join(events)
             completed = True
             if include_usage and not got_usage:
                 ctx.completion_tokens = delivered
@@ -162,7 +167,7 @@ class InferenceService:
             failure = UpstreamError(f"The stream failed: {type(exc).__name__}")
             yield b"data: " + orjson.dumps(failure.envelope()) + b"\n\n"
         finally:
-            await chunks.aclose()  # type: ignore[attr-defined]  # stop the engine now, not at GC
+            await batches.aclose()  # type: ignore[attr-defined]  # stop the engine now, not at GC
             if not got_usage:
                 ctx.completion_tokens = max(ctx.completion_tokens, delivered)
             if not completed and failure is None:
@@ -291,7 +296,7 @@ def _chat_call(engine: Engine, body: Body) -> Any:
     return engine.chat_completion(body)
 
 
-def _chat_stream(engine: Engine, body: Body) -> AsyncIterator[Body]:
+def _chat_stream(engine: Engine, body: Body) -> AsyncIterator[Chunks]:
     return engine.stream_chat_completion(body)
 
 
@@ -299,7 +304,7 @@ def _completion_call(engine: Engine, body: Body) -> Any:
     return engine.completion(body)
 
 
-def _completion_stream(engine: Engine, body: Body) -> AsyncIterator[Body]:
+def _completion_stream(engine: Engine, body: Body) -> AsyncIterator[Chunks]:
     return engine.stream_completion(body)
 
 

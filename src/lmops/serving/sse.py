@@ -1,8 +1,9 @@
-"""A server-sent-events response that forwards chunks as they come (those ready together in one write)
-and stops work on disconnect.
+"""A server-sent-events response that forwards events as they come and stops work on disconnect.
 
 Unlike a plain StreamingResponse it listens for the client going away while the engine is
-still thinking, and closes the chunk iterator at once, so an abandoned generation stops.
+still thinking, and stops the events at once, so an abandoned generation stops. Each event it is
+given goes out in one ``send``: the inference layer hands over the chunks an engine produced
+together (one network read of an upstream) as one event string, so a burst costs one write.
 """
 
 from __future__ import annotations
@@ -30,75 +31,36 @@ class EventStreamResponse(Response):
                (b"x-accel-buffering", b"no")]
         raw += self._headers
         await send({"type": "http.response.start", "status": 200, "headers": raw})
-        queue: asyncio.Queue[bytes | _End] = asyncio.Queue(maxsize=_QUEUED_EVENTS)
-        reader = asyncio.ensure_future(_read_into(self._events, queue))
+        # The client leaving cancels this task where it waits (mostly on the engine's next event); the events,
+        # an async generator, see that as a CancelledError at their own await and stop there. No task and no
+        # queue per stream, nor a hand-over per event, as a reader task would need.
+        task = asyncio.current_task()
+        assert task is not None
+        streaming, left = True, False
+
+        def client_left(listener: asyncio.Future[None]) -> None:
+            nonlocal left
+            if streaming and not listener.cancelled():
+                left = True
+                task.cancel()
+
         listen = asyncio.ensure_future(_wait_disconnect(receive))
-        listen.add_done_callback(lambda _: queue.full() or queue.put_nowait(_GONE))
+        listen.add_done_callback(client_left)
         try:
-            if await _send_bursts(queue, send, listen):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            async for event in self._events:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+            streaming = False  # no await since the last event: a cancel can only have landed inside the loop
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not left:
+                raise  # the server's own cancellation (shutdown), not the client's departure
+            task.uncancel()
         except OSError:
             pass  # the client went away mid-write
         finally:
-            for task in (reader, listen):
-                if not task.done():
-                    task.cancel()
-            await asyncio.gather(reader, listen, return_exceptions=True)  # then the events may be closed
+            streaming = False
+            listen.cancel()
             await _close(self._events)
-
-
-_QUEUED_EVENTS = 256
-
-
-class _End:
-    """The end of the events, and the error that ended them, if any."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException | None = None):
-        self.error = error
-
-
-_GONE = _End()  # put by the disconnect listener: the client left
-
-
-async def _read_into(events: AsyncIterator[bytes], queue: "asyncio.Queue[bytes | _End]") -> None:
-    """Move the events into the queue (a full queue stops the reading, so a slow client slows the upstream
-    read, not memory), then their end."""
-    try:
-        async for event in events:
-            if queue.full():
-                await queue.put(event)
-            else:
-                queue.put_nowait(event)  # no coroutine per event while the client keeps up
-    except Exception as exc:  # noqa: BLE001 - handed to the sender, which raises it
-        await queue.put(_End(exc))
-    else:
-        await queue.put(_End())
-
-
-async def _send_bursts(queue: "asyncio.Queue[bytes | _End]", send: Send, listen: asyncio.Future[None]) -> bool:
-    """Send the queued events, those that arrived together in one write; True when they all went out,
-    False when the client left first.
-
-    An upstream that delivers many chunks in one network read (a loaded engine, or a fast one) costs one
-    write to the client instead of one per chunk; one that sends a token at a time has it forwarded at once.
-    """
-    while True:
-        parts = [await queue.get()]
-        while not queue.empty():
-            parts.append(queue.get_nowait())
-        ends = [part for part in parts if isinstance(part, _End)]
-        if listen.done():
-            return False
-        events = [part for part in parts if not isinstance(part, _End)] if ends else parts
-        if events:
-            await send({"type": "http.response.body", "body": b"".join(events),  # type: ignore[arg-type]
-                        "more_body": True})
-        if ends:
-            if ends[0].error is not None:
-                raise ends[0].error
-            return True
 
 
 async def _wait_disconnect(receive: Receive) -> None:
