@@ -34,7 +34,8 @@ class EventStreamResponse(Response):
         # The client leaving cancels this task where it waits (mostly on the engine's next event); the events,
         # an async generator, see that as a CancelledError at their own await and stop there. No task and no
         # queue per stream, nor a hand-over per event, as a reader task would need.
-        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()  # once: each lookup of the running loop costs a getpid() system call
+        task = asyncio.current_task(loop)
         assert task is not None
         streaming, left = True, False
 
@@ -44,7 +45,7 @@ class EventStreamResponse(Response):
                 left = True
                 task.cancel()
 
-        listen = asyncio.ensure_future(_wait_disconnect(receive))
+        listen = loop.create_task(_wait_disconnect(receive))
         listen.add_done_callback(client_left)
         try:
             async for event in self._events:
