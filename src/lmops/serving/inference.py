@@ -132,7 +132,7 @@ class InferenceService:
         failure: APIError | None = None
         try:
             async for chunks in batches:
-                events = []
+                events: list[bytes] = []
                 for chunk in chunks:
                     usage = chunk.get("usage")
                     if usage:

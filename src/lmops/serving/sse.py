@@ -22,14 +22,14 @@ class EventStreamResponse(Response):
 
     def __init__(self, events: AsyncIterator[bytes], raw_headers: RawHeaders | None = None):
         self._events = events
-        self._headers = raw_headers or []
+        self._extra_headers = raw_headers or []
         self.status_code = 200
         self.background = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                (b"x-accel-buffering", b"no")]
-        raw += self._headers
+        raw += self._extra_headers
         await send({"type": "http.response.start", "status": 200, "headers": raw})
         # The client leaving cancels this task where it waits (mostly on the engine's next event); the events,
         # an async generator, see that as a CancelledError at their own await and stop there. No task and no
@@ -41,7 +41,10 @@ class EventStreamResponse(Response):
 
         def client_left(listener: asyncio.Future[None]) -> None:
             nonlocal left
-            if streaming and not listener.cancelled():
+            if listener.cancelled():
+                return
+            listener.exception()  # retrieved: a receive that broke counts as the client leaving
+            if streaming:
                 left = True
                 task.cancel()
 
