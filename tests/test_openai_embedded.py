@@ -208,6 +208,11 @@ LONG_ESSAY = {"model": "smollm2", "messages": [{"role": "user", "content": "Writ
               "max_tokens": 400, "temperature": 0}
 
 
+# Token 2 ends SmolLM2's turn: banned, an answer runs to max_tokens whatever the model's state (a greedy answer can
+# come out shorter after other requests have warmed llama.cpp's cache).
+ENDLESS = {**LONG_ESSAY, "logit_bias": {"2": -100}}
+
+
 def engine_of(server):
     return server.server.config.app.state.services.router.deployment("smollm2").replicas[0].engine
 
@@ -217,6 +222,41 @@ def wait_for_pending(engine, count: int, seconds: float = 10) -> None:
     while engine._pending != count and time.monotonic() < deadline:
         time.sleep(0.01)
     assert engine._pending == count
+
+
+def test_the_queue_holds_a_place_for_each_choice_of_a_request(embedded):
+    """queue_size=2: with a generation running, a request for 3 choices would put 3 behind it and is refused at
+    once; one for 2 fits, and holds both places from the start. An idle engine takes any n."""
+    import concurrent.futures
+
+    engine = engine_of(embedded)
+    small = {"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "temperature": 0}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        with httpx.stream("POST", f"{embedded.url}/v1/chat/completions", json={**ENDLESS, "stream": True},
+                          timeout=60) as essay:
+            lines = essay.iter_lines()  # kept: a dropped line iterator closes the response when it is collected
+            next(lines)
+            wait_for_pending(engine, 1)
+            refused = httpx.post(f"{embedded.url}/v1/chat/completions", json={**small, "n": 3}, timeout=60)
+            assert refused.status_code == 429, refused.text
+            assert "busy" in refused.json()["error"]["message"]
+            pair = pool.submit(httpx.post, f"{embedded.url}/v1/chat/completions", json={**small, "n": 2}, timeout=60)
+            wait_for_pending(engine, 3)  # both choices hold their place while the essay runs
+        assert [c["index"] for c in pair.result().json()["choices"]] == [0, 1]
+    wait_for_pending(engine, 0)
+    many = httpx.post(f"{embedded.url}/v1/chat/completions", json={**small, "n": 4}, timeout=60)
+    assert many.status_code == 200 and len(many.json()["choices"]) == 4
+
+
+def test_a_client_leaving_during_the_first_choice_frees_the_places_of_the_rest(embedded):
+    engine = engine_of(embedded)
+    with httpx.stream("POST", f"{embedded.url}/v1/chat/completions", json={**ENDLESS, "stream": True, "n": 3},
+                      timeout=60) as resp:
+        lines = resp.iter_lines()  # kept: a dropped line iterator closes the response when it is collected
+        for _ in range(4):
+            next(lines)
+        assert engine._pending == 3
+    wait_for_pending(engine, 0)
 
 
 def test_client_disconnect_stops_the_generation(embedded):

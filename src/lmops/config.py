@@ -80,7 +80,8 @@ class ModelConfig(_Strict):
     timeout: float = Field(60.0, gt=0, description="seconds per upstream attempt")
     connect_timeout: float = Field(3.0, gt=0)
     max_retries: int | None = Field(None, ge=0, description="other replicas to try; default all")
-    queue_size: int = Field(16, ge=1, description="embedded: requests that may wait for the model")
+    queue_size: int = Field(16, ge=1, description="embedded: generations that may wait for the model (a request "
+                                                  "for n choices counts n)")
     threads: int | None = Field(None, ge=1, description="embedded: llama.cpp threads (default: half the cores)")
     adapters: list[AdapterConfig] = Field(default_factory=list,
                                           description="openai: LoRA adapters the replicas serve, as '<model>:<name>'")

