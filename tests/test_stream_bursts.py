@@ -39,7 +39,11 @@ def _burst_body(model: str) -> bytes:
 
 
 class BurstUpstream:
-    """An OpenAI-compatible upstream whose whole stream leaves in one ASGI message (one write)."""
+    """An OpenAI-compatible upstream whose whole stream leaves in one ASGI message (one write); ``body`` replaces
+    the stream."""
+
+    def __init__(self, body: bytes | None = None):
+        self.body = body
 
     async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         if scope["type"] != "http":
@@ -57,7 +61,7 @@ class BurstUpstream:
             await send({"type": "http.response.body", "body": payload})
             return
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
-        await send({"type": "http.response.body", "body": _burst_body(orjson.loads(body)["model"])})
+        await send({"type": "http.response.body", "body": self.body or _burst_body(orjson.loads(body)["model"])})
 
 
 async def _batches(engine: OpenAIHTTPEngine) -> list[list[dict]]:
@@ -117,6 +121,19 @@ def test_a_burst_from_the_upstream_leaves_lmops_in_one_piece(serve, settings_fac
     # 13 events (no usage chunk: the client did not ask for one) and [DONE]: the events in one piece, [DONE] in
     # another (the pool's read may split the upstream's bytes once: at most one piece more).
     assert len(events) == 13 and len(pieces) <= 3
+
+
+def test_an_error_event_in_a_burst_ends_the_stream_after_the_events_before_it(serve, settings_factory) -> None:
+    good = _burst_body("up").split(b"\n\n")[:4]  # role and three words
+    error = b'data: {"error": {"message": "engine overloaded", "type": "server_error"}}'
+    up = serve(BurstUpstream(b"\n\n".join([*good, error, *good]) + b"\n\n"))
+    settings = settings_factory([{"name": "m", "engine": "openai", "upstream_model": "up",
+                                  "replicas": [f"{up.url}/v1"]}])
+    srv = serve(create_app(settings))
+    events = b"".join(_chunked_pieces(srv.url, orjson.dumps({**CHAT, "model": "m"}))).split(b"\n\n")[:-1]
+    sent = [orjson.loads(e[6:]) for e in events]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in sent[:-1]) == "".join(WORDS[:3])
+    assert "engine overloaded" in sent[-1]["error"]["message"] and len(sent) == 5  # nothing after the error
 
 
 class _Client:
