@@ -53,7 +53,8 @@ class EventStreamResponse(Response):
         try:
             async for event in self._events:
                 await send({"type": "http.response.body", "body": event, "more_body": True})
-            streaming = False  # no await since the last event: a cancel can only have landed inside the loop
+            streaming = False  # all sent: from here on, a disconnect cancels nothing (a cancel asked while this
+            # task waited inside the loop was raised there, at that await)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if not left:
