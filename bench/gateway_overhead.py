@@ -144,7 +144,9 @@ def added(runs: Runs, base: Runs, attr: str) -> float:
     return statistics.median(getattr(a, attr) - getattr(b, attr) for a, b in pairs)
 
 
-FRONTS = {"lmops-ref": "ref-upstream", "ref-upstream": "ref-upstream"}  # the rest front (or are) "upstream"
+def upstream_of(target: str) -> str:
+    """The upstream a target fronts (an upstream: itself)."""
+    return "ref-upstream" if target in ("lmops-ref", "ref-upstream") else "upstream"
 
 
 def report(runs: dict[str, dict[str, Runs]], connections: int) -> str:
@@ -155,7 +157,7 @@ def report(runs: dict[str, dict[str, Runs]], connections: int) -> str:
                   "| added p50 ms | added p99 ms | errors |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for name, r in per_target.items():
-            base = per_target[FRONTS.get(name, "upstream")]
+            base = per_target[upstream_of(name)]
             sat, lat = median_result(r.saturation), median_result(r.latency)
             add50 = "-" if r is base else f"{added(r, base, 'p50_ms'):+.3f}"
             add99 = "-" if r is base else f"{added(r, base, 'p99_ms'):+.3f}"
@@ -175,7 +177,7 @@ def report(runs: dict[str, dict[str, Runs]], connections: int) -> str:
             lines.append(f"- lmops / LiteLLM req/s: {lm.rps / ll.rps:.1f}x (target >= 20x)")
         for name in ("lmops", "lmops-ref"):
             if name in per_target:
-                r, base = per_target[name], per_target[FRONTS.get(name, "upstream")]
+                r, base = per_target[name], per_target[upstream_of(name)]
                 lines.append(f"- {name} added latency at c=1: p50 {added(r, base, 'p50_ms'):+.3f} ms (target <= 1), "
                              f"p99 {added(r, base, 'p99_ms'):+.3f} ms (target <= 3)")
     return "\n".join(lines)
@@ -185,7 +187,7 @@ def _ratio_line(per_target: dict[str, Runs], name: str) -> str | None:
     """``name``'s requests/s over its upstream's: the median ratio, and each round's (both from the same round)."""
     if name not in per_target:
         return None
-    upstream = FRONTS.get(name, "upstream")
+    upstream = upstream_of(name)
     runs, base = per_target[name].saturation, per_target[upstream].saturation
     rounds = [a.rps / b.rps for a, b in zip(runs, base, strict=True)]
     what = "(a bare proxy on lmops's stack)" if name == "floor" else "(target >= 0.50)"
