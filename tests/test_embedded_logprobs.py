@@ -44,6 +44,75 @@ def test_completion_logprobs_match_llama_cpp_run_directly(client, logits_llama):
     assert [text[o:o + len(t)] for o, t in zip(got.text_offset, got.tokens, strict=True)] == got.tokens
 
 
+def _reference_prompt_logprobs(llama, prompt: str) -> tuple[list[str], list[float]]:
+    """The prompt's tokens, and the log-probability of each after the first given the tokens before it, from the
+    logits llama-cpp-python keeps for every position (its own ``echo`` logprobs are one position off)."""
+    import numpy as np
+
+    tokens = llama.tokenize(prompt.encode(), add_bos=True)
+    llama.reset()
+    llama.eval(tokens)
+    rows = llama.scores[:len(tokens)].astype(np.float64)
+    log_softmax = rows - rows.max(axis=1, keepdims=True)
+    log_softmax -= np.log(np.exp(log_softmax).sum(axis=1, keepdims=True))
+    return ([llama.detokenize([t]).decode() for t in tokens],
+            [float(log_softmax[i, t]) for i, t in enumerate(tokens[1:])])
+
+
+def test_echo_with_logprobs_scores_the_prompt_then_the_answer(client, logits_llama):
+    resp = client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=3, temperature=0, echo=True,
+                                     logprobs=2)
+    alone = client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=3, temperature=0, logprobs=2)
+    choice, got = resp.choices[0], resp.choices[0].logprobs
+    assert choice.text == PROMPT + alone.choices[0].text
+    n_prompt = resp.usage.prompt_tokens
+    assert len(got.tokens) == n_prompt + resp.usage.completion_tokens
+    words, want = _reference_prompt_logprobs(logits_llama, PROMPT)
+    assert got.tokens[:n_prompt] == words
+    assert got.token_logprobs[0] is None and got.top_logprobs[0] is None  # nothing before it predicts it
+    assert got.token_logprobs[1:n_prompt] == pytest.approx(want, abs=1e-3)
+    for top, token, logprob in zip(got.top_logprobs[1:n_prompt], words[1:], want, strict=True):
+        assert top[token] == pytest.approx(logprob, abs=1e-3) and len(top) in (2, 3)
+        assert all(lp <= 0 for lp in top.values())
+    # The answer's entries are those of the same greedy completion without echo.
+    assert got.tokens[n_prompt:] == alone.choices[0].logprobs.tokens
+    assert got.token_logprobs[n_prompt:] == pytest.approx(alone.choices[0].logprobs.token_logprobs, abs=1e-4)
+    assert [choice.text[o:o + len(t)] for o, t in zip(got.text_offset, got.tokens, strict=True)] == got.tokens
+
+
+def test_max_tokens_0_with_echo_scores_the_prompt_alone(client):
+    first = client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=0, echo=True, logprobs=0)
+    other = client.completions.create(model="smollm2", prompt="Bananas are yellow", max_tokens=0, echo=True,
+                                      logprobs=0)
+    again = client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=0, echo=True, logprobs=0)
+    choice = first.choices[0]
+    assert choice.text == PROMPT and choice.finish_reason == "length"
+    assert first.usage.completion_tokens == 0 and len(choice.logprobs.tokens) == first.usage.prompt_tokens
+    assert "".join(choice.logprobs.tokens) == PROMPT
+    assert "".join(other.choices[0].logprobs.tokens) == "Bananas are yellow"
+    # Scoring leaves nothing behind that changes the next scoring of the same prompt.
+    assert again.choices[0].logprobs.token_logprobs[1:] == pytest.approx(choice.logprobs.token_logprobs[1:],
+                                                                         abs=1e-4)
+    plain = client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=4, temperature=0)
+    assert plain.choices[0].text == client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=4,
+                                                              temperature=0).choices[0].text
+
+
+def test_streamed_echo_sends_the_scored_prompt_first(client):
+    kwargs = dict(model="smollm2", prompt=PROMPT, max_tokens=3, temperature=0, echo=True, logprobs=1)
+    whole = client.completions.create(**kwargs).choices[0]
+    chunks = [c for c in client.completions.create(stream=True, **kwargs) if c.choices and c.choices[0].logprobs]
+    echoed = chunks[0].choices[0]
+    assert echoed.text == PROMPT
+    n_prompt = len(echoed.logprobs.tokens)
+    assert echoed.logprobs.tokens == whole.logprobs.tokens[:n_prompt]
+    assert echoed.logprobs.token_logprobs[0] is None
+    assert echoed.logprobs.token_logprobs[1:] == pytest.approx(whole.logprobs.token_logprobs[1:n_prompt], abs=1e-4)
+    offsets = [o for c in chunks for o in c.choices[0].logprobs.text_offset]
+    assert offsets == whole.logprobs.text_offset
+    assert "".join(c.choices[0].text for c in chunks) == whole.text
+
+
 def test_chat_logprobs_are_the_greedy_choices_with_their_alternatives(client):
     resp = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Name a colour."}],
                                           max_tokens=8, temperature=0, logprobs=True, top_logprobs=4)
@@ -117,7 +186,8 @@ def test_logit_bias_forces_and_forbids_tokens(client, logits_llama):
     ("/v1/chat/completions", {"logprobs": True, "top_logprobs": 21}, "top_logprobs", "20"),
     ("/v1/chat/completions", {"logprobs": "yes"}, "logprobs", "bool"),
     ("/v1/completions", {"logprobs": 21}, "logprobs", "20"),
-    ("/v1/completions", {"logprobs": 2, "echo": True}, None, "echo with logprobs"),
+    ("/v1/completions", {"max_tokens": 0}, None, "only useful with echo"),
+    ("/v1/chat/completions", {"max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
 ])
 def test_bad_logprobs_and_logit_bias_are_400s_that_say_why(embedded, path, body, param, words):
     base = ({"messages": [{"role": "user", "content": "Hi"}]} if "chat" in path else {"prompt": PROMPT})

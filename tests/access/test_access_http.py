@@ -308,6 +308,24 @@ def test_a_budget_reserves_max_tokens_for_every_choice(gateway):
     assert ledger["completion_tokens"] == served.json()["usage"]["completion_tokens"] == 2 * 10
 
 
+def test_scoring_a_prompt_reserves_no_output(gateway):
+    """``max_tokens`` 0 with ``echo`` scores the prompt and generates nothing: the reservation is the prompt alone,
+    where a request without ``max_tokens`` reserves the model's whole context (512 tokens here)."""
+    team = gateway.team()
+    key, row = gateway.key(team["id"])
+    scoring = {"model": "other", "prompt": "hello", "echo": True, "logprobs": 1, "max_tokens": 0}
+    size = len(json.dumps(scoring).encode())
+    gateway.ok("PUT", f"/limits/key/{row['id']}", json={"budget_tokens": size + 100, "budget_period": "total"})
+
+    def send(body: dict) -> httpx.Response:
+        return httpx.post(f"{gateway.url}/v1/completions", json=body, headers={"authorization": f"Bearer {key}"})
+
+    unbounded = send({k: v for k, v in scoring.items() if k != "max_tokens"})
+    assert unbounded.status_code == 429 and unbounded.json()["error"]["code"] == "budget_exceeded", unbounded.text
+    scored = send(scoring)
+    assert scored.status_code == 200, scored.text
+
+
 def test_model_list_needs_a_key(gateway):
     assert httpx.get(f"{gateway.url}/v1/models").status_code == 401
     key, _ = gateway.key(gateway.team()["id"])

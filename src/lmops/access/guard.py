@@ -206,7 +206,7 @@ class AccessGuard:
             prompt, output = body_bytes, 0
         else:
             prompt = min(body_bytes, context) if context else body_bytes
-            output = (ctx.max_tokens or context) * ctx.choices
+            output = (context if ctx.max_tokens is None else ctx.max_tokens) * ctx.choices
         return prompt + output, self.prices.cost(ctx.model, prompt, output)
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from lmops.config import ModelConfig
 from lmops.engines.base import Body, Chunks, Engine, EngineBusy, EngineError, EngineFault, EngineRejected
+from lmops.engines.prompt_logprobs import score_prompt
 from lmops.engines.text_stops import StopMatcher
 from lmops.engines.tool_calls import (ForcedCall, ToolChoiceError, as_tool_call, forced_call, history_text,
                                       tools_message)
@@ -54,7 +55,8 @@ def default_threads() -> int:
 
 @dataclass(frozen=True)
 class _Generated:
-    """What a generation produced: its text, why it ended, how many tokens, and their log-probabilities."""
+    """What a generation produced: its text, why it ended, how many tokens, and their log-probabilities (with
+    those of the prompt's tokens before them, when the request echoes the prompt)."""
 
     text: str
     finish: str
@@ -74,6 +76,7 @@ class _Job:
     seed: int | None
     loop: asyncio.AbstractEventLoop
     top_logprobs: int | None = None  # None: no log-probabilities; N: the chosen token's and N alternatives
+    score_from: int | None = None  # echo with logprobs: the first prompt token to score (1 skips a BOS token)
     tool_call: bool = False  # the grammar makes the output a function call (tool_choice demanded one)
     bias: dict[int, float] | None = None  # logit_bias by token id
     stream: asyncio.Queue[tuple[str, Any]] | None = None
@@ -212,11 +215,15 @@ class EmbeddedLlamaEngine(Engine):
         rid, created, model = R.new_id("cmpl"), int(time.time()), body["model"]
         tokens = 0
         offset = 0  # where the next chunk starts in this choice's text (the logprobs' text_offset)
+        echo = ""  # the prompt, when this choice echoes it
         async for index, job, kind, value in self._streams(jobs):
             if kind == "start":
-                offset = 0
-                if bodies[index].get("echo"):
-                    yield [R.text_chunk(rid, created, model, _echo(bodies[index]), None, index=index)]
+                echo = _echo(bodies[index])
+                offset = len(echo)
+                if bodies[index].get("echo") and job.score_from is None:
+                    yield [R.text_chunk(rid, created, model, echo, None, index=index)]
+            elif kind == "prompt":  # the echoed prompt, with its tokens' log-probabilities
+                yield [R.text_chunk(rid, created, model, echo, None, index=index, logprobs=completion_logprobs(value))]
             elif kind == "text":
                 text, entries = value
                 yield [R.text_chunk(rid, created, model, text, None, index=index,
@@ -260,11 +267,13 @@ class EmbeddedLlamaEngine(Engine):
         if body.get("suffix"):
             raise EngineRejected("the embedded engine does not fill in text between a prompt and a suffix; "
                                  "send the completion without one", status=400)
-        top = body.get("logprobs")
-        if top is not None and body.get("echo"):
-            raise EngineRejected("echo with logprobs asks for the prompt's log-probabilities, which the embedded "
-                                 "engine does not compute; send one or the other", status=400)
-        return self._job(tokens, body.get("max_tokens") or 16, body, list(body.get("stop") or []), top)
+        limit = body.get("max_tokens")
+        job = self._job(tokens, 16 if limit is None else limit, body, list(body.get("stop") or []),
+                        body.get("logprobs"))
+        if job.top_logprobs is not None and body.get("echo"):
+            # The prompt's own tokens are scored too; a BOS token the model adds is not in the echoed text.
+            job.score_from = len(tokens) - len(llm.tokenize(_prompt_text(body).encode("utf-8"), add_bos=False))
+        return job
 
     def _job(self, tokens: list[int], limit: int | None, body: Body, stops: list[str],
              top_logprobs: int | None, call: ForcedCall | None = None) -> _Job:
@@ -275,7 +284,7 @@ class EmbeddedLlamaEngine(Engine):
             raise EngineRejected(
                 f"This model's maximum context length is {n_ctx} tokens; the prompt has {len(tokens)} tokens.",
                 status=400)
-        max_tokens = min(limit or room, room)
+        max_tokens = room if limit is None else min(limit, room)
         params = {
             "temp": float(body.get("temperature", 1.0)),
             "top_p": float(body.get("top_p", 1.0)),
@@ -326,7 +335,8 @@ class EmbeddedLlamaEngine(Engine):
         return job.loop.run_in_executor(self._executor, self._generate, job)
 
     async def _streams(self, jobs: list[_Job]) -> AsyncIterator[tuple[int, _Job, str, Any]]:
-        """The events of each job's generation in turn (``start``, ``text``..., ``done``), with its index and job."""
+        """The events of each job's generation in turn (``start``, ``prompt`` if it scores the prompt, ``text``...,
+        ``done``), with its index and job."""
         with self._places(jobs):
             for index, job in enumerate(jobs):
                 async for kind, value in self._stream(job):
@@ -394,8 +404,12 @@ class EmbeddedLlamaEngine(Engine):
             def piece(token: int) -> bytes:  # a token's bytes as logprobs show it (special tokens by name)
                 return llm.detokenize([token], special=True)
 
-            for token in llm.generate(job.prompt, grammar=job.grammar, reset=True, logits_processor=processors,
-                                      **job.params):
+            if job.score_from is not None:
+                sent = score_prompt(llm, job.prompt, job.score_from, job.top_logprobs or 0, piece)
+                job.emit("prompt", list(sent))  # a copy: ``sent`` grows here while the event loop renders it
+            generation = llm.generate(job.prompt, grammar=job.grammar, reset=True, logits_processor=processors,
+                                      **job.params) if job.max_tokens else iter(())
+            for token in generation:
                 if job.cancelled.is_set():
                     finish = "cancelled"
                     break

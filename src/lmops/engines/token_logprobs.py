@@ -16,11 +16,12 @@ import numpy as np
 
 @dataclass(frozen=True)
 class TokenLogprob:
-    """One generated token: its bytes, its log-probability, and the ``top`` most likely tokens at its place."""
+    """One token: its bytes, its log-probability, and the ``top`` most likely tokens at its place. A prompt's
+    first token has neither (None): nothing before it predicts it."""
 
     token: bytes
-    logprob: float
-    top: tuple[tuple[bytes, float], ...]
+    logprob: float | None
+    top: tuple[tuple[bytes, float], ...] = ()
 
 
 def token_logprob(logits: np.ndarray, token: int, top_n: int, token_bytes: Callable[[int], bytes]) -> TokenLogprob:
@@ -77,7 +78,8 @@ def completion_logprobs(entries: Sequence[TokenLogprob], text_offset: int = 0) -
         at += len(_text(e.token))
     return {"tokens": [_text(e.token) for e in entries],
             "token_logprobs": [e.logprob for e in entries],
-            "top_logprobs": [{**{_text(t): lp for t, lp in e.top}, _text(e.token): e.logprob} for e in entries],
+            "top_logprobs": [None if e.logprob is None else {**{_text(t): lp for t, lp in e.top},
+                                                             _text(e.token): e.logprob} for e in entries],
             "text_offset": offsets}
 
 

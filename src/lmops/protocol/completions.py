@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from lmops.protocol.sampling import ResponseFormat, SamplingParams
 
@@ -14,6 +14,14 @@ class CompletionRequest(SamplingParams):
     response_format: ResponseFormat | None = None
     logprobs: int | None = Field(None, ge=0, le=20, description="how many most likely tokens to list at each "
                                                                   "position, beside the chosen one")
+    max_tokens: int | None = Field(None, ge=0, description="0 (with echo) scores the prompt and generates nothing")
+
+    @model_validator(mode="after")
+    def _nothing_asked(self) -> "CompletionRequest":
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens 0 generates nothing: it is only useful with echo (to score the prompt, "
+                             "with logprobs)")
+        return self
 
     @field_validator("prompt")
     @classmethod

@@ -84,7 +84,7 @@ class InferenceService:
         try:
             known = self.router.find(req.model)
             address(ctx, req.model, known)
-            ctx.max_tokens = limit or (known.config.defaults.max_tokens if known else None)
+            ctx.max_tokens = limit if limit is not None else (known.config.defaults.max_tokens if known else None)
             ctx.choices = req.choices()
             await self.guard.admit(http, ctx)  # first: who may ask which models exist
             target = self.router.resolve(req.model)
