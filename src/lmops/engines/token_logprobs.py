@@ -7,7 +7,7 @@ chosen token's entry is always there, whatever was sampled; ``top`` lists the mo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,11 +86,16 @@ def completion_logprobs(entries: Sequence[TokenLogprob], text_offset: int = 0) -
 def parse_logit_bias(bias: dict[str, float] | None, vocab_size: int) -> dict[int, float]:
     """``logit_bias`` with token ids as ints; a token outside the vocabulary is a ValueError naming it."""
     parsed = {int(token): float(value) for token, value in (bias or {}).items()}
-    outside = sorted(t for t in parsed if t >= vocab_size)
-    if outside:
-        raise ValueError(f"logit_bias names token ids this model does not have ({', '.join(map(str, outside[:5]))}); "
-                         f"its vocabulary has {vocab_size} tokens (ids 0 to {vocab_size - 1})")
+    check_vocabulary(parsed, vocab_size, "logit_bias")
     return parsed
+
+
+def check_vocabulary(tokens: Iterable[int], vocab_size: int, what: str) -> None:
+    """A ValueError naming the token ids (of ``what``) that lie outside the model's vocabulary, if any."""
+    outside = sorted({t for t in tokens if t >= vocab_size})
+    if outside:
+        raise ValueError(f"{what} names token ids this model does not have ({', '.join(map(str, outside[:5]))}); "
+                         f"its vocabulary has {vocab_size} tokens (ids 0 to {vocab_size - 1})")
 
 
 def bias_processor(bias: dict[int, float]) -> Callable[[Any, np.ndarray], np.ndarray]:

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator, model_validator
+from typing import Any
+
+from pydantic import Field, NonNegativeInt, field_validator, model_validator
 
 from lmops.protocol.sampling import ResponseFormat, SamplingParams
 
+Prompt = str | list[int]  # text, or the model's token ids
+
+
+def prompts_of(prompt: Any) -> list[Prompt]:
+    """A completion's prompts: a string or a list of token ids is one prompt, a list of either is several."""
+    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+        return prompt
+    return [prompt]
+
 
 class CompletionRequest(SamplingParams):
-    prompt: str | list[str] = Field(..., description="a prompt, or a list of prompts: n choices for each, in order")
+    prompt: str | list[str] | list[NonNegativeInt] | list[list[NonNegativeInt]] = Field(
+        ..., description="a prompt (text, or token ids), or a list of prompts: n choices for each, in order")
     echo: bool = False
     suffix: str | None = None
     response_format: ResponseFormat | None = None
@@ -23,15 +35,26 @@ class CompletionRequest(SamplingParams):
                              "with logprobs)")
         return self
 
-    @field_validator("prompt")
+    @field_validator("prompt", mode="before")
     @classmethod
-    def _some_prompt(cls, v: str | list[str]) -> str | list[str]:
+    def _prompt_shape(cls, v: Any) -> Any:
+        """One clear message for a prompt of the wrong shape (the union's own errors name every member)."""
         if isinstance(v, list) and not v:
             raise ValueError("an empty list of prompts asks for nothing; send at least one")
+        prompts = prompts_of(v)
+        if all(isinstance(p, str) for p in prompts):
+            return v
+        for p in prompts:
+            if not isinstance(p, list):
+                raise ValueError("a prompt is a string or a list of token ids, and a list of prompts holds one kind")
+            if not p:
+                raise ValueError("a prompt of token ids holds none; send at least one token")
+            if not all(type(t) is int and t >= 0 for t in p):
+                raise ValueError("token ids are whole numbers from 0")
         return v
 
     def choices(self) -> int:
-        return self.n * (len(self.prompt) if isinstance(self.prompt, list) else 1)
+        return self.n * len(prompts_of(self.prompt))
 
     def token_limit(self) -> int | None:
         return self.max_tokens

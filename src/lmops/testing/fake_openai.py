@@ -23,6 +23,8 @@ from typing import Any
 
 import orjson
 
+from lmops.protocol.completions import prompts_of
+
 WORDS = ["The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", "."]
 
 
@@ -107,8 +109,8 @@ class FakeOpenAI:
             await _json(send, 404, {"error": {"message": "not found", "type": "invalid_request_error",
                                               "param": None, "code": None}})
             return
-        prompts = req.get("prompt")  # a completion's list of prompts gets n choices each, as vLLM answers it
-        n = (req.get("n") or 1) * (len(prompts) if isinstance(prompts, list) else 1)  # all the same words here
+        # A completion's list of prompts gets n choices each, as vLLM answers it; all the same words here.
+        n = (req.get("n") or 1) * (len(prompts_of(req["prompt"])) if "prompt" in req else 1)
         usage = {"prompt_tokens": 7, "completion_tokens": n * len(words), "total_tokens": 7 + n * len(words)}
         rid, created = "cmpl-fake", int(time.time())
         if not req.get("stream"):
