@@ -164,12 +164,26 @@ def test_text_parts_are_read_and_an_image_is_refused_not_ignored(client):
     ("/v1/chat/completions", {"tools": "f", "tool_choice": "required"}, "no function tools"),
     ("/v1/chat/completions", {"tools": 5, "tool_choice": "required"}, "no function tools"),
     ("/v1/completions", {"suffix": "and that is all."}, "suffix"),
+    ("/v1/completions", {"best_of": 3}, "best_of"),
+    ("/v1/completions", {"best_of": 3, "n": 2}, "best_of"),
+    ("/v1/chat/completions", {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}},
+     "text only"),
+    ("/v1/chat/completions", {"audio": {"voice": "alloy", "format": "wav"}}, "text only"),
 ])
 def test_what_cannot_be_done_is_a_400_not_silently_ignored(embedded, path, body, words):
     base = {"messages": [{"role": "user", "content": "Hi"}]} if "chat" in path else {"prompt": "Once upon"}
     resp = httpx.post(f"{embedded.url}{path}", json={"model": "smollm2", "max_tokens": 2, **base, **body})
     assert resp.status_code == 400, resp.text
     assert words in resp.json()["error"]["message"]
+
+
+def test_what_asks_for_nothing_the_model_cannot_do_is_served(client):
+    """best_of equal to n ranks nothing, and text is the one modality: both are answered as usual."""
+    resp = client.completions.create(model="smollm2", prompt="Once upon", max_tokens=2, n=2, best_of=2)
+    assert len(resp.choices) == 2
+    chat = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Hi"}], max_tokens=2,
+                                          modalities=["text"])
+    assert chat.choices[0].message.content
 
 
 def test_tools_with_tool_choice_auto_get_an_answer_in_text(client):

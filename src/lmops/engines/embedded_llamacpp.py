@@ -242,6 +242,9 @@ class EmbeddedLlamaEngine(Engine):
             call = forced_call(body)
         except ToolChoiceError as exc:
             raise EngineRejected(str(exc), status=400) from exc
+        if body.get("audio") or "audio" in (body.get("modalities") or ()):
+            raise EngineRejected('this model answers in text only; ask for modalities ["text"] and no audio',
+                                 status=400)
         messages = [_plain_message(m) for m in body["messages"]]
         if call is not None:
             messages.insert(0, tools_message(call))
@@ -275,6 +278,9 @@ class EmbeddedLlamaEngine(Engine):
         if body.get("suffix"):
             raise EngineRejected("the embedded engine does not fill in text between a prompt and a suffix; "
                                  "send the completion without one", status=400)
+        if (body.get("best_of") or 1) > (body.get("n") or 1):
+            raise EngineRejected("the embedded engine does not generate candidates to rank (best_of); ask for n "
+                                 "choices, with logprobs to rank them yourself", status=400)
         limit = body.get("max_tokens")
         job = self._job(tokens, 16 if limit is None else limit, body, list(body.get("stop") or []),
                         body.get("logprobs"))
