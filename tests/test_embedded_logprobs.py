@@ -80,6 +80,17 @@ def test_echo_with_logprobs_scores_the_prompt_then_the_answer(client, logits_lla
     assert [choice.text[o:o + len(t)] for o, t in zip(got.text_offset, got.tokens, strict=True)] == got.tokens
 
 
+def test_a_long_prompt_is_scored_in_pieces_that_agree_with_the_whole(client, logits_llama):
+    from lmops.engines.prompt_logprobs import CHUNK
+
+    prompt = " ".join(f"Line {i}: the quick brown fox jumps over the lazy dog." for i in range(12))
+    words, want = _reference_prompt_logprobs(logits_llama, prompt)
+    assert len(words) > 2 * CHUNK  # three pieces, the last one partial
+    got = client.completions.create(model="smollm2", prompt=prompt, max_tokens=0, echo=True, logprobs=0)
+    assert got.choices[0].logprobs.tokens == words
+    assert got.choices[0].logprobs.token_logprobs[1:] == pytest.approx(want, abs=1e-3)
+
+
 def test_max_tokens_0_with_echo_scores_the_prompt_alone(client):
     first = client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=0, echo=True, logprobs=0)
     other = client.completions.create(model="smollm2", prompt="Bananas are yellow", max_tokens=0, echo=True,
