@@ -6,8 +6,8 @@ throughput: requests/s through the gateway with access control + limits + ledger
     gateway whose difference from the first is the run's noise. Load: wrk when installed, else a Python client.
 report:     the usage report over 1,000,000 ledger rows on PostgreSQL.
 
-    python bench/bench_access.py throughput --seconds 10 --rounds 3 [--redis redis://127.0.0.1:6379/0] [--headers-always]
-        [--concurrent] [--control] [--source-too] [--load wrk|python] [--limits all|typical]
+    python bench/bench_access.py throughput --seconds 10 --rounds 3 [--redis redis://127.0.0.1:6379/0]
+        [--headers-always] [--concurrent] [--control] [--source-too] [--load wrk|python] [--limits all|typical]
         [--pg postgresql://postgres@127.0.0.1:5432/test]  (each gateway on a fresh database there, not SQLite)
     python bench/bench_access.py report --rows 1000000 [--pg postgresql://postgres@127.0.0.1:5432/test]
     python bench/bench_access.py guard [--redis redis://127.0.0.1:6379/0]
@@ -233,7 +233,8 @@ def _ledger_count(url: str) -> int:
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     try:
         with engine.connect() as conn:
-            return int(conn.execute(text("SELECT count(*) FROM request_records WHERE team_id IS NOT NULL")).scalar_one())
+            query = text("SELECT count(*) FROM request_records WHERE team_id IS NOT NULL")
+            return int(conn.execute(query).scalar_one())
     finally:
         engine.dispose()
 
@@ -363,7 +364,8 @@ def _copy_rows(url: str, rows: int) -> None:
                     team = rng.randrange(50)
                     p, c = rng.randrange(2000), rng.randrange(500)
                     at = start + timedelta(seconds=rng.randrange(365 * 86400))
-                    copy.write_row((f"{i:032x}", f"req_{i}", at, at.date(), f"team_{team}", f"user_{team}_{rng.randrange(10)}",
+                    user = f"user_{team}_{rng.randrange(10)}"
+                    copy.write_row((f"{i:032x}", f"req_{i}", at, at.date(), f"team_{team}", user,
                                     f"key_{rng.randrange(1000)}", rng.choice(models), "chat.completions", False,
                                     p, c, (p * 0.5 + c * 1.5) / 1e6, rng.uniform(50, 2000), 200))
         conn.execute("ANALYZE request_records")

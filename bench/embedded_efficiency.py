@@ -20,6 +20,7 @@ Run:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -133,10 +134,10 @@ def main() -> None:
             lmops_call(server.ready_url, request_body(PROMPTS[0], a.max_tokens, a.stream))
             for rnd in range(a.rounds):
                 for prompt in PROMPTS:
+                    body = request_body(prompt, a.max_tokens, a.stream, a.top_logprobs)
                     calls: list[tuple[str, Side, Callable[[], int]]] = [
-                        ("direct", direct, lambda: direct_call(prompt)),
-                        ("lmops", lmops, lambda: lmops_call(server.ready_url, request_body(
-                            prompt, a.max_tokens, a.stream, a.top_logprobs))),
+                        ("direct", direct, functools.partial(direct_call, prompt)),
+                        ("lmops", lmops, functools.partial(lmops_call, server.ready_url, body)),
                     ]
                     for name, side, call in calls if rnd % 2 == 0 else calls[::-1]:
                         n = side.add(call)

@@ -2,9 +2,10 @@
 
 uvicorn with lmops's server options (uvloop, httptools, one write per response) runs a bare ASGI app that
 forwards each request body to the upstream through lmops's own pooled HTTP/1.1 client and returns the
-upstream's answer unchanged (a stream's bytes passed on read by read, as they arrive). It does none of a gateway's work: no validation, routing, access control,
-metrics, log line or request record. ``gateway_overhead.py --floor`` measures it beside the bare upstream and
-lmops, to tell what the stack costs from what lmops's own work costs.
+upstream's answer unchanged (a stream's bytes passed on read by read, as they arrive). It does none of a
+gateway's work: no validation, routing, access control, metrics, log line or request record.
+``gateway_overhead.py --floor`` measures it beside the bare upstream and lmops, to tell what the stack costs
+from what lmops's own work costs.
 
 Run: ``python bench/floor_proxy.py http://127.0.0.1:9000/v1 8100`` (upstream base URL, port to listen on).
 """
@@ -31,7 +32,7 @@ class FloorProxy:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (msg := await receive())["type"] != "lifespan.shutdown":
+            while (await receive())["type"] != "lifespan.shutdown":
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return

@@ -193,7 +193,8 @@ def test_config_check_reports_adapters_on_an_embedded_model(tmp_path):
 def test_lmops_models_lists_adapters(tmp_path):
     cfg = tmp_path / "lmops.yaml"
     cfg.write_text(f"database_url: sqlite:///{tmp_path / 'x.db'}\nmodels:\n  - name: qwen\n    engine: openai\n"
-                   "    replicas: ['http://127.0.0.1:1/v1']\n    adapters: [{name: sql, upstream_model: sql-lora-v2}]\n")
+                   "    replicas: ['http://127.0.0.1:1/v1']\n"
+                   "    adapters: [{name: sql, upstream_model: sql-lora-v2}]\n")
     result = _lmops("models", "--config", str(cfg))
     assert result.returncode == 0, result.stderr
     (row,) = [line for line in result.stdout.splitlines() if "qwen:sql" in line]

@@ -36,7 +36,8 @@ def minilm(tmp_path_factory):
 
 
 def cosine(a: list[float], b: list[float]) -> float:
-    return sum(x * y for x, y in zip(a, b)) / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
+    norms = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
+    return sum(x * y for x, y in zip(a, b, strict=True)) / norms
 
 
 def test_minilm_embeddings_are_real(minilm):
@@ -57,7 +58,7 @@ def test_minilm_single_string_and_base64(minilm):
     raw = minilm.embeddings.with_raw_response.create(model="minilm", input="hello world",
                                                      encoding_format="base64").http_response.json()
     decoded = struct.unpack("<384f", base64.b64decode(raw["data"][0]["embedding"]))
-    assert max(abs(a - b) for a, b in zip(plain, decoded)) < 1e-6
+    assert max(abs(a - b) for a, b in zip(plain, decoded, strict=True)) < 1e-6
 
 
 def test_minilm_rejects_token_arrays(minilm):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 
@@ -56,7 +57,7 @@ def test_stream_chunks_are_not_buffered(serve, settings_factory):
         for line in resp.iter_lines():
             if line.startswith("data: {"):
                 arrivals.append(time.monotonic())
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert len(arrivals) == 5
     assert sum(1 for g in gaps if g > 0.1) >= 3
 

@@ -75,7 +75,8 @@ def serve(
     console.print(f"  curl {url}/v1/chat/completions{auth} -H 'content-type: application/json' "
                   f"-d '{{\"model\": \"{first}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'",
                   soft_wrap=True)
-    console.print(f"  python -c \"import os; from openai import OpenAI; c = OpenAI(base_url='{url}/v1', api_key={key}); "
+    console.print(f"  python -c \"import os; from openai import OpenAI; "
+                  f"c = OpenAI(base_url='{url}/v1', api_key={key}); "
                   f"print(c.chat.completions.create(model='{first}', "
                   f"messages=[{{'role': 'user', 'content': 'Hello'}}]).choices[0].message.content)\"", soft_wrap=True)
     if settings.access.enabled:

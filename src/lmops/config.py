@@ -34,12 +34,12 @@ class _Strict(BaseModel):
 
 
 class SamplingDefaults(_Strict):
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    max_tokens: int | None = Field(None, ge=1)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    repetition_penalty: float | None = Field(None, gt=0)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    repetition_penalty: float | None = Field(default=None, gt=0)
     stop: list[str] | None = None
     seed: int | None = None
 
@@ -52,7 +52,8 @@ class AdapterConfig(_Strict):
     """
 
     name: str = Field(min_length=1, description="public name: clients ask for '<model>:<name>'")
-    upstream_model: str | None = Field(None, description="the name the upstream serves it under (default: name)")
+    upstream_model: str | None = Field(default=None,
+                                       description="the name the upstream serves it under (default: name)")
 
     @field_validator("name")
     @classmethod
@@ -71,18 +72,19 @@ class ModelConfig(_Strict):
 
     name: str = Field(min_length=1)
     engine: EngineKind
-    upstream_model: str | None = Field(None, description="model name sent upstream (openai engines)")
+    upstream_model: str | None = Field(default=None, description="model name sent upstream (openai engines)")
     replicas: list[str] = Field(default_factory=list, description="base URLs, e.g. http://host:8000/v1")
-    api_key_env: str | None = Field(None, description="environment variable that holds the upstream key")
-    model_path: str | None = Field(None, description="GGUF file (embedded) or model dir (sentence-transformers)")
-    context_length: int = Field(2048, ge=16)
+    api_key_env: str | None = Field(default=None, description="environment variable that holds the upstream key")
+    model_path: str | None = Field(default=None,
+                                   description="GGUF file (embedded) or model dir (sentence-transformers)")
+    context_length: int = Field(default=2048, ge=16)
     defaults: SamplingDefaults = Field(default_factory=SamplingDefaults)
-    timeout: float = Field(60.0, gt=0, description="seconds per upstream attempt")
-    connect_timeout: float = Field(3.0, gt=0)
-    max_retries: int | None = Field(None, ge=0, description="other replicas to try; default all")
-    queue_size: int = Field(16, ge=1, description="embedded: generations that may wait for the model (a request "
-                                                  "for n choices counts n)")
-    threads: int | None = Field(None, ge=1, description="embedded: llama.cpp threads (default: half the cores)")
+    timeout: float = Field(default=60.0, gt=0, description="seconds per upstream attempt")
+    connect_timeout: float = Field(default=3.0, gt=0)
+    max_retries: int | None = Field(default=None, ge=0, description="other replicas to try; default all")
+    queue_size: int = Field(default=16, ge=1, description="embedded: generations that may wait for the model "
+                                                          "(a request for n choices counts n)")
+    threads: int | None = Field(default=None, ge=1, description="embedded: llama.cpp threads (default: half the cores)")
     adapters: list[AdapterConfig] = Field(default_factory=list,
                                           description="openai: LoRA adapters the replicas serve, as '<model>:<name>'")
 
@@ -128,34 +130,35 @@ class ModelConfig(_Strict):
 
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    workers: int = Field(1, ge=1)
-    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     log_level: str = "info"
     log_json: bool = True
 
 
 class HealthConfig(_Strict):
-    interval: float = Field(5.0, gt=0, description="seconds between active checks")
-    failure_threshold: int = Field(1, ge=1, description="consecutive failures that eject a replica")
-    timeout: float = Field(2.0, gt=0)
-    cooldown: float = Field(5.0, ge=0, description="seconds an ejected replica stays out before checks may return it")
+    interval: float = Field(default=5.0, gt=0, description="seconds between active checks")
+    failure_threshold: int = Field(default=1, ge=1, description="consecutive failures that eject a replica")
+    timeout: float = Field(default=2.0, gt=0)
+    cooldown: float = Field(default=5.0, ge=0,
+                            description="seconds an ejected replica stays out before checks may return it")
 
 
 class UsageConfig(_Strict):
-    flush_interval: float = Field(0.5, gt=0)
-    batch_size: int = Field(500, ge=1)
-    max_pending: int = Field(100_000, ge=1)
+    flush_interval: float = Field(default=0.5, gt=0)
+    batch_size: int = Field(default=500, ge=1)
+    max_pending: int = Field(default=100_000, ge=1)
 
 
 class PriceConfig(_Strict):
     """Price of one model: dollars per 1M tokens, given or derived from a GPU's hourly cost and throughput."""
 
-    input: float | None = Field(None, ge=0, description="$ per 1M input (prompt) tokens")
-    output: float | None = Field(None, ge=0, description="$ per 1M output (completion) tokens")
-    gpu_hour_usd: float | None = Field(None, ge=0, description="self-hosted: what the GPU(s) cost per hour")
-    input_tokens_per_second: float | None = Field(None, gt=0, description="self-hosted: measured prefill rate")
-    output_tokens_per_second: float | None = Field(None, gt=0, description="self-hosted: measured decode rate")
+    input: float | None = Field(default=None, ge=0, description="$ per 1M input (prompt) tokens")
+    output: float | None = Field(default=None, ge=0, description="$ per 1M output (completion) tokens")
+    gpu_hour_usd: float | None = Field(default=None, ge=0, description="self-hosted: what the GPU(s) cost per hour")
+    input_tokens_per_second: float | None = Field(default=None, gt=0, description="self-hosted: measured prefill rate")
+    output_tokens_per_second: float | None = Field(default=None, gt=0, description="self-hosted: measured decode rate")
 
     @model_validator(mode="after")
     def _given_or_derivable(self) -> "PriceConfig":
@@ -171,13 +174,14 @@ class AccessConfig(_Strict):
     """Access control and billing: API keys, limits, budgets, the usage ledger."""
 
     enabled: bool = True
-    secret_env: str = Field("LMOPS_SECRET", description="environment variable holding the key-hashing secret")
-    admin_key_env: str = Field("LMOPS_ADMIN_KEY", description="environment variable with the bootstrap admin key")
-    bootstrap: bool = Field(True, description="create an admin key on an empty database at startup")
-    key_cache_ttl: float = Field(5.0, gt=0, description="seconds a key lookup is cached (revocation delay)")
-    redis_prefix: str = Field("lmops", min_length=1, description="namespace of the Redis limit counters")
+    secret_env: str = Field(default="LMOPS_SECRET", description="environment variable holding the key-hashing secret")
+    admin_key_env: str = Field(default="LMOPS_ADMIN_KEY",
+                               description="environment variable with the bootstrap admin key")
+    bootstrap: bool = Field(default=True, description="create an admin key on an empty database at startup")
+    key_cache_ttl: float = Field(default=5.0, gt=0, description="seconds a key lookup is cached (revocation delay)")
+    redis_prefix: str = Field(default="lmops", min_length=1, description="namespace of the Redis limit counters")
     prices: dict[str, PriceConfig] = Field(default_factory=dict, description="model name -> price")
-    rate_limit_headers: Literal["always", "refusals"] = Field(
+    rate_limit_headers: Literal["always", "refusals"] = Field(default=
         "refusals", description="send x-ratelimit-* on 429 refusals only, or on every response of a limited key "
                                 "as OpenAI does (six more headers per request: about 4 % fewer requests/s)")
 
@@ -185,27 +189,27 @@ class AccessConfig(_Strict):
 class BatchConfig(_Strict):
     """Batch enrichment: files, OpenAI batches, enrichment jobs, the database queue and its workers."""
 
-    data_dir: str = Field("./lmops-data", description="where uploaded and generated files are stored")
-    max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1024, description="largest file upload (413 beyond)")
-    max_line_bytes: int = Field(1024 * 1024, ge=64, description="longest JSONL line in a batch input file")
-    worker_in_process: bool = Field(True, description="lmops serve runs one worker in the gateway process")
-    concurrency: int = Field(64, ge=1, description="requests in flight per model, per worker")
+    data_dir: str = Field(default="./lmops-data", description="where uploaded and generated files are stored")
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1024, description="largest file upload (413 beyond)")
+    max_line_bytes: int = Field(default=1024 * 1024, ge=64, description="longest JSONL line in a batch input file")
+    worker_in_process: bool = Field(default=True, description="lmops serve runs one worker in the gateway process")
+    concurrency: int = Field(default=64, ge=1, description="requests in flight per model, per worker")
     model_concurrency: dict[str, int] = Field(default_factory=dict, description="per-model override")
-    max_items_in_flight: int = Field(256, ge=1, description="items one worker holds at a time")
-    claim_batch: int = Field(128, ge=1, description="items claimed per database round trip")
-    shutdown_grace: float = Field(10.0, ge=0, description="seconds a stopping worker lets items finish")
-    lease_seconds: float = Field(60.0, gt=0)
-    heartbeat_seconds: float = Field(15.0, gt=0)
-    poll_seconds: float = Field(0.5, gt=0, description="idle wait between claims on an empty queue")
-    ack_interval: float = Field(0.05, gt=0, description="seconds between result flushes")
-    max_attempts: int = Field(5, ge=1, description="tries per item before it is dead-lettered")
-    backoff_base: float = Field(1.0, ge=0, description="seconds; doubled after each failed try")
-    backoff_max: float = Field(300.0, ge=0)
-    intake_chunk: int = Field(2000, ge=1, description="items inserted per statement while reading input")
-    metrics_interval: float = Field(5.0, gt=0, description="seconds between queue-depth snapshots")
+    max_items_in_flight: int = Field(default=256, ge=1, description="items one worker holds at a time")
+    claim_batch: int = Field(default=128, ge=1, description="items claimed per database round trip")
+    shutdown_grace: float = Field(default=10.0, ge=0, description="seconds a stopping worker lets items finish")
+    lease_seconds: float = Field(default=60.0, gt=0)
+    heartbeat_seconds: float = Field(default=15.0, gt=0)
+    poll_seconds: float = Field(default=0.5, gt=0, description="idle wait between claims on an empty queue")
+    ack_interval: float = Field(default=0.05, gt=0, description="seconds between result flushes")
+    max_attempts: int = Field(default=5, ge=1, description="tries per item before it is dead-lettered")
+    backoff_base: float = Field(default=1.0, ge=0, description="seconds; doubled after each failed try")
+    backoff_max: float = Field(default=300.0, ge=0)
+    intake_chunk: int = Field(default=2000, ge=1, description="items inserted per statement while reading input")
+    metrics_interval: float = Field(default=5.0, gt=0, description="seconds between queue-depth snapshots")
     workflow_modules: list[str] = Field(default_factory=list,
                                         description="modules with register(registry) that add workflows")
-    default_model: str | None = Field(None, description="model for workflow steps that name none")
+    default_model: str | None = Field(default=None, description="model for workflow steps that name none")
 
 
 class Settings(BaseSettings):
@@ -216,10 +220,10 @@ class Settings(BaseSettings):
     health: HealthConfig = Field(default_factory=HealthConfig)
     usage: UsageConfig = Field(default_factory=UsageConfig)
     access: AccessConfig = Field(default_factory=AccessConfig)
-    redis_url: str | None = Field(None, description="Redis for limit counters shared by replicas")
+    redis_url: str | None = Field(default=None, description="Redis for limit counters shared by replicas")
     models: list[ModelConfig] = Field(default_factory=list)
     batch: BatchConfig = Field(default_factory=BatchConfig)
-    config: str | None = Field(None, description="path of the YAML file these settings came from")
+    config: str | None = Field(default=None, description="path of the YAML file these settings came from")
 
     @classmethod
     def settings_customise_sources(
@@ -259,8 +263,9 @@ class Settings(BaseSettings):
         """
         names = {m.name for m in self.models}
         declared = f"declared: {', '.join(sorted(names)) or 'none'}"
-        found = [(("access", "prices", name), f"no model is called {name!r} ({declared}; an adapter is billed at "
-                  "its model's price)") for name in sorted(set(self.access.prices) - names)]
+        found: list[tuple[tuple[str, ...], str]] = [
+            (("access", "prices", name), f"no model is called {name!r} ({declared}; an adapter is billed at "
+             "its model's price)") for name in sorted(set(self.access.prices) - names)]
         found += [(("batch", "model_concurrency", name), f"no model is called {name!r} ({declared})")
                   for name in sorted(set(self.batch.model_concurrency) - names)]
         public = names | {f"{m.name}:{a.name}" for m in self.models for a in m.adapters}  # what requests may name
@@ -368,7 +373,8 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
         settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(source, [_problem(err, node) for err in exc.errors()]) from exc
-    unknown = [ConfigProblem(".".join(loc), message, *_find_mark(node, loc)) for loc, message in settings.unknown_models()]
+    unknown = [ConfigProblem(".".join(loc), message, *_find_mark(node, loc))
+               for loc, message in settings.unknown_models()]
     if unknown:
         raise ConfigError(source, unknown)
     return settings

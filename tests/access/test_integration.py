@@ -24,7 +24,8 @@ def finished_job(gw, job_id: str, headers: dict[str, str], timeout: float = 60) 
 
 def test_enrichment_job_usage_lands_in_the_ledger_under_its_team(start_gateway, tmp_path):
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'billing.db'}"
-    gw = start_gateway(database_url=database_url, batch={"data_dir": str(tmp_path / "data"), "default_model": "fake", **FAST})
+    gw = start_gateway(database_url=database_url,
+                       batch={"data_dir": str(tmp_path / "data"), "default_model": "fake", **FAST})
     team = gw.team()
     key, _ = gw.key(team["id"], scopes=["inference", "batch"])
     headers = {"authorization": f"Bearer {key}"}

@@ -45,7 +45,7 @@ def json_logs():
         lg.addHandler(handler)
         lg.setLevel(logging.DEBUG)
     yield out
-    for lg, level in zip(loggers, levels):
+    for lg, level in zip(loggers, levels, strict=True):
         lg.removeHandler(handler)
         lg.setLevel(level)
 

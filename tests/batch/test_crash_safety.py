@@ -10,9 +10,8 @@ import time
 import httpx
 import psycopg
 import pytest
-import yaml
 
-from batch_helpers import FAST_BATCH, wait_for
+from batch_helpers import wait_for, worker_config
 from lmops.app import create_app
 from lmops.batch.catalogue import products
 
@@ -26,13 +25,10 @@ def worker(config: str, log: str) -> subprocess.Popen:
 
 
 def test_sigkilled_workers_lose_and_duplicate_nothing(tmp_path, pg_url, fake, serve):
-    cfg = {"database_url": pg_url, "access": {"enabled": False}, "models": [{"name": "fake", "engine": "openai", "replicas": [f"{fake.url}/v1"]}],
-           "health": {"interval": 0.5, "timeout": 2.0, "failure_threshold": 3},
-           "server": {"log_level": "warning"},
-           "batch": {**FAST_BATCH, "data_dir": str(tmp_path / "data"), "lease_seconds": 2, "heartbeat_seconds": 0.5,
-                     "worker_in_process": False, "concurrency": 16, "max_items_in_flight": 64, "claim_batch": 32}}
-    config = tmp_path / "lmops.yaml"
-    config.write_text(yaml.safe_dump(cfg))
+    config = worker_config(tmp_path, pg_url, fake.url,
+                           {"data_dir": str(tmp_path / "data"), "lease_seconds": 2, "heartbeat_seconds": 0.5,
+                            "concurrency": 16, "max_items_in_flight": 64, "claim_batch": 32},
+                           health={"interval": 0.5, "timeout": 2.0, "failure_threshold": 3})
     subprocess.run([sys.executable, "-m", "lmops", "db", "upgrade", "-c", str(config)], check=True,
                    capture_output=True)
     fake.engine.behaviour.delay = 0.01  # keep items in flight when the kills land

@@ -9,9 +9,8 @@ import sys
 
 import httpx
 import pytest
-import yaml
 
-from batch_helpers import FAST_BATCH, wait_for
+from batch_helpers import wait_for, worker_config
 from lmops.app import create_app
 from lmops.batch.catalogue import products
 from lmops.batch.queue import Outcome
@@ -97,11 +96,7 @@ def test_cancel_enrichment_while_running(serve, batch_settings, fake):
 @pytest.mark.slow
 def test_sigterm_finishes_or_releases_leases(tmp_path, fake, serve, pg_url):
     fake.engine.behaviour.delay = 0.3
-    cfg = {"database_url": pg_url, "access": {"enabled": False}, "models": [{"name": "fake", "engine": "openai", "replicas": [f"{fake.url}/v1"]}],
-           "server": {"log_level": "warning"},
-           "batch": {**FAST_BATCH, "data_dir": str(tmp_path), "worker_in_process": False, "lease_seconds": 60}}
-    config = tmp_path / "lmops.yaml"
-    config.write_text(yaml.safe_dump(cfg))
+    config = worker_config(tmp_path, pg_url, fake.url, {"data_dir": str(tmp_path), "lease_seconds": 60})
     from lmops.config import load_settings
 
     api = serve(create_app(load_settings(str(config))))

@@ -141,7 +141,7 @@ class MemoryCounters:
             values.append(used)
         if failed >= 0:
             return Admission(False, tuple(values), failed)
-        for (cell, add, _, _, ttl), used in zip(cells, values):
+        for (cell, add, _, _, ttl), used in zip(cells, values, strict=True):
             if add:  # used = value + amount
                 cell[0] = used
                 cell[1] = now + ttl if ttl else math.inf

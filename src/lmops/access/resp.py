@@ -116,9 +116,9 @@ class PipelinedScript:
             self._connecting.set_exception(error)
             self._connecting.exception()  # retrieved: waiters re-raise it
             self._connecting = None
-            transport, self._transport = self._transport, None
-            if transport is not None:
-                transport.close()
+            dropped, self._transport = self._transport, None
+            if dropped is not None:
+                dropped.close()
             raise error from None
         self._connecting.set_result(None)
         self._connecting = None

@@ -75,6 +75,8 @@ class AccessStore:
                 pass  # another process created it first
             async with self.db.begin() as conn:
                 value = await conn.scalar(select(ServerSecret.value).where(ServerSecret.name == SECRET_NAME))
+            if value is None:
+                raise RuntimeError("the key-hashing secret could not be stored in the database")
         return bytes.fromhex(value)
 
     # -- the key cache's one query -------------------------------------------------------------
@@ -108,7 +110,7 @@ class AccessStore:
             query = query.where(RequestRecord.created_at >= start)
         async with self.db.connect() as conn:
             usd, tokens = (await conn.execute(query)).one()
-        return float(usd), int(tokens)
+        return float(usd or 0.0), int(tokens or 0)  # never None (coalesce); typed as if it could be
 
     # -- administration ------------------------------------------------------------------------
     async def is_empty(self) -> bool:

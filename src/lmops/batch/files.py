@@ -16,10 +16,9 @@ from starlette.requests import Request
 
 from lmops.batch.ids import new_id
 from lmops.batch.multipart import receive_multipart
-from lmops.batch.tables import FileRow
+from lmops.batch.tables import FILES
 from lmops.protocol.errors import InvalidRequest, NotFound
 
-FILES = FileRow.__table__
 PURPOSES = {"batch", "batch_output", "enrichment"}
 UPLOAD_PURPOSES = sorted(PURPOSES - {"batch_output"})  # what a client may upload (lmops writes the outputs)
 READ_CHUNK = 256 * 1024
@@ -49,8 +48,8 @@ class FileStore:
             if up.path is None:
                 raise InvalidRequest("The upload has no file part.", param="file")
             if purpose not in UPLOAD_PURPOSES:
-                raise InvalidRequest(f"purpose must be one of {', '.join(map(repr, UPLOAD_PURPOSES))}, not {purpose!r}.",
-                                     param="purpose")
+                allowed = ", ".join(map(repr, UPLOAD_PURPOSES))
+                raise InvalidRequest(f"purpose must be one of {allowed}, not {purpose!r}.", param="purpose")
             row = await self._record(file_id, team_id, purpose, up.filename or "upload", up.size)
         except BaseException:
             path.unlink(missing_ok=True)

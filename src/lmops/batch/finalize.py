@@ -16,10 +16,8 @@ from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lmops.batch.files import FileStore
-from lmops.batch.tables import ItemRow, ResultRow
+from lmops.batch.tables import ITEMS, RESULTS
 
-ITEMS = ItemRow.__table__
-RESULTS = ResultRow.__table__
 REQUEST_STEP = "request"
 FLUSH_BYTES = 1 << 20
 
@@ -33,7 +31,8 @@ class _Buffered:
     """Appends lines to a file with few, large writes done off the event loop."""
 
     def __init__(self, f: Any):
-        self.f, self.parts, self.size, self.lines = f, [], 0, 0
+        self.f, self.size, self.lines = f, 0, 0
+        self.parts: list[bytes] = []
 
     async def add(self, line: bytes) -> None:
         self.parts.append(line)

@@ -22,10 +22,9 @@ from lmops.batch.calls import ENDPOINTS, validate_request
 from lmops.batch.db import insert_ignore
 from lmops.batch.files import FileStore
 from lmops.batch.jobs import Jobs
-from lmops.batch.tables import ItemRow
+from lmops.batch.tables import ITEMS
 from lmops.protocol.errors import APIError
 
-ITEMS = ItemRow.__table__
 MAX_ERRORS = 100
 _BOM = b"\xef\xbb\xbf"
 

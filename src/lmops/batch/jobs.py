@@ -9,6 +9,7 @@ leased to one worker at a time through ``owner`` / ``owner_until``.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -17,11 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lmops.batch.db import is_postgres, retry_conflicts
 from lmops.batch.ids import new_id
-from lmops.batch.tables import ItemRow, JobRow
+from lmops.batch.tables import ITEMS, JOBS
 from lmops.protocol.errors import InvalidRequest, NotFound
 
-JOBS = JobRow.__table__
-ITEMS = ItemRow.__table__
 WINDOWS = {"24h": 24 * 3600}
 ACTIVE = ("validating", "in_progress", "finalizing")
 FINAL = ("completed", "failed", "expired", "cancelled")
@@ -47,7 +46,8 @@ class Jobs:
                      endpoint: str | None = None, completion_window: str = "24h",
                      metadata: dict[str, Any] | None = None, params: dict[str, Any] | None = None) -> Any:
         now = int(time.time())
-        row = {"id": new_id("batch_" if kind == "batch" else "job_"), "team_id": team_id, "kind": kind,
+        job_id = new_id("batch_" if kind == "batch" else "job_")
+        row = {"id": job_id, "team_id": team_id, "kind": kind,
                "workflow": workflow, "endpoint": endpoint, "input_file_id": input_file_id,
                "completion_window": completion_window,
                "meta": orjson.dumps(metadata).decode() if metadata is not None else None,
@@ -55,7 +55,7 @@ class Jobs:
                "expires_at": now + WINDOWS.get(completion_window, 24 * 3600)}
         async with self.db.begin() as conn:
             await conn.execute(insert(JOBS), row)
-        return await self.get(team_id, row["id"], kind)
+        return await self.get(team_id, job_id, kind)
 
     async def get(self, team_id: str, job_id: str, kind: str) -> Any:
         async with self.db.connect() as conn:
@@ -121,7 +121,7 @@ class Jobs:
             return (await conn.execute(select(JOBS.c.status).where(JOBS.c.id == job_id))).scalar()
 
     @retry_conflicts
-    async def started(self, job_id: str, owner: str, total: int, bad: int, errors: list[dict[str, Any]]) -> None:
+    async def started(self, job_id: str, owner: str, total: int, bad: int, errors: Sequence[dict[str, Any]]) -> None:
         """Intake is over: ``total`` items queued (``bad`` of them already failed)."""
         finished = JOBS.c.completed + JOBS.c.failed + bad >= total
         async with self.db.begin() as conn:

@@ -14,7 +14,7 @@ from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from lmops.batch.tables import ItemRow
+from lmops.batch.tables import ITEMS
 from lmops.observability.metrics import LATENCY_BUCKETS, Metrics
 
 if TYPE_CHECKING:
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from lmops.batch.service import JobInfo
     from lmops.batch.workflows.steps import StepOutput
 
-ITEMS = ItemRow.__table__
 log = logging.getLogger("lmops.batch")
 
 

@@ -18,15 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, case, select, text, update
+from sqlalchemy import BindParameter, bindparam, case, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lmops.batch.db import insert_ignore, is_postgres, queue_engine, retry_conflicts, upsert
-from lmops.batch.tables import ItemRow, JobRow, ResultRow
+from lmops.batch.tables import ITEMS, JOBS, RESULTS
 
-ITEMS = ItemRow.__table__
-JOBS = JobRow.__table__
-RESULTS = ResultRow.__table__
 
 CLAIM = """
 UPDATE batch_items SET status = 'leased', lease_token = :token, available_at = :until, attempts = attempts + 1
@@ -108,7 +105,7 @@ class Queue:
         self._reader = None if self._pg else db
         self._any = text("SELECT 1 FROM batch_items WHERE status IN ('pending', 'leased') AND available_at <= :now "
                          "LIMIT 1")
-        ids = bindparam("ids", expanding=True)
+        ids: BindParameter[list[int]] = bindparam("ids", expanding=True)
         self._ack = (update(ITEMS)
                      .where(ITEMS.c.id.in_(ids), ITEMS.c.lease_token == bindparam("token"),
                             ITEMS.c.status == "leased")

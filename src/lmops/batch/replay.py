@@ -10,12 +10,10 @@ import orjson
 from sqlalchemy import select
 
 from lmops.batch.service import BatchService
-from lmops.batch.tables import ItemRow, ResultRow
+from lmops.batch.tables import ITEMS, RESULTS
 from lmops.batch.workflows.steps import StepFailed, StepOutput
 from lmops.batch.workflows.workflow import StepContext
 
-ITEMS = ItemRow.__table__
-RESULTS = ResultRow.__table__
 
 
 @dataclass

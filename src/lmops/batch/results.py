@@ -11,10 +11,8 @@ import orjson
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from lmops.batch.tables import ItemRow, ResultRow
+from lmops.batch.tables import ITEMS, RESULTS
 
-ITEMS = ItemRow.__table__
-RESULTS = ResultRow.__table__
 SHOWN = ("ok", "flagged")  # outputs a guardrail dropped (or a failed step's) are left out
 
 

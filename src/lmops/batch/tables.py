@@ -8,7 +8,9 @@ serves new, retried and reclaimed items alike.
 
 from __future__ import annotations
 
-from sqlalchemy import (BigInteger, Float, ForeignKey, Index, Integer, PrimaryKeyConstraint, String, Text,
+from typing import cast
+
+from sqlalchemy import (BigInteger, Float, ForeignKey, Index, Integer, PrimaryKeyConstraint, String, Table, Text,
                         UniqueConstraint, text)
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -122,3 +124,11 @@ class ResultRow(Base):
         PrimaryKeyConstraint("item_id", "step"),
         Index("ix_batch_results_job_id_item_id", "job_id", "item_id"),
     )
+
+
+# The tables as SQLAlchemy Core sees them, which the batch modules write their statements against (an ORM class's
+# ``__table__`` is typed as any FromClause, which insert/update/delete do not take).
+FILES = cast(Table, FileRow.__table__)
+JOBS = cast(Table, JobRow.__table__)
+ITEMS = cast(Table, ItemRow.__table__)
+RESULTS = cast(Table, ResultRow.__table__)

@@ -16,7 +16,7 @@ import base64
 import ssl
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
-from urllib.request import getproxies_environment, proxy_bypass_environment
+from urllib.request import getproxies_environment, proxy_bypass_environment  # type: ignore[attr-defined]
 
 
 class ProxyRefused(OSError):
@@ -95,4 +95,6 @@ async def open_tunnel(proxy: Proxy, host: str, port: int, ssl_context: ssl.SSLCo
     except BaseException:
         transport.close()
         raise
+    if tls is None:  # only when the connection closed during the handshake
+        raise ConnectionResetError(f"the connection to {authority} closed during the TLS handshake")
     protocol.connection_made(tls)  # start_tls does not call it

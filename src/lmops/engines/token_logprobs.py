@@ -61,7 +61,7 @@ def _text(token: bytes) -> str:
 
 def chat_logprobs(entries: Sequence[TokenLogprob]) -> dict[str, Any]:
     """``choices[].logprobs`` of a chat completion (or of one stream chunk: the entries of its tokens)."""
-    def item(token: bytes, logprob: float) -> dict[str, Any]:
+    def item(token: bytes, logprob: float | None) -> dict[str, Any]:
         return {"token": _text(token), "logprob": logprob, "bytes": list(token)}
 
     return {"content": [{**item(e.token, e.logprob), "top_logprobs": [item(t, lp) for t, lp in e.top]}

@@ -34,7 +34,7 @@ class HealthChecker:
         replicas = [r for d in self._router.deployments for r in d.replicas]
         results = await asyncio.gather(*(self._probe(r) for r in replicas))
         now = time.monotonic()
-        for replica, ok in zip(replicas, results):
+        for replica, ok in zip(replicas, results, strict=True):
             cooling = replica.ejected_at is not None and now - replica.ejected_at < self._config.cooldown
             if ok and cooling:
                 continue

@@ -194,7 +194,7 @@ def write_xlsx(report: UsageReport, path: str | Path) -> None:
     from openpyxl.styles import Font
 
     wb = Workbook()
-    ws = wb.active
+    ws = wb.worksheets[0]  # a new workbook holds one sheet
     ws.title = f"usage by {', '.join(report.by)}"[:31]  # Excel's limit on a sheet's name
     rows = table(report)
     for row in rows:
@@ -250,7 +250,7 @@ def write_png(series: UsageReport, path: str | Path, *, top: int = 8) -> None:
             continue
         heights = [values.get(d, 0.0) for d in days]
         ax.bar(positions, heights, bottom=bottom, label=name, width=0.8)
-        bottom = [b + h for b, h in zip(bottom, heights)]
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
     step = max(1, len(days) // 15)  # at most ~15 day labels
     ax.set_xticks(list(positions)[::step], days[::step], rotation=45, ha="right")
     ax.set_xlim(-0.6, len(days) - 0.4)

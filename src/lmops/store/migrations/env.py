@@ -16,6 +16,13 @@ config = context.config
 MIGRATION_LOCK = 0x6C6D6F7073  # "lmops": serializes replicas that start (and migrate) at the same time
 
 
+def _url() -> str:
+    url = config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise RuntimeError("no database URL: lmops sets sqlalchemy.url from its settings before it migrates")
+    return url
+
+
 def _run(connection: Connection) -> None:
     if connection.dialect.name == "postgresql":
         connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
@@ -29,7 +36,7 @@ def _run(connection: Connection) -> None:
 
 
 async def _online() -> None:
-    engine = create_engine(config.get_main_option("sqlalchemy.url"))
+    engine = create_engine(_url())
     try:
         async with engine.connect() as conn:
             await conn.run_sync(_run)
@@ -39,7 +46,7 @@ async def _online() -> None:
 
 
 if context.is_offline_mode():
-    context.configure(url=config.get_main_option("sqlalchemy.url"), target_metadata=metadata, literal_binds=True)
+    context.configure(url=_url(), target_metadata=metadata, literal_binds=True)
     with context.begin_transaction():
         context.run_migrations()
 else:
