@@ -17,13 +17,26 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-install: $(PY)
+# lmops is installed in editable mode, so an edit to its code needs no reinstall, except to the modules that
+# setup.py compiles with mypyc (access/, usage/): until reinstalled they run from source. A stamp file in the
+# venv records each install; it is redone when the package's metadata or one of those modules changes.
+INSTALLED := $(VENV)/.lmops-installed
+INSTALLED_DEV := $(VENV)/.lmops-installed-dev
+INSTALL_INPUTS := pyproject.toml setup.py $(wildcard src/lmops/access/*.py src/lmops/usage/*.py)
+
+$(INSTALLED): $(INSTALL_INPUTS) | $(PY)
 	$(PIP) install -q -e .
+	touch $@
 
 # torch is pinned first so that sentence-transformers does not pull a newer (CUDA) build.
-install-dev: $(PY)
+$(INSTALLED_DEV): $(INSTALL_INPUTS) | $(PY)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev,embeddings]'
+	touch $@ $(INSTALLED)
+
+install: $(INSTALLED)
+
+install-dev: $(INSTALLED_DEV)
 
 serve: install
 	$(VENV)/bin/lmops serve
