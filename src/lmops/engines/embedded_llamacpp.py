@@ -201,8 +201,7 @@ class EmbeddedLlamaEngine(Engine):
         yield [R.usage_chunk(rid, created, model, "chat.completion.chunk", len(jobs[0].prompt), tokens)]
 
     async def completion(self, body: Body) -> Body:
-        bodies = _choice_bodies(body)
-        jobs = [self._completion_job(b) for b in bodies]
+        jobs = [self._completion_job(b) for b in _choice_bodies(body)]
         with self._places(jobs):
             outs = [await self._run(job) for job in jobs]
         choices = [R.text_choice(i, job.echo + out.text, out.finish, _logprobs(job, out.logprobs, completion_logprobs))
@@ -211,8 +210,7 @@ class EmbeddedLlamaEngine(Engine):
                                  sum(out.tokens for out in outs))
 
     async def stream_completion(self, body: Body) -> AsyncIterator[Chunks]:
-        bodies = _choice_bodies(body)
-        jobs = [self._completion_job(b) for b in bodies]
+        jobs = [self._completion_job(b) for b in _choice_bodies(body)]
         rid, created, model = R.new_id("cmpl"), int(time.time()), body["model"]
         tokens = 0
         offset = 0  # where the next chunk starts in this choice's text (the logprobs' text_offset)
