@@ -60,7 +60,7 @@ async def run(args: argparse.Namespace, url: str, data: Path) -> dict:
     svc = Services.build(settings)
     use_instant_engines(svc)
     await svc.start(migrate=True)
-    batch = svc.extras["batch"]
+    batch = svc.batch
     batch.registry.register(ONE_STEP)
     try:
         records = b"".join(orjson.dumps({"id": i, "name": f"product {i}"}) + b"\n" for i in range(args.items))
@@ -77,7 +77,7 @@ async def run(args: argparse.Namespace, url: str, data: Path) -> dict:
         elapsed, cpu = time.perf_counter() - t1, time.process_time() - cpu1
         row = await batch.jobs.row(job.id)
         assert row.completed == args.items and row.failed == 0, (row.completed, row.failed)
-        await svc.records.flush()
+        await svc.core.records.flush()
     finally:
         await svc.stop()
     return {"items": args.items, "intake_s": round(intake, 2), "intake_items_per_s": round(args.items / intake),

@@ -111,7 +111,7 @@ def main() -> None:
                                  batch={"data_dir": f"{tmp}/data", "poll_seconds": 0.1,
                                         "model_concurrency": {"smollm2": args.batch_concurrency}})
         svc = Services.build(settings)
-        engine = svc.router.deployments[0].replicas[0].engine  # the one engine both sides drive
+        engine = svc.core.router.deployments[0].replicas[0].engine  # the one engine both sides drive
         with ServerThread(create_app(services=svc)) as srv, httpx.Client(base_url=srv.url, timeout=600) as c:
             for _ in range(args.rounds):
                 for conc in concurrencies:

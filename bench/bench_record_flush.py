@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 import psycopg
 from sqlalchemy import insert
 
-from lmops.ids import sortable_hex
+from lmops.ids import new_id
 from lmops.store.database import create_engine, upgrade_async
 from lmops.usage.batch_writer import BatchWriter
 from lmops.usage.records import RequestRecord
@@ -26,7 +26,7 @@ FLUSHES, ROWS = 20, 500
 
 def records(now: datetime) -> list[dict[str, object]]:
     """One flush's worth of request records, as the gateway writes them."""
-    return [{"id": sortable_hex(), "request_id": "req_" + sortable_hex(), "created_at": now,
+    return [{"id": new_id(), "request_id": new_id("req_"), "created_at": now,
              "endpoint": "chat.completions", "model": "fake", "replica": "http://x/v1", "stream": False,
              "prompt_tokens": 7, "completion_tokens": 10, "latency_ms": 1.5, "ttft_ms": None, "status": 200,
              "error": None} for _ in range(ROWS)]

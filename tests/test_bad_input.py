@@ -127,6 +127,6 @@ def test_bad_requests_leave_records(gw):
     httpx.post(gw.url + CHAT, json={"model": "nope", "messages": OK_MESSAGES})
     services = gw.server.config.app.state.services
     deadline = time.monotonic() + 3
-    while services.records.written < 2 and time.monotonic() < deadline:
+    while services.core.records.written < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert services.records.written >= 2
+    assert services.core.records.written >= 2

@@ -152,7 +152,8 @@ def test_serve_with_two_workers(serve, tmp_path):
         _, err = proc.communicate(timeout=30)
     assert err.count("Application startup complete") == 2
     # each worker logs its requests as JSON lines (written at the latest when it exits)
-    served = [json.loads(line) for line in err.splitlines() if '"request finished"' in line]
+    lines = [json.loads(line) for line in err.splitlines() if '"request finished"' in line]
+    served = [line for line in lines if line["path"] == "/v1/chat/completions"]
     assert len(served) == 10 and {line["status"] for line in served} == {200}
     assert all(line["request_id"].startswith("req_") and line["model"] == "fake" for line in served)
 

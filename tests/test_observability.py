@@ -95,7 +95,7 @@ def test_an_unexpected_error_on_a_direct_route_is_a_500_envelope_with_the_reques
     async def broken(*_: object, **__: object) -> None:
         raise RuntimeError("a bug")
 
-    app.state.services.inference.chat = broken
+    app.state.services.core.inference.chat = broken
     gw = serve(app)
     resp = httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "m", "messages": [{"role": "user",
                                                                                           "content": "x"}]})
@@ -108,11 +108,11 @@ def test_an_unexpected_error_on_a_direct_route_is_a_500_envelope_with_the_reques
 def test_ids_are_time_ordered_and_unique():
     import time
 
-    from lmops.ids import sortable_hex
+    from lmops.ids import new_id
 
-    first = [sortable_hex() for _ in range(2000)]
+    first = [new_id() for _ in range(2000)]
     time.sleep(0.002)
-    later = sortable_hex()
+    later = new_id()
     assert len(set(first)) == len(first)
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in first)
     assert later > max(first)  # a later millisecond sorts after every id of an earlier one

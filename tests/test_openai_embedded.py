@@ -228,7 +228,7 @@ ENDLESS = {**LONG_ESSAY, "logit_bias": {"2": -100}}
 
 
 def engine_of(server):
-    return server.server.config.app.state.services.router.deployment("smollm2").replicas[0].engine
+    return server.server.config.app.state.services.core.router.deployment("smollm2").replicas[0].engine
 
 
 def wait_for_pending(engine, count: int, seconds: float = 10) -> None:

@@ -125,7 +125,7 @@ def test_ejected_replica_returns_when_healthy(serve, settings_factory):
     assert ready["status"] == "ready"
     services = srv.server.config.app.state.services if hasattr(srv.server.config.app, "state") else None
     assert services is not None
-    dep = services.router.deployment("m")
+    dep = services.core.router.deployment("m")
     assert [r.healthy for r in dep.replicas] == [False, True]
     behaviour.fail = behaviour.fail_health = False  # the replica recovers; active checks (every 0.2 s) bring it back
     deadline = time.monotonic() + 5

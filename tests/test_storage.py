@@ -39,7 +39,7 @@ def read_records(url: str) -> list[RequestRecord]:
 def wait_for_records(srv, count: int) -> None:
     services = srv.server.config.app.state.services
     deadline = time.monotonic() + 5
-    while services.records.written < count and time.monotonic() < deadline:
+    while services.core.records.written < count and time.monotonic() < deadline:
         time.sleep(0.05)
 
 
@@ -161,14 +161,14 @@ def test_database_outage_never_fails_requests(serve, settings_factory, tmp_path)
             assert client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}]).choices
             assert time.monotonic() - started < 1.0
         time.sleep(0.3)
-        assert services.records.pending == 5 and services.records.written == 0
+        assert services.core.records.pending == 5 and services.core.records.written == 0
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
     deadline = time.monotonic() + 5
-    while services.records.written < 5 and time.monotonic() < deadline:
+    while services.core.records.written < 5 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert services.records.written == 5
+    assert services.core.records.written == 5
 
 
 def test_a_reused_request_id_keeps_every_record(serve, settings_factory, tmp_path):

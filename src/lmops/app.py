@@ -1,4 +1,4 @@
-"""Build the ASGI app: mount the routers, start and stop the services with the app."""
+"""Build the ASGI app: the core's routes and each capability's, one middleware stack around all of them."""
 
 from __future__ import annotations
 
@@ -7,14 +7,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from lmops import __version__
-from lmops.api import admin, batches, docs, enrichment, errors, files, openai, system
-from lmops.api.direct import Gateway
-from lmops.api.middleware import RequestIdMiddleware
+from lmops.api import docs, errors, openai, system
+from lmops.api.middleware import AccessLogMiddleware, BodyLimitMiddleware, RequestIdMiddleware
 from lmops.config import Settings, load_settings
 from lmops.observability.logging import configure_logging
 from lmops.services import Services
+
+# Headers a browser page may read from a cross-origin answer (beyond the CORS-safelisted ones).
+EXPOSED_HEADERS = ["x-request-id", "retry-after", "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
+                   "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens",
+                   "x-ratelimit-reset-tokens"]
 
 
 def create_app(settings: Settings | None = None, *, services: Services | None = None,
@@ -38,16 +43,24 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         finally:
             await svc.stop()
 
-    app = Gateway(direct_routes=openai.DIRECT_ROUTES, title="lmops", version=__version__, lifespan=lifespan,
-                  docs_url=None, redoc_url=None)
+    app = FastAPI(title="lmops", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.services = svc
+    app.state.core = svc.core
     errors.install(app)
     docs.install(app)
     app.include_router(system.router)
     app.include_router(openai.router)
-    app.include_router(admin.router)
-    for batch_router in (files.router, batches.router, enrichment.router):
-        app.include_router(batch_router)
+    for capability in svc.capabilities:
+        for router in capability.routers():
+            app.include_router(router)
+    # Added innermost first: a request passes the request id, the log line, CORS and the body limit in turn.
+    server = settings.server
+    app.add_middleware(BodyLimitMiddleware, max_bytes=server.max_body_bytes,
+                       max_upload_bytes=max(server.max_body_bytes, settings.batch.max_upload_bytes))
+    if server.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=server.cors_origins, allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=EXPOSED_HEADERS)
+    app.add_middleware(AccessLogMiddleware)
     app.add_middleware(RequestIdMiddleware)
     return app
 

@@ -12,8 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from lmops.access import cli as access_cli
-from lmops.batch.cli import batch_app
-from lmops.config import ConfigError, Settings, load_settings
+from lmops.batch import cli as batch_cli
+from lmops.cli_support import ConfigOpt
+from lmops.cli_support import load_settings_or_exit as _settings
 
 app = typer.Typer(help="lmops: run large language models in production.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -21,29 +22,12 @@ config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True
 db_app = typer.Typer(help="Manage the database schema.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
-app.add_typer(access_cli.teams_app, name="teams")
-app.add_typer(access_cli.users_app, name="users")
-app.add_typer(access_cli.keys_app, name="keys")
-app.add_typer(access_cli.limits_app, name="limits")
-app.add_typer(access_cli.usage_app, name="usage")
-app.add_typer(batch_app, name="batch")
-
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML file (default: $LMOPS_CONFIG or ./lmops.yaml)")
+for name, commands in (*access_cli.COMMANDS, *batch_cli.COMMANDS):  # each capability's command groups
+    app.add_typer(commands, name=name)
 
 
 def _console(stderr: bool = False) -> Console:
     return Console(stderr=stderr)
-
-
-def _settings(config: Optional[str], **overrides: object) -> Settings:
-    try:
-        return load_settings(config, **overrides)
-    except ConfigError as exc:
-        err = _console(stderr=True)
-        err.print(f"[bold red]Invalid configuration[/] in {exc.source}:")
-        for problem in exc.problems:
-            err.print(f"  - {problem}")
-        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -167,12 +151,17 @@ def worker(
     migrate: bool = typer.Option(False, help="Apply database migrations first (one process at a time)"),
 ) -> None:
     """Run a batch worker: claims queued items, runs their workflows through the engines, until SIGTERM."""
-    from lmops.batch.cli import run_worker
     from lmops.observability.logging import configure_logging
+    from lmops.services import running, without_in_process_worker
 
-    settings = _settings(config)
+    settings = without_in_process_worker(_settings(config))
     configure_logging(settings.server.log_level, settings.server.log_json)
-    processed = asyncio.run(run_worker(settings, migrate=migrate, name=name))
+
+    async def work() -> int:
+        async with running(settings, migrate=migrate) as svc:
+            return await batch_cli.run_worker(svc.batch, name=name)
+
+    processed = asyncio.run(work())
     _console(stderr=True).print(f"worker stopped after {processed} items")
 
 
@@ -183,10 +172,16 @@ def replay(
     config: Optional[str] = ConfigOpt,
 ) -> None:
     """Re-run one step of one item in isolation and show how the output differs from the recorded one."""
-    from lmops.batch.cli import run_replay
+    from lmops.services import running, without_in_process_worker
+
+    settings = without_in_process_worker(_settings(config))
+
+    async def work() -> bool:
+        async with running(settings) as svc:
+            return await batch_cli.run_replay(svc.batch, item, step, _console())
 
     try:
-        asyncio.run(run_replay(_settings(config), item, step, _console()))
+        asyncio.run(work())
     except LookupError as exc:
         _console(stderr=True).print(f"[red]{exc}[/]")
         raise typer.Exit(1) from None

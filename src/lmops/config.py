@@ -132,7 +132,10 @@ class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1)
-    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024,
+                                description="largest request body, 413 beyond (uploads: batch.max_upload_bytes)")
+    cors_origins: list[str] = Field(default_factory=list,
+                                    description='origins whose pages may call the API ("*": any); none by default')
     log_level: str = "info"
     log_json: bool = True
 

@@ -1,122 +1,72 @@
-"""Everything one running lmops app holds, built from Settings and started/stopped together.
+"""The composition root: the core, then each enabled capability on top of it, started and stopped together.
 
-No module-level state: each app (and each test) gets its own Services.
+Nothing in the package imports this module except the roots that run it (``app.py``, ``cli.py``). A new
+capability is one field here, built from the core and from the typed interfaces of the capabilities it
+needs; ``capabilities`` lists every one that is enabled, in start order.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, fields
 
-import orjson
-from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.responses import Response
-
+from lmops.access.capability import AccessCapability
+from lmops.batch.capability import BatchCapability
+from lmops.capability import Capability
 from lmops.config import Settings
-from lmops.engines.factory import build_engines
-from lmops.observability.metrics import Metrics
-from lmops.protocol.errors import ModelNotFound
-from lmops.protocol.responses import model_card
-from lmops.routing.health import HealthChecker
-from lmops.routing.replicas import Deployment, Replica
-from lmops.routing.router import Router, Target
+from lmops.core import Core
 from lmops.serving.context import Guard, OpenGuard
-from lmops.serving.inference import InferenceService
-from lmops.store.database import create_engine, upgrade_async
-from lmops.usage.batch_writer import BatchWriter
-from lmops.usage.records import RequestRecord
-
-log = logging.getLogger("lmops")
+from lmops.store.database import create_engine
 
 
 @dataclass
 class Services:
-    settings: Settings
-    router: Router
-    metrics: Metrics
-    db: AsyncEngine
-    records: BatchWriter
-    health: HealthChecker
-    inference: InferenceService
-    guard: Guard
-    extras: dict[str, Any] = field(default_factory=dict)  # capability services (access, batch, ...)
+    core: Core
+    access: AccessCapability | None  # None when access control is off (settings.access.enabled)
+    batch: BatchCapability
 
     @classmethod
     def build(cls, settings: Settings, *, guard: Guard | None = None) -> "Services":
-        deployments = [
-            Deployment(m, [Replica(e) for e in build_engines(m, settings)]) for m in settings.models
-        ]
-        router = Router(deployments, settings.health)
-        metrics = Metrics()
-        metrics.watch_router(router)
+        """``guard``: admit requests with this guard instead of access control's (tests)."""
         db = create_engine(settings.database_url)
-        records = BatchWriter(
-            db, RequestRecord.__table__,  # type: ignore[arg-type]
-            flush_interval=settings.usage.flush_interval, batch_size=settings.usage.batch_size,
-            max_pending=settings.usage.max_pending, on_drop=metrics.records_dropped.inc,
-        )
-        extras: dict[str, Any] = {}
-        if guard is None and settings.access.enabled:
-            from lmops.access.service import AccessService
+        access = AccessCapability(settings, db) if guard is None and settings.access.enabled else None
+        core = Core.build(settings, db, guard or (access.guard if access else OpenGuard()))
+        return cls(core=core, access=access, batch=BatchCapability(core))
 
-            extras["access"] = access = AccessService(settings, db)
-            guard = access.guard
-        guard = guard or OpenGuard()
-        svc = cls(
-            settings=settings, router=router, metrics=metrics, db=db, records=records,
-            health=HealthChecker(router, settings.health),
-            inference=InferenceService(router, metrics, records, guard), guard=guard, extras=extras,
-        )
-        from lmops.batch.service import BatchService
+    @property
+    def settings(self) -> Settings:
+        return self.core.settings
 
-        svc.extras["batch"] = BatchService(svc)
-        return svc
+    @property
+    def capabilities(self) -> list[Capability]:
+        """The enabled capabilities, in the order of the fields (start order; they stop in reverse)."""
+        found = (getattr(self, f.name) for f in fields(self) if f.name != "core")
+        return [c for c in found if c is not None]
 
     async def start(self, *, migrate: bool = True) -> None:
-        if migrate:
-            await upgrade_async(self.settings.database_url)
-        if "access" in self.extras:
-            await self.extras["access"].start()
-        await asyncio.gather(*(r.engine.start() for d in self.router.deployments for r in d.replicas))
-        self.records.start()
-        self.health.start()
-        await self.extras["batch"].start()
+        """Migrate (unless told not to), start the core and then each capability."""
+        await self.core.start(migrate=migrate)
+        for capability in self.capabilities:
+            await capability.start()
 
     async def stop(self) -> None:
-        await self.extras["batch"].stop()
-        await self.health.stop()
-        if "access" in self.extras:
-            await self.extras["access"].stop()
-        try:
-            await self.records.stop()
-        except Exception:  # noqa: BLE001 - report, but still release everything else
-            log.exception("could not flush request records at shutdown")
-        await asyncio.gather(*(r.engine.close() for d in self.router.deployments for r in d.replicas),
-                             return_exceptions=True)
-        await self.db.dispose()
-
-    # -- small helpers the routers share -------------------------------------------------------
-    def model_cards(self, allowed: Callable[[str], bool] | None = None) -> list[dict[str, Any]]:
-        """Cards of every public name (adapters as ``model:adapter``), those ``allowed`` accepts when given."""
-        return [_card(t) for t in self.router.targets if allowed is None or allowed(t.name)]
-
-    def model_card(self, name: str, allowed: Callable[[str], bool] | None = None) -> dict[str, Any]:
-        """The card of ``name``; 404 when unknown or not ``allowed`` (a hidden model is not revealed)."""
-        target = self.router.find(name)
-        if target is None or (allowed is not None and not allowed(name)):
-            raise ModelNotFound(name)
-        return _card(target)
-
-    @staticmethod
-    def json(payload: Any, status: int = 200) -> Response:
-        return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
+        for capability in reversed(self.capabilities):
+            await capability.stop()
+        await self.core.stop()
 
 
-def _card(target: Target) -> dict[str, Any]:
-    owned_by = target.config.engine.value
-    if target.adapter is None:
-        return model_card(target.name, owned_by=owned_by)
-    return model_card(target.name, owned_by=owned_by, parent=target.deployment.name, root=target.upstream_name)
+def without_in_process_worker(settings: Settings) -> Settings:
+    """The settings with the batch worker off: a CLI command that runs one of its own (or none)."""
+    return settings.model_copy(update={"batch": settings.batch.model_copy(update={"worker_in_process": False})})
+
+
+@asynccontextmanager
+async def running(settings: Settings, *, migrate: bool = False) -> AsyncIterator[Services]:
+    """Services built and started for a CLI command, stopped when it ends."""
+    svc = Services.build(settings)
+    await svc.start(migrate=migrate)
+    try:
+        yield svc
+    finally:
+        await svc.stop()

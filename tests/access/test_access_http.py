@@ -81,7 +81,7 @@ def test_models_allowed_per_team_and_per_key(gateway):
     ask(client, "fake")
     ask(client, "other")
     gateway.ok("PUT", f"/limits/key/{row['id']}", json={"models": ["fake"]})
-    gateway.services.extras["access"].cache.invalidate()
+    gateway.services.access.cache.invalidate()
     with pytest.raises(openai.PermissionDeniedError) as err:
         ask(client, "other")
     assert err.value.code == "model_not_allowed"
@@ -362,7 +362,7 @@ def test_an_unforeseen_failure_still_releases_the_slot_and_leaves_a_record(gatew
     is in the ledger, instead of the slot staying held until its counter expires."""
     key, _ = gateway.key(gateway.team()["id"], max_parallel=1)
     client = gateway.client(key)
-    router = gateway.services.router
+    router = gateway.services.core.router
     real = router.resolve
 
     def broken(model):

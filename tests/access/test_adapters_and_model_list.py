@@ -98,7 +98,7 @@ def test_model_list_follows_a_changed_rule(adapter_gateway):
     client = gw.client(key)
     assert ids(client) == EVERYTHING
     gw.ok("PUT", f"/limits/key/{row['id']}", json={"models": ["other"]})
-    gw.services.extras["access"].cache.invalidate()
+    gw.services.access.cache.invalidate()
     assert ids(client) == {"other"}
 
 

@@ -57,7 +57,7 @@ def test_cli_manages_principals_that_the_gateway_enforces(start_gateway, databas
     assert re.search(r"acme\s.*bob\s.*\s2\s", by_user)  # names, not ids
 
     _cli("keys", "revoke", prefix)
-    gateway.services.extras["access"].cache.invalidate()
+    gateway.services.access.cache.invalidate()
     with pytest.raises(openai.AuthenticationError):
         client.chat.completions.create(model="fake", messages=CHAT, max_tokens=5)
     assert CliRunner().invoke(cli, ["teams", "create", "acme"]).exit_code == 1  # names are unique

@@ -42,7 +42,7 @@ def test_stream_cancelled_by_the_client_is_billed_for_what_was_generated(gateway
     assert entry["completion_tokens"] == 3
     assert entry["cost_usd"] == pytest.approx(3 * 0.002)
     # The budget's reservation was replaced by what was billed.
-    access = gateway.services.extras["access"]
+    access = gateway.services.access
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:
         counters = access.guard.counters

@@ -61,7 +61,7 @@ def test_an_unknown_adapter_fails_the_batch_at_intake(served):
 
 
 def test_llm_step_with_an_adapter_calls_model_colon_adapter(served):
-    served.services.extras["batch"].registry.register(Workflow("sql-titles", (
+    served.services.batch.registry.register(Workflow("sql-titles", (
         LLMStep("title", prompt=Prompt("t1", "Title for {{ record.title }}"), model="fake", adapter="sql",
                 params={"max_tokens": 8}),)))
     job = httpx.post(f"{served.url}/v1/enrichment/jobs",

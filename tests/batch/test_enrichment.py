@@ -149,7 +149,7 @@ def test_tenant_workflow_with_guardrail_policies(app_services, api, wait):
     def upper(record, outputs, params):
         return record["title"].upper()
 
-    registry = app_services.extras["batch"].registry
+    registry = app_services.batch.registry
     steps = (PythonStep("shout", fn=upper),
              LLMStep("pitch", prompt=Prompt("p1", "Sell {{ shout }} to {{ params.audience }}"),
                      params={"max_tokens": 8}),
@@ -182,7 +182,7 @@ def test_a_retried_item_resumes_after_its_finished_steps(app_services, api, wait
             raise StepFailed("flaky", "first try fails", retryable=True)
         return outputs["title"].upper()
 
-    app_services.extras["batch"].registry.register(Workflow("two-levels", (
+    app_services.batch.registry.register(Workflow("two-levels", (
         LLMStep("title", prompt=Prompt("t1", "Title for {{ record.title }}"), params={"max_tokens": 8}),
         PythonStep("shout", fn=flaky, after=("title",)))))
     job = httpx.post(f"{api.url}/v1/enrichment/jobs",

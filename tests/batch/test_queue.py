@@ -59,7 +59,7 @@ async def test_expired_lease_is_reclaimed_and_stale_writer_writes_nothing(batch_
     settings = batch_settings(db_url, lease_seconds=0.5, worker_in_process=False)
     svc = Services.build(settings)
     await svc.start()
-    batch = svc.extras["batch"]
+    batch = svc.batch
     try:
         source = await batch.files.save_bytes("default", "enrichment", "r.jsonl", b'{"title": "a"}\n{"title": "b"}\n')
         row = await batch.jobs.create(team_id="default", kind="enrichment", workflow="keywords",
@@ -77,7 +77,7 @@ async def test_expired_lease_is_reclaimed_and_stale_writer_writes_nothing(batch_
         progress = await batch.queue.settle(done)
         assert progress[0].completed == 2 and progress[0].status == "finalizing"
         assert await batch.queue.settle(done) == []  # a second ack of the same lease changes nothing
-        page = await __import__("lmops.batch.results", fromlist=["page"]).page(svc.db, row.id)
+        page = await __import__("lmops.batch.results", fromlist=["page"]).page(svc.core.db, row.id)
         assert [e["outputs"]["keywords"] for e in page[0]] == ["fresh", "fresh"]
     finally:
         await svc.stop()
@@ -125,8 +125,8 @@ async def test_concurrent_claimers_never_share_an_item(batch_settings, db_url):
 
     svc = Services.build(batch_settings(db_url, worker_in_process=False))
     await svc.start()
-    batch = svc.extras["batch"]
-    queues = [Queue(svc.db, lease_seconds=60) for _ in range(4)]
+    batch = svc.batch
+    queues = [Queue(svc.core.db, lease_seconds=60) for _ in range(4)]
     try:
         data = b"".join(b'{"title": "t%d"}\n' % i for i in range(500))
         source = await batch.files.save_bytes("default", "enrichment", "r.jsonl", data)

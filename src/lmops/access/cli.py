@@ -15,6 +15,7 @@ from rich.table import Table
 
 from lmops.access.admin import AdminService, limits_dict
 from lmops.access.rules import MAX_RATE, MAX_TOKENS_BUDGET, Limits
+from lmops.cli_support import ConfigOpt, load_settings_or_exit
 from lmops.protocol.errors import APIError
 
 T = TypeVar("T")
@@ -25,17 +26,18 @@ keys_app = typer.Typer(help="API keys: create (shown once), list, revoke.", no_a
 limits_app = typer.Typer(help="Model access, rate limits and budgets of a team or a key.", no_args_is_help=True)
 usage_app = typer.Typer(help="Usage reports from the ledger.", no_args_is_help=True)
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML file (default: $LMOPS_CONFIG or ./lmops.yaml)")
+# The command groups the CLI root mounts (``lmops teams ...``).
+COMMANDS = (("teams", teams_app), ("users", users_app), ("keys", keys_app), ("limits", limits_app),
+            ("usage", usage_app))
 
 
 @asynccontextmanager
 async def _admin_session(config: Optional[str]) -> AsyncIterator[tuple[AdminService, Any]]:
     from lmops.access.counters import MemoryCounters
     from lmops.access.service import AccessService
-    from lmops.cli import _settings
     from lmops.store.database import create_engine, upgrade_async
 
-    settings = _settings(config)
+    settings = load_settings_or_exit(config)
     await upgrade_async(settings.database_url)
     db = create_engine(settings.database_url)
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -14,13 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lmops.access.rules import Limits, period_start
 from lmops.access.tables import ApiKey, LimitRule, ServerSecret, Team, User
+from lmops.ids import new_id
 from lmops.usage.records import RequestRecord
 
 SECRET_NAME = "key_hashing"
-
-
-def new_id(kind: str) -> str:
-    return f"{kind}_{uuid.uuid4().hex[:20]}"
 
 
 def utcnow() -> datetime:
@@ -118,18 +114,18 @@ class AccessStore:
             return not await conn.scalar(select(func.count()).select_from(ApiKey))
 
     async def create_team(self, name: str, team_id: str | None = None) -> dict[str, Any]:
-        row = {"id": team_id or new_id("team"), "name": name, "created_at": utcnow()}
+        row = {"id": team_id or new_id("team_"), "name": name, "created_at": utcnow()}
         await self._insert(Team, row, f"a team named {name!r} already exists")
         return row
 
     async def create_user(self, name: str, team_id: str, role: str) -> dict[str, Any]:
-        row = {"id": new_id("user"), "team_id": team_id, "name": name, "role": role, "created_at": utcnow()}
+        row = {"id": new_id("user_"), "team_id": team_id, "name": name, "role": role, "created_at": utcnow()}
         await self._insert(User, row, f"a user named {name!r} already exists")
         return row
 
     async def create_key(self, *, prefix: str, hash: str, team_id: str, user_id: str | None, name: str | None,
                          scopes: frozenset[str], expires_at: datetime | None) -> dict[str, Any]:
-        row = {"id": new_id("key"), "prefix": prefix, "hash": hash, "team_id": team_id, "user_id": user_id,
+        row = {"id": new_id("key_"), "prefix": prefix, "hash": hash, "team_id": team_id, "user_id": user_id,
                "name": name, "scopes": ",".join(sorted(scopes)), "created_at": utcnow(),
                "expires_at": expires_at, "revoked_at": None}
         await self._insert(ApiKey, row, "a key with this prefix already exists")

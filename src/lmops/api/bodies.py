@@ -1,4 +1,4 @@
-"""Read a JSON request body under a size limit and validate it into a protocol model."""
+"""Read a JSON request body and validate it into a protocol model."""
 
 from __future__ import annotations
 
@@ -8,36 +8,21 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
 
-from lmops.protocol.errors import InvalidRequest, PayloadTooLarge, from_validation_error
+from lmops.protocol.errors import InvalidRequest, from_validation_error
 
 M = TypeVar("M", bound=BaseModel)
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise InvalidRequest("Invalid Content-Length header.") from None
-        if size > max_bytes:
-            raise PayloadTooLarge(f"Request body is {size} bytes; the limit is {max_bytes} bytes.")
-        return await request.body()
-    parts: list[bytes] = []
-    total = 0
+async def read_body(request: Request) -> bytes:
+    """The whole body (its size is bounded by ``BodyLimitMiddleware``, which answers 413 beyond the limit)."""
     try:
-        async for part in request.stream():
-            total += len(part)
-            if total > max_bytes:
-                raise PayloadTooLarge(f"Request body exceeds the limit of {max_bytes} bytes.")
-            parts.append(part)
+        return await request.body()
     except ClientDisconnect:
         raise InvalidRequest("The client disconnected while sending the body.") from None
-    return b"".join(parts)
 
 
-async def parse_json(request: Request, model: type[M], max_bytes: int) -> M:
-    return parse_body(await read_body(request, max_bytes), model)
+async def parse_json(request: Request, model: type[M]) -> M:
+    return parse_body(await read_body(request), model)
 
 
 def parse_body(raw: bytes, model: type[M]) -> M:

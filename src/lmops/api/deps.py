@@ -1,27 +1,30 @@
-"""Helpers shared by the routers: the app's services and a fresh request context."""
+"""Helpers shared by the routers: the app's core, a fresh request context, JSON responses."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, TypeVar
 
-from typing import TypeVar
-
+import orjson
 from pydantic import BaseModel
 from starlette.requests import Request
+from starlette.responses import Response
 
 from lmops.api.bodies import parse_body, read_body
+from lmops.core import Core
 from lmops.observability.logging import request_id_var
 from lmops.protocol.errors import APIError
 from lmops.serving.context import RequestContext
 
 M = TypeVar("M", bound=BaseModel)
 
-if TYPE_CHECKING:
-    from lmops.services import Services
+
+def core(request: Request) -> Core:
+    """The core of the app serving ``request`` (set by ``lmops.app.create_app``)."""
+    return request.app.state.core
 
 
-def services(request: Request) -> "Services":
-    return request.app.state.services
+def json_response(payload: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
 
 
 def new_context(request: Request, endpoint: str) -> RequestContext:
@@ -30,9 +33,9 @@ def new_context(request: Request, endpoint: str) -> RequestContext:
 
 async def parse_tracked(request: Request, model: type[M], ctx: RequestContext) -> M:
     """Parse the body; a request refused here still leaves its record and metrics."""
-    svc = services(request)
+    svc = core(request)
     try:
-        raw = await read_body(request, svc.settings.server.max_body_bytes)
+        raw = await read_body(request)
         ctx.body_bytes = len(raw)
         return parse_body(raw, model)
     except APIError as exc:

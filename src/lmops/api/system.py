@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from lmops.api.deps import services
+from lmops.api.deps import core, json_response
 
 router = APIRouter(tags=["system"])
 
@@ -17,12 +17,12 @@ async def health() -> Response:
 
 @router.get("/ready")
 async def ready(request: Request) -> Response:
-    svc = services(request)
+    svc = core(request)
     models = {d.name: d.is_ready() for d in svc.router.deployments}
     ok = all(models.values())
-    return svc.json({"status": "ready" if ok else "not_ready", "models": models}, status=200 if ok else 503)
+    return json_response({"status": "ready" if ok else "not_ready", "models": models}, status=200 if ok else 503)
 
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    return Response(services(request).metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    return Response(core(request).metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -17,7 +17,7 @@ import orjson
 
 from pydantic import BaseModel, ValidationError
 
-from lmops.batch.ids import new_id
+from lmops.ids import new_id
 from lmops.engines.base import Body, Engine
 from lmops.protocol.chat import ChatCompletionRequest
 from lmops.protocol.completions import CompletionRequest
@@ -28,7 +28,7 @@ from lmops.serving.context import Principal, RequestContext
 from lmops.serving.inference import address, upstream_body
 
 if TYPE_CHECKING:
-    from lmops.services import Services
+    from lmops.core import Core
 
 MAX_BUSY_WAIT = 5.0
 BUDGET_RECHECKS = 10  # a spent budget fails the call after this many re-checks ...
@@ -105,17 +105,17 @@ class _Checked:
 class ModelCaller:
     """Calls models with at most ``concurrency`` requests in flight per model (per worker process)."""
 
-    def __init__(self, services: "Services", concurrency: int, per_model: dict[str, int] | None = None):
-        self.services = services
+    def __init__(self, core: "Core", concurrency: int, per_model: dict[str, int] | None = None):
+        self.core = core
         self._limits = {d.name: asyncio.Semaphore((per_model or {}).get(d.name, concurrency))
-                        for d in services.router.deployments}
+                        for d in core.router.deployments}
 
     async def call(self, team_id: str, path: str, body: Any, *, checked: bool = False) -> CallResult:
         """Call the model ``body`` names; ``checked``: the body was validated already (skip pydantic)."""
         endpoint = ENDPOINTS[path]
         ctx = RequestContext(request_id=new_id("batch_req_"), endpoint=endpoint.name,
                              principal=Principal(team_id=team_id))
-        svc = self.services
+        svc = self.core
         try:
             req = _Checked(body) if checked else validate_request(endpoint, body)
             model: str = req.model  # type: ignore[union-attr]
@@ -148,7 +148,7 @@ class ModelCaller:
         A rate or parallel limit is back-pressure (wait, then ask again); a budget that stays spent
         over several re-checks, or a refused model, fails the call without retries.
         """
-        guard = self.services.guard
+        guard = self.core.guard
         size = len(orjson.dumps(wire))
         budget_refusals = 0
         while True:
@@ -171,7 +171,7 @@ class ModelCaller:
                 self._refused(ctx, exc)
 
     def _refused(self, ctx: RequestContext, exc: APIError) -> NoReturn:
-        self.services.inference.finish(ctx, exc)
+        self.core.inference.finish(ctx, exc)
         raise CallFailed(exc.code or exc.error_type, exc.message, retryable=False, status=exc.status_code,
                          body=exc.envelope())
 
@@ -180,13 +180,13 @@ class ModelCaller:
         while True:
             routed = Routed()
             try:
-                return await self.services.router.call(model, endpoint.send, wire, routed)
+                return await self.core.router.call(model, endpoint.send, wire, routed)
             except (Overloaded, NoHealthyReplica):
                 await asyncio.sleep(wait)  # back-pressure (or every replica ejected for now): not a failure
                 wait = min(wait * 2, MAX_BUSY_WAIT)
             except APIError as exc:
                 ctx.replica = routed.replica
-                self.services.inference.finish(ctx, exc)
+                self.core.inference.finish(ctx, exc)
                 raise CallFailed(exc.code or exc.error_type, exc.message, retryable=exc.status_code >= 500,
                                  status=exc.status_code, body=exc.envelope()) from None
             finally:

@@ -15,11 +15,13 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from lmops.config import Settings
+from lmops.batch.service import BatchService
 
 batch_app = typer.Typer(help="Enrichment jobs and OpenAI batches on a running lmops.", no_args_is_help=True)
 openai_app = typer.Typer(help="OpenAI batches: submit a JSONL of requests, follow, download.", no_args_is_help=True)
 batch_app.add_typer(openai_app, name="openai")
+COMMANDS = (("batch", batch_app),)  # the command groups the CLI root mounts (``lmops worker`` and ``replay``
+#                                     are the root's: they build the whole app)
 
 UrlOpt = typer.Option(None, "--url", envvar="LMOPS_URL", help="lmops base URL (default http://127.0.0.1:8000)")
 KeyOpt = typer.Option(None, "--api-key", envvar="LMOPS_API_KEY", help="API key")
@@ -27,37 +29,20 @@ FINAL = {"completed", "failed", "expired", "cancelled"}
 
 
 # -- worker and replay (run against the database directly) ---------------------------------------
-async def run_worker(settings: Settings, *, migrate: bool = False, name: str | None = None) -> int:
-    """Run one worker until SIGTERM/SIGINT; returns how many items it settled."""
-    from lmops.services import Services
-
-    settings = settings.model_copy(update={"batch": settings.batch.model_copy(update={"worker_in_process": False})})
-    svc = Services.build(settings)
-    await svc.start(migrate=migrate)
-    batch = svc.extras["batch"]
+async def run_worker(batch: BatchService, *, name: str | None = None) -> int:
+    """Run a worker on ``batch`` (started) until SIGTERM/SIGINT; returns how many items it settled."""
     batch.start_worker(name=name)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, batch.worker.stop)
-    try:
-        await batch.wait_worker()
-    finally:
-        processed = batch.worker.processed
-        await svc.stop()
-    return processed
+    await batch.wait_worker()
+    return int(batch.worker.processed)
 
 
-async def run_replay(settings: Settings, item: int, step: str, console: Console) -> bool:
+async def run_replay(batch: BatchService, item: int, step: str, console: Console) -> bool:
     from lmops.batch.replay import replay
-    from lmops.services import Services
 
-    settings = settings.model_copy(update={"batch": settings.batch.model_copy(update={"worker_in_process": False})})
-    svc = Services.build(settings)
-    await svc.start(migrate=False)
-    try:
-        r = await replay(svc.extras["batch"], item, step)
-    finally:
-        await svc.stop()
+    r = await replay(batch, item, step)
     out = r.after
     console.print(f"[bold]item {r.item_id} step {r.step}[/]  model={out.model} adapter={out.adapter} "
                   f"prompt_version={out.prompt_version} seed={out.seed} tokens={out.prompt_tokens}+"

@@ -12,6 +12,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from lmops.store.sqlite import BUSY_TIMEOUT_S, configure_sqlite
+
 T = TypeVar("T")
 
 
@@ -39,15 +41,12 @@ def queue_engine(db: AsyncEngine) -> AsyncEngine:
     if is_postgres(db):
         # Its own small pool without pre-ping: the queue's hot path saves a round trip per transaction.
         return create_async_engine(db.url, pool_size=4, max_overflow=4, pool_recycle=300)
-    engine = create_async_engine(db.url, connect_args={"timeout": 30})
+    engine = create_async_engine(db.url, connect_args={"timeout": BUSY_TIMEOUT_S})
 
     @event.listens_for(engine.sync_engine, "connect")
     def _connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # the driver must not BEGIN on its own: _begin does
-        cur = dbapi_conn.cursor()
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000"):
-            cur.execute(f"PRAGMA {pragma}")
-        cur.close()
+        configure_sqlite(dbapi_conn)
 
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(conn: Any) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy import delete, insert, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 
-from lmops.batch.ids import new_id
+from lmops.ids import new_id
 from lmops.batch.multipart import receive_multipart
 from lmops.batch.tables import FILES
 from lmops.protocol.errors import InvalidRequest, NotFound

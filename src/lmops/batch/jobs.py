@@ -17,7 +17,7 @@ from sqlalchemy import case, insert, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lmops.batch.db import is_postgres, retry_conflicts
-from lmops.batch.ids import new_id
+from lmops.ids import new_id
 from lmops.batch.tables import ITEMS, JOBS
 from lmops.protocol.errors import InvalidRequest, NotFound
 

@@ -19,7 +19,7 @@ from lmops.observability.metrics import LATENCY_BUCKETS, Metrics
 
 if TYPE_CHECKING:
     from lmops.batch.queue import Outcome
-    from lmops.batch.service import JobInfo
+    from lmops.batch.job_info import JobInfo
     from lmops.batch.workflows.steps import StepOutput
 
 log = logging.getLogger("lmops.batch")

@@ -12,7 +12,6 @@ claims in ``BEGIN IMMEDIATE`` transactions (one writer at a time), a correct equ
 from __future__ import annotations
 
 import time
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lmops.batch.db import insert_ignore, is_postgres, queue_engine, retry_conflicts, upsert
 from lmops.batch.tables import ITEMS, JOBS, RESULTS
+from lmops.ids import new_id
 
 
 CLAIM = """
@@ -123,7 +123,7 @@ class Queue:
     async def claim(self, n: int) -> list[Claimed]:
         """Lease up to ``n`` claimable items (new, due for retry, or with an expired lease)."""
         now = time.time()
-        token = uuid.uuid4().hex
+        token = new_id()
         if self._reader is not None:  # SQLite: look before taking the one write lock (idle polls stay reads)
             async with self._reader.connect() as conn:
                 if (await conn.execute(self._any, {"now": now})).first() is None:

@@ -1,12 +1,11 @@
-"""The batch capability as one service on Services.extras["batch"]: files, jobs, queue, workflows, workers."""
+"""The batch service: files, jobs, queue, workflows and workers, built on the core (routes: batch/routes/)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
@@ -14,48 +13,36 @@ from lmops.batch.calls import ModelCaller
 from lmops.batch.files import FileStore
 from lmops.batch.finalize import REQUEST_STEP, write_batch_files
 from lmops.batch.intake import Intake
+from lmops.batch.job_info import JobInfo
 from lmops.batch.jobs import Jobs
 from lmops.batch.metrics import BatchMetrics
 from lmops.batch.queue import Queue
 from lmops.batch.workflows import RequestStep, Workflow, WorkflowRegistry
 from lmops.batch.workflows import examples
-
-if TYPE_CHECKING:
-    from lmops.services import Services
+from lmops.core import Core
 
 log = logging.getLogger("lmops.batch")
 OPENAI_WORKFLOW = "openai-batch"
 JOB_CACHE_SIZE = 1024
 
 
-@dataclass(frozen=True)
-class JobInfo:
-    """What a worker needs to know about an item's job (cached: it never changes)."""
-
-    team_id: str
-    kind: str
-    workflow: Workflow
-    params: dict[str, Any]
-    default_model: str | None
-
-
 class BatchService:
-    def __init__(self, services: "Services"):
-        self.services = services
-        self.config = cfg = services.settings.batch
-        self.files = FileStore(services.db, cfg.data_dir, cfg.max_upload_bytes)
-        self.jobs = Jobs(services.db, cfg.lease_seconds)
-        self.queue = Queue(services.db, cfg.lease_seconds)
-        self.caller = ModelCaller(services, cfg.concurrency, cfg.model_concurrency)
+    def __init__(self, core: Core):
+        self.core = core
+        self.config = cfg = core.settings.batch
+        self.files = FileStore(core.db, cfg.data_dir, cfg.max_upload_bytes)
+        self.jobs = Jobs(core.db, cfg.lease_seconds)
+        self.queue = Queue(core.db, cfg.lease_seconds)
+        self.caller = ModelCaller(core, cfg.concurrency, cfg.model_concurrency)
         self.registry = WorkflowRegistry()
         examples.register(self.registry)
         for module in cfg.workflow_modules:
             self.registry.load_module(module)
         self.registry.load_entry_points()
-        models = {t.name for t in services.router.targets}  # adapters too: "<model>:<adapter>"
+        models = {t.name for t in core.router.targets}  # adapters too: "<model>:<adapter>"
         self.intake = Intake(self.jobs, self.files, models, cfg.intake_chunk, cfg.max_line_bytes)
-        self.metrics = BatchMetrics(services.metrics, services.db, cfg.metrics_interval)
-        chat_models = [m.name for m in services.settings.models if m.engine.value != "sentence-transformers"]
+        self.metrics = BatchMetrics(core.metrics, core.db, cfg.metrics_interval)
+        chat_models = [m.name for m in core.settings.models if m.engine.value != "sentence-transformers"]
         self.default_model = cfg.default_model or (chat_models[0] if chat_models else None)
         self._jobs: dict[str, asyncio.Future[JobInfo | None]] = {}
         self._upkeep = asyncio.Event()

@@ -12,26 +12,44 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 
-from lmops.batch.queue import Claimed, Outcome
+from lmops.batch.calls import ModelCaller
+from lmops.batch.job_info import JobInfo
+from lmops.batch.metrics import BatchMetrics
+from lmops.batch.queue import Claimed, Outcome, Queue
 from lmops.batch.workflows.steps import StepOutput
 from lmops.batch.workflows.workflow import ItemFailed, StepContext, run_workflow
-
-if TYPE_CHECKING:
-    from lmops.batch.service import BatchService, JobInfo
+from lmops.config import BatchConfig
+from lmops.ids import new_id
 
 log = logging.getLogger("lmops.batch.worker")
 
 
+class WorkerHost(Protocol):
+    """What a worker needs of the batch service that starts it."""
+
+    config: BatchConfig
+    caller: ModelCaller
+    queue: Queue
+    metrics: BatchMetrics
+
+    async def job_info(self, job_id: str) -> JobInfo | None: ...
+
+    def wake_upkeep(self) -> None: ...
+
+    async def upkeep(self, owner: str) -> bool: ...
+
+    async def wait_upkeep(self, timeout: float) -> None: ...
+
+
 class Worker:
-    def __init__(self, batch: "BatchService", *, name: str | None = None):
+    def __init__(self, batch: WorkerHost, *, name: str | None = None):
         self.batch = batch
         self.cfg = batch.config
-        self.name = name or f"worker-{uuid.uuid4().hex[:8]}"
+        self.name = name or new_id("worker-")
         self.grace = self.cfg.shutdown_grace
         self._stop = asyncio.Event()
         self._held: dict[str, dict[int, asyncio.Task[None]]] = {}
@@ -150,7 +168,7 @@ class Worker:
                 for r in await self.batch.queue.checkpoints(item.id) if r.status != "error"}
 
     @staticmethod
-    def _rows(item: Claimed, job: "JobInfo", results: dict[str, StepOutput]) -> list[dict[str, Any]]:
+    def _rows(item: Claimed, job: JobInfo, results: dict[str, StepOutput]) -> list[dict[str, Any]]:
         now = time.time()
         dumps = orjson.dumps
         return [{"item_id": item.id, "step": name, "job_id": item.job_id, "status": r.status,

@@ -167,12 +167,12 @@ class EmbeddedLlamaEngine(Engine):
         with self._places(jobs):
             outs = [await self._run(job) for job in jobs]
         choices = [_chat_choice(i, job, out) for i, (job, out) in enumerate(zip(jobs, outs, strict=True))]
-        return R.chat_completion(R.new_id("chatcmpl"), body["model"], choices, len(jobs[0].prompt),
+        return R.chat_completion(R.response_id("chatcmpl"), body["model"], choices, len(jobs[0].prompt),
                                  sum(out.tokens for out in outs))
 
     async def stream_chat_completion(self, body: Body) -> AsyncIterator[Chunks]:
         jobs = [self._chat_job(b) for b in _choice_bodies(body)]
-        rid, created, model = R.new_id("chatcmpl"), int(time.time()), body["model"]
+        rid, created, model = R.response_id("chatcmpl"), int(time.time()), body["model"]
         tokens = 0
         call_text: list[str] = []  # a function call goes out whole, once it parses
         async for index, job, kind, value in self._streams(jobs):
@@ -206,12 +206,12 @@ class EmbeddedLlamaEngine(Engine):
             outs = [await self._run(job) for job in jobs]
         choices = [R.text_choice(i, job.echo + out.text, out.finish, _logprobs(job, out.logprobs, completion_logprobs))
                    for i, (job, out) in enumerate(zip(jobs, outs, strict=True))]
-        return R.text_completion(R.new_id("cmpl"), body["model"], choices, _prompt_tokens(body, jobs),
+        return R.text_completion(R.response_id("cmpl"), body["model"], choices, _prompt_tokens(body, jobs),
                                  sum(out.tokens for out in outs))
 
     async def stream_completion(self, body: Body) -> AsyncIterator[Chunks]:
         jobs = [self._completion_job(b) for b in _choice_bodies(body)]
-        rid, created, model = R.new_id("cmpl"), int(time.time()), body["model"]
+        rid, created, model = R.response_id("cmpl"), int(time.time()), body["model"]
         tokens = 0
         offset = 0  # where the next chunk starts in this choice's text (the logprobs' text_offset)
         async for index, job, kind, value in self._streams(jobs):

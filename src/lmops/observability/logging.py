@@ -13,6 +13,9 @@ from typing import Any, TextIO
 import orjson
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("lmops_request_id", default=None)
+# What the code serving a request adds to its log line (model, tokens...); None outside an HTTP request.
+request_fields_var: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("lmops_request_fields",
+                                                                                           default=None)
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
+from lmops.ids import new_id
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+def response_id(kind: str) -> str:
+    """``chatcmpl-...`` / ``cmpl-...``: OpenAI's id prefixes on lmops's one id scheme (``lmops.ids``)."""
+    return new_id(f"{kind}-")
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

@@ -20,7 +20,8 @@ from starlette.responses import Response
 
 from lmops.config import EngineKind
 from lmops.engines.base import Body, Chunks, Engine
-from lmops.ids import sortable_hex
+from lmops.ids import new_id
+from lmops.observability.logging import request_fields_var
 from lmops.observability.metrics import Metrics
 from lmops.protocol import responses as R
 from lmops.protocol.chat import ChatCompletionRequest
@@ -198,12 +199,17 @@ class InferenceService:
         latency = ctx.elapsed()
         public = ctx.public_model  # "model:adapter" for an adapter: records and metrics keep it apart
         model = public or "-"
-        level = logging.WARNING if ctx.status >= 500 else logging.INFO
-        if log.isEnabledFor(level):
-            log.log(level, "request finished", extra={
-                "endpoint": ctx.endpoint, "model": public, "replica": ctx.replica, "status": ctx.status,
-                "latency_ms": round(latency * 1000, 3), "prompt_tokens": ctx.prompt_tokens,
-                "completion_tokens": ctx.completion_tokens, "error": ctx.error})
+        fields = request_fields_var.get()
+        if fields is not None:  # an HTTP request: its one log line (api/middleware.py) carries these
+            fields.update(endpoint=ctx.endpoint, model=public, replica=ctx.replica, status=ctx.status,
+                          prompt_tokens=ctx.prompt_tokens, completion_tokens=ctx.completion_tokens, error=ctx.error)
+        else:
+            level = logging.WARNING if ctx.status >= 500 else logging.INFO
+            if log.isEnabledFor(level):
+                log.log(level, "request finished", extra={
+                    "endpoint": ctx.endpoint, "model": public, "replica": ctx.replica, "status": ctx.status,
+                    "latency_ms": round(latency * 1000, 3), "prompt_tokens": ctx.prompt_tokens,
+                    "completion_tokens": ctx.completion_tokens, "error": ctx.error})
         self.metrics.observe(model, ctx.endpoint, ctx.status, latency, ctx.ttft, ctx.prompt_tokens,
                              ctx.completion_tokens)
         try:
@@ -215,7 +221,7 @@ class InferenceService:
             now = datetime.now(timezone.utc)
             billed = ctx.principal if cost is not None else None
             self.records.add({
-                "id": sortable_hex(),
+                "id": new_id(),
                 "request_id": ctx.request_id,
                 "created_at": now,
                 "endpoint": ctx.endpoint,

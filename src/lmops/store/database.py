@@ -11,6 +11,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from lmops.config import async_database_url
+from lmops.store.sqlite import BUSY_TIMEOUT_S, configure_sqlite
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -18,19 +19,10 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     url = async_database_url(url)
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30})
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        engine = create_async_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
+        event.listen(engine.sync_engine, "connect", configure_sqlite)
         return engine
     return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
-
-
-def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.close()
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker:

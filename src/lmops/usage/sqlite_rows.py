@@ -17,9 +17,10 @@ from typing import Any
 from sqlalchemy import Table
 from sqlalchemy.engine import URL
 
+from lmops.store.sqlite import BUSY_TIMEOUT_S, configure_sqlite
+
 SQLITE_MAX_VARIABLES = 32766  # SQLite >= 3.32 (Python 3.11 ships 3.40+)
 ROWS_PER_STATEMENT = 100  # a statement's text and plan grow with its rows; made in one loop step
-WAIT_FOR_LOCK_S = 30.0
 
 Statement = tuple[str, list[Any]]
 
@@ -36,10 +37,9 @@ class SQLiteRows:
 
     def __init__(self, url: URL, table: Table):
         self.table = table
-        self._conn = sqlite3.connect(url.database or "", timeout=WAIT_FOR_LOCK_S, isolation_level=None,
+        self._conn = sqlite3.connect(url.database or "", timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                      check_same_thread=False)  # made on the loop, used in a thread
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL"):
-            self._conn.execute(f"PRAGMA {pragma}")
+        configure_sqlite(self._conn)
 
     def rows_per_statement(self, columns: int) -> int:
         return max(1, min(ROWS_PER_STATEMENT, SQLITE_MAX_VARIABLES // columns))

@@ -12,17 +12,44 @@ import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import jsonschema
 import orjson
 from jinja2 import Environment, StrictUndefined, Template, TemplateError
 
-from lmops.batch.calls import ENDPOINTS, CallFailed, validate_request
+from lmops.batch.calls import ENDPOINTS, CallFailed, ModelCaller, validate_request
 from lmops.protocol.errors import APIError
 
-if TYPE_CHECKING:
-    from lmops.batch.workflows.workflow import StepContext
+
+class StepLookup(Protocol):
+    def step(self, name: str) -> "Step": ...
+
+
+class StepEnv(Protocol):
+    """What a step reads and writes while it runs (``workflow.StepContext`` is the implementation; a protocol
+    here keeps the step kinds and the workflow that runs them from importing each other)."""
+
+    record: Any
+    params: dict[str, Any]
+    team_id: str
+    caller: ModelCaller
+    default_model: str | None
+    seed: int | None
+
+    @property
+    def workflow(self) -> StepLookup: ...
+
+    @property
+    def outputs(self) -> dict[str, Any]: ...
+
+    def variables(self, **extra: Any) -> dict[str, Any]: ...
+
+    def inputs_of(self, step: "Step") -> dict[str, Any]: ...
+
+    def replace_result(self, name: str, result: "StepOutput") -> None: ...
+
+    def mark(self, name: str, status: str) -> None: ...
 
 
 class StepFailed(Exception):
@@ -88,7 +115,7 @@ class Step:
     def dependencies(self) -> tuple[str, ...]:
         return self.after
 
-    async def run(self, ctx: "StepContext") -> StepOutput:
+    async def run(self, ctx: StepEnv) -> StepOutput:
         raise NotImplementedError
 
 
@@ -98,7 +125,7 @@ class RequestStep(Step):
 
     endpoint: str = "/v1/chat/completions"
 
-    async def run(self, ctx: "StepContext") -> StepOutput:
+    async def run(self, ctx: StepEnv) -> StepOutput:
         try:
             res = await ctx.caller.call(ctx.team_id, self.endpoint, ctx.record, checked=True)  # checked at intake
         except CallFailed as exc:
@@ -136,7 +163,7 @@ class LLMStep(Step):
         except APIError as exc:
             raise ValueError(f"step {self.name!r}: invalid params: {exc.message}") from None
 
-    async def run(self, ctx: "StepContext", feedback: str | None = None) -> StepOutput:
+    async def run(self, ctx: StepEnv, feedback: str | None = None) -> StepOutput:
         system, user = self.prompt.render_for(self.name, ctx.variables(feedback=feedback))
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
         base = self.model or ctx.default_model
@@ -174,7 +201,7 @@ class PythonStep(Step):
 
     fn: Callable[[dict[str, Any], dict[str, Any], dict[str, Any]], Any] = lambda r, o, p: None  # noqa: E731
 
-    async def run(self, ctx: "StepContext") -> StepOutput:
+    async def run(self, ctx: StepEnv) -> StepOutput:
         try:
             value = self.fn(ctx.record, ctx.outputs, ctx.params)
             if inspect.isawaitable(value):
@@ -212,7 +239,7 @@ class GuardrailStep(Step):
     def dependencies(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys((self.target, *self.after)))
 
-    async def judge(self, ctx: "StepContext", output: Any, lineage: StepOutput) -> str | None:
+    async def judge(self, ctx: StepEnv, output: Any, lineage: StepOutput) -> str | None:
         guidelines = ctx.params.get("guidelines") or {}
         if self.rule is not None:
             verdict = self.rule(output, guidelines, ctx.record)
@@ -226,7 +253,7 @@ class GuardrailStep(Step):
         answer = await _chat(ctx, lineage, {"model": model, "messages": messages, "max_tokens": 48, "temperature": 0})
         return None if answer.upper().startswith("PASS") else (answer or "FAIL")
 
-    async def run(self, ctx: "StepContext") -> StepOutput:
+    async def run(self, ctx: StepEnv) -> StepOutput:
         target = ctx.workflow.step(self.target)
         lineage = StepOutput(None, inputs={"target": self.target, "output": ctx.outputs.get(self.target)})
         violation = await self.judge(ctx, ctx.outputs.get(self.target), lineage)
