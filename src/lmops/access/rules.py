@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from fnmatch import fnmatchcase
 
-PERIODS = ("day", "month", "total")
 SUBJECT_TYPES = ("team", "key")
 ROLES = ("admin", "team_admin", "member")
 SCOPES = ("inference", "batch", "admin")
