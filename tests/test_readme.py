@@ -52,7 +52,7 @@ def test_the_streaming_python_snippet_prints_the_answer_then_the_usage(readme_ga
     code = snippet("python", "stream=True").replace(DEFAULT_URL, srv.url)
     out = subprocess.run([sys.executable, "-c", code], env=_env(key), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    answer, _, usage = out.stdout.rpartition("\n")
+    answer, _, usage = out.stdout.rstrip("\n").rpartition("\n")
     assert answer.strip(), out.stdout  # the streamed text, before the usage line
     assert "None" not in answer  # no chunk without content printed as "None"
     assert re.search(r"completion_tokens=\d+", usage) and "prompt_tokens=" in usage, out.stdout
