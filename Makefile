@@ -17,12 +17,11 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-# lmops is installed in editable mode, so an edit to its code needs no reinstall, except to the modules that
-# setup.py compiles with mypyc (access/, usage/): until reinstalled they run from source. A stamp file in the
-# venv records each install; it is redone when the package's metadata or one of those modules changes.
+# lmops is installed in editable mode, so an edit to its code needs no reinstall. A stamp file in the venv
+# records each install; it is redone when the package's metadata (pyproject.toml) changes.
 INSTALLED := $(VENV)/.lmops-installed
 INSTALLED_DEV := $(VENV)/.lmops-installed-dev
-INSTALL_INPUTS := pyproject.toml setup.py $(wildcard src/lmops/access/*.py src/lmops/usage/*.py)
+INSTALL_INPUTS := pyproject.toml
 
 $(INSTALLED): $(INSTALL_INPUTS) | $(PY)
 	$(PIP) install -q -e .
