@@ -51,16 +51,26 @@ def test_a_failing_child_is_refused_too(tmp_path):
         ensure_engine_build_works(command=silent, cache=tmp_path)
 
 
-def test_lmops_serve_refuses_a_crashing_build_without_a_traceback(tmp_path):
+def _crashing_lmops(tmp_path, *args: str) -> str:
     env = {**os.environ, "LMOPS_ENGINE_CHECK_COMMAND": shlex.join(CRASHING_CHILD), "LMOPS_CACHE_DIR": str(tmp_path),
            "LMOPS_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "COLUMNS": "200"}
-    run = subprocess.run([sys.executable, "-m", "lmops", "serve", "--port", str(free_port())], cwd=tmp_path, env=env,
+    run = subprocess.run([sys.executable, "-m", "lmops", *args], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 1, run.stderr
-    assert "lmops: cannot start: the embedded llama.cpp engine does not work on this machine" in run.stderr
+    assert "the embedded llama.cpp engine does not work on this machine" in run.stderr
     assert "SIGSEGV" in run.stderr and "-DGGML_NATIVE=OFF" in run.stderr and "AMX_INT8 = 1" in run.stderr
     assert "Traceback" not in run.stderr
+    return run.stderr
+
+
+def test_lmops_serve_refuses_a_crashing_build_without_a_traceback(tmp_path):
+    err = _crashing_lmops(tmp_path, "serve", "--port", str(free_port()))
+    assert "lmops: cannot start: the embedded llama.cpp engine" in err
     assert not (tmp_path / "x.db").exists()  # refused before anything was done
+
+
+def test_lmops_chat_in_process_says_so_too(tmp_path):
+    _crashing_lmops(tmp_path, "chat", "Hello", "--max-tokens", "4")
 
 
 def test_the_real_check_passes_on_this_build_and_is_remembered(tmp_path):
