@@ -5,8 +5,10 @@ PIP := $(PY) -m pip
 PYTEST_ARGS ?=
 
 # llama-cpp-python compiles llama.cpp when pip installs it. Its default native build (-march=native) crashed
-# in llama_decode on an AVX-512/AMX host, and pip reuses a wheel it cached on one host on the next: build for
-# AVX2 (any x86-64 server of the last decade) instead. CMAKE_ARGS from the environment takes precedence.
+# in llama_decode on an AVX-512/AMX host (its AMX code: src/lmops/engines/llamacpp_check.py says why), and pip
+# reuses a wheel it cached on one host on the next: build for AVX2 (any x86-64 server of the last decade)
+# instead. README.md's pip install uses the same flags (tests/test_production_install.py checks they agree).
+# CMAKE_ARGS from the environment takes precedence.
 ifeq ($(shell uname -m),x86_64)
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 endif
@@ -17,12 +19,11 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-# lmops is installed in editable mode, so an edit to its code needs no reinstall, except to the modules that
-# setup.py compiles with mypyc (access/, usage/): until reinstalled they run from source. A stamp file in the
-# venv records each install; it is redone when the package's metadata or one of those modules changes.
+# lmops is installed in editable mode, so an edit to its code needs no reinstall. A stamp file in the venv
+# records each install; it is redone when the package's metadata (pyproject.toml) changes.
 INSTALLED := $(VENV)/.lmops-installed
 INSTALLED_DEV := $(VENV)/.lmops-installed-dev
-INSTALL_INPUTS := pyproject.toml setup.py $(wildcard src/lmops/access/*.py src/lmops/usage/*.py)
+INSTALL_INPUTS := pyproject.toml
 
 $(INSTALLED): $(INSTALL_INPUTS) | $(PY)
 	$(PIP) install -q -e .

@@ -7,7 +7,7 @@ throughput: requests/s through the gateway with access control + limits + ledger
 report:     the usage report over 1,000,000 ledger rows on PostgreSQL.
 
     python bench/bench_access.py throughput --seconds 10 --rounds 3 [--redis redis://127.0.0.1:6379/0]
-        [--headers-always] [--concurrent] [--control] [--source-too] [--load wrk|python] [--limits all|typical]
+        [--headers-always] [--concurrent] [--control] [--load wrk|python] [--limits all|typical]
         [--pg postgresql://postgres@127.0.0.1:5432/test]  (each gateway on a fresh database there, not SQLite)
     python bench/bench_access.py report --rows 1000000 [--pg postgresql://postgres@127.0.0.1:5432/test]
     python bench/bench_access.py guard [--redis redis://127.0.0.1:6379/0]
@@ -146,11 +146,6 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         proc, port = _gateway(workdir, "on", upstream, {"prices": prices}, on_env, database("on"))
         procs.append(proc)
         modes["on"], pids["on"] = (port, _limited_key(port, admin_key, args.limits)), proc.pid
-        if args.source_too:  # the same "on" gateway running the source build of the compiled modules
-            proc, port = _gateway(workdir, "on_source", upstream, {"prices": prices},
-                                  {**on_env, "LMOPS_PURE_PYTHON": "1"}, database("on_source"))
-            procs.append(proc)
-            modes["on_source"], pids["on_source"] = (port, _limited_key(port, admin_key, args.limits)), proc.pid
         if args.headers_always:
             proc, port = _gateway(workdir, "on_always", upstream, {"prices": prices, "rate_limit_headers": "always"},
                                   on_env, database("on_always"))
@@ -400,8 +395,6 @@ def main() -> None:
     t.add_argument("--headers-always", action="store_true",
                    help="also measure access.rate_limit_headers=always (x-ratelimit-* on every admitted request; "
                         "before session 12 that was the default, and --refusals-only measured the other mode)")
-    t.add_argument("--source-too", action="store_true",
-                   help="also measure 'on' running the source build of lmops.compiled.MODULES (LMOPS_PURE_PYTHON=1)")
     t.add_argument("--pg", default=None, help="PostgreSQL server URL: each gateway gets a fresh database there")
     t.add_argument("--concurrent", action="store_true",
                    help="load every gateway at the same time (each with its own wrk) instead of one after another")

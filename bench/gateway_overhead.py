@@ -14,9 +14,9 @@ pydantic app, the stack vLLM's and lmdeploy's OpenAI servers run on, about as fa
 issue 2) and ``lmops-ref``, a second ``lmops serve`` in front of it. Each gateway's ratio is to the upstream it
 fronts, measured in the same round.
 
-With ``--baseline SRC`` (the ``src`` folder of another checkout, e.g. a ``git worktree`` of an earlier commit with
-this one's compiled modules copied in), ``lmops-base`` runs that code in front of the same upstream: the two
-versions side by side in one run, which a noisy shared host needs to tell them apart.
+With ``--baseline SRC`` (the ``src`` folder of another checkout, e.g. a ``git worktree`` of an earlier commit),
+``lmops-base`` runs that code in front of the same upstream: the two versions side by side in one run, which a
+noisy shared host needs to tell them apart.
 
 For each of plain and streamed chat completions, each round measures every target back to back
 (order rotated per round): requests/s at saturation (``--connections`` connections) with the

@@ -1,7 +1,6 @@
 """The source passes its static checks: ``mypy src`` and ``ruff check`` find nothing.
 
-The modules compiled with mypyc must type-check (their build fails otherwise); the rest keeps the same bar, so
-that a type error or an unused name is found here rather than by a user. The checks' settings are in
+A type error or an unused name is found here rather than by a user. The checks' settings are in
 pyproject.toml, and their versions (mypy, the stubs, ruff) are pinned in the dev extra.
 """
 

@@ -46,6 +46,7 @@ async def _remote(url: str, body: dict[str, Any], api_key: str | None, out: Text
 
 
 async def _local(settings: Settings, body: dict[str, Any], out: TextIO) -> None:
+    from lmops.engines.base import EngineError
     from lmops.engines.factory import build_engines
     from lmops.protocol.chat import ChatCompletionRequest
     from lmops.routing.replicas import Deployment
@@ -56,7 +57,10 @@ async def _local(settings: Settings, body: dict[str, Any], out: TextIO) -> None:
     if target is None:
         raise RuntimeError(f"unknown model {body['model']!r}")
     engine = build_engines(target.config, settings)[0]
-    await engine.start()
+    try:
+        await engine.start()
+    except EngineError as exc:  # e.g. a llama.cpp build that crashes on this CPU: said without a traceback
+        raise RuntimeError(exc.message) from None
     try:
         wire = upstream_body(ChatCompletionRequest.model_validate(body), target)
         async for chunks in engine.stream_chat_completion(wire):

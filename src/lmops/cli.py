@@ -43,6 +43,7 @@ def serve(
     from lmops.app import create_app
     from lmops.http_server import server_options
     from lmops.observability.logging import configure_logging
+    from lmops.preflight import startup_problems
 
     settings = _settings(config)
     server = settings.server.model_copy(update={k: v for k, v in
@@ -50,6 +51,10 @@ def serve(
                                                  if v is not None})
     settings = settings.model_copy(update={"server": server})
     configure_logging(server.log_level, server.log_json)
+    problems = startup_problems(settings)  # a bad admin key or secret, an engine build that crashes here
+    if problems:
+        print("\n\n".join(f"lmops: cannot start: {p}" for p in problems), file=sys.stderr)
+        raise typer.Exit(1)
     url = f"http://{server.host}:{server.port}"
     console = _console(stderr=True)
     console.print(f"[bold green]lmops[/] serving {', '.join(m.name for m in settings.models)} on [bold]{url}[/]")
@@ -66,9 +71,6 @@ def serve(
     if settings.access.enabled:
         console.print("  (LMOPS_API_KEY: an API key; the first start on an empty database prints an admin key below)",
                       soft_wrap=True)
-        from lmops import BUILD
-
-        console.print(f"  access checks: {'compiled (mypyc)' if BUILD == 'compiled' else 'pure Python'}")
     from lmops.store.database import upgrade
 
     upgrade(settings.database_url)  # once, here, before any worker starts

@@ -62,7 +62,7 @@ class Delta(NamedTuple):
 
 
 class Admission:
-    """The answer to one admission (a plain class: compiled, it is built without calling into Python)."""
+    """The answer to one admission."""
 
     __slots__ = ("failed", "ok", "values")
 

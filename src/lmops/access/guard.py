@@ -212,8 +212,8 @@ class AccessGuard:
 
 def _header(request: Request, name: bytes) -> bytes | None:
     """The first value of a header, from the raw ASGI list (servers send lower-case names), as Starlette's
-    ``Headers.get`` gives it, without building a ``Headers`` object per request. Untyped on purpose: an ASGI
-    server may send any iterable of pairs (lists included), which a typed compiled loop would refuse."""
+    ``Headers.get`` gives it, without building a ``Headers`` object per request (an ASGI server may send any
+    iterable of pairs, lists included)."""
     for key, value in request.scope["headers"]:
         if key == name:
             return value

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 KEY_TAG = "lmops"
 PREFIX_LENGTH = 8
+SECRET_MIN_LENGTH = 16  # characters after the prefix: README.md documents the same form
 _PREFIX_ALPHABET = "abcdefghijkmnopqrstuvwxyz23456789"  # no look-alikes (l, 0, 1)
 
 
@@ -44,17 +45,29 @@ class KeyHasher:
 
     def adopt(self, text: str) -> NewKey:
         """Store a key given from outside (e.g. ``LMOPS_ADMIN_KEY``); it must have the lmops format."""
+        problem = key_format_problem(text)
+        if problem is not None:
+            raise ValueError(problem)
         prefix = key_prefix(text)
-        if prefix is None or len(text) < 32:
-            raise ValueError(f"a key must look like {KEY_TAG}-<prefix>-<secret>: an 8-character prefix of "
-                             "lowercase letters and digits, then at least 16 more characters")
+        assert prefix is not None
         return NewKey(text, prefix, self.hash(text))
+
+
+KEY_FORMAT = (f"{KEY_TAG}-<prefix>-<secret>: a prefix of exactly {PREFIX_LENGTH} lowercase letters and digits, "
+              f"then at least {SECRET_MIN_LENGTH} more characters (no spaces)")
+
+
+def key_format_problem(text: str) -> str | None:
+    """Why ``text`` cannot be an lmops key (None when it can): the documented form, said in full."""
+    if key_prefix(text) is not None and text.isascii() and text.isprintable() and " " not in text:
+        return None
+    return f"a key must look like {KEY_FORMAT}, e.g. {KEY_TAG}-abcd2345-{'x' * SECRET_MIN_LENGTH}"
 
 
 def key_prefix(text: str) -> str | None:
     """The visible prefix of a well-formed key, or None."""
     parts = text.split("-", 2)
-    if len(parts) != 3 or parts[0] != KEY_TAG or len(parts[1]) != PREFIX_LENGTH or len(parts[2]) < 16:
+    if len(parts) != 3 or parts[0] != KEY_TAG or len(parts[1]) != PREFIX_LENGTH or len(parts[2]) < SECRET_MIN_LENGTH:
         return None
     prefix = parts[1]
     return prefix if prefix.isascii() and prefix.isalnum() and prefix == prefix.lower() else None

@@ -14,7 +14,7 @@ from lmops.access.admin import AdminService
 from lmops.access.counters import Counters, MemoryCounters, RedisCounters
 from lmops.access.guard import AccessGuard
 from lmops.access.key_cache import KeyCache
-from lmops.access.keys import KeyHasher
+from lmops.access.keys import KeyHasher, key_format_problem
 from lmops.access.plan import budget_keys, budget_ttl
 from lmops.access.rules import SCOPES
 from lmops.access.store import AccessStore, Conflict, KeyGrant
@@ -24,6 +24,24 @@ from lmops.usage.pricing import PriceBook
 log = logging.getLogger("lmops.access")
 
 BOOTSTRAP_TEAM = "default"  # the team that OpenGuard also uses, so data made before access control stays reachable
+SECRET_MIN_LENGTH = 16
+
+
+def admin_key_problem(settings: Settings) -> str | None:
+    """What is wrong with the admin key given in the environment (``$LMOPS_ADMIN_KEY``), if anything."""
+    env = settings.access.admin_key_env
+    given = os.environ.get(env)
+    problem = key_format_problem(given) if given else None
+    return f"${env} is not a valid lmops key: {problem}" if problem else None
+
+
+def secret_problem(settings: Settings) -> str | None:
+    """What is wrong with the server secret given in the environment (``$LMOPS_SECRET``), if anything."""
+    env = settings.access.secret_env
+    value = os.environ.get(env)
+    if value and len(value) < SECRET_MIN_LENGTH:
+        return f"${env} must be at least {SECRET_MIN_LENGTH} characters long (it has {len(value)})"
+    return None
 
 
 class AccessService:
@@ -67,6 +85,9 @@ class AccessService:
             return
         assert self.admin is not None
         given = os.environ.get(self.settings.access.admin_key_env)
+        problem = admin_key_problem(self.settings)
+        if problem:  # before anything is written: a database with a team but no key would never bootstrap again
+            raise ValueError(problem)
         try:
             team = await self.store.create_team(BOOTSTRAP_TEAM, team_id=BOOTSTRAP_TEAM)
             user = await self.store.create_user("admin", team["id"], "admin")
@@ -83,15 +104,22 @@ class AccessService:
         out.flush()
 
     async def load_secret(self, *, warn: bool = True) -> bytes:
+        """The server secret: the HMAC key under which API keys are stored. From ``$LMOPS_SECRET`` (kept apart
+        from the database, a copy of the database alone cannot be used to test guessed keys), else generated
+        into the database on first use."""
         env = self.settings.access.secret_env
+        problem = secret_problem(self.settings)
+        if problem:
+            raise ValueError(problem)
         value = os.environ.get(env)
         if value:
-            if len(value) < 16:
-                raise ValueError(f"${env} must be at least 16 characters long")
             return value.encode()
         if warn:
-            log.warning("$%s is not set: API keys are hashed with a generated secret kept in the database "
-                        "(table server_secrets); set $%s in production", env, env)
+            log.warning("$%s is not set: API keys are stored as HMACs under a secret generated into the database "
+                        "itself (table server_secrets), so a copy of the database is enough to test guessed keys "
+                        "offline. In production keep the secret apart from the data: set $%s to 16 or more random "
+                        "characters (python3 -c 'import secrets; print(secrets.token_hex(32))'), the same on every "
+                        "replica, before the first start: keys issued under another secret stop working", env, env)
         return await self.store.server_secret()
 
     async def _load_grant(self, prefix: str) -> KeyGrant | None:

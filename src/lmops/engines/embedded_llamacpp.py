@@ -27,6 +27,7 @@ import numpy as np
 
 from lmops.config import ModelConfig
 from lmops.engines.base import Body, Chunks, Engine, EngineBusy, EngineError, EngineFault, EngineRejected
+from lmops.engines.llamacpp_check import ensure_engine_build_works
 from lmops.engines.prompt_logprobs import score_prompt
 from lmops.engines.text_stops import StopMatcher
 from lmops.engines.tool_calls import (ForcedCall, ToolChoiceError, as_tool_call, forced_call, history_text,
@@ -129,6 +130,9 @@ class EmbeddedLlamaEngine(Engine):
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         if self._llm is None:
+            # A llama.cpp build that crashes on this CPU must stop the start here, not kill the server at its
+            # first request (engines/llamacpp_check.py says why a build may, and checks once per build).
+            await asyncio.to_thread(ensure_engine_build_works, fallback_model=self.model_path)
             await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
 
     def _load(self) -> None:

@@ -46,13 +46,19 @@ async def upgrade_async(url: str, revision: str = "head") -> None:
 
 
 def current_revision(url: str) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-    from sqlalchemy import create_engine as create_sync_engine
+    """The database's schema revision (blocking; from an event loop, await ``current_revision_async``)."""
+    return asyncio.run(current_revision_async(url))
 
-    sync_url = async_database_url(url).replace("+aiosqlite", "").replace("+asyncpg", "+psycopg")
-    eng = create_sync_engine(sync_url)
+
+async def current_revision_async(url: str) -> str | None:
+    """Read through the same async drivers as the server (asyncpg, aiosqlite): a production install has no
+    synchronous PostgreSQL driver (psycopg is only a test dependency)."""
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy.pool import NullPool
+
+    engine = create_async_engine(async_database_url(url), poolclass=NullPool)
     try:
-        with eng.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
+        async with engine.connect() as conn:
+            return await conn.run_sync(lambda sync: MigrationContext.configure(sync).get_current_revision())
     finally:
-        eng.dispose()
+        await engine.dispose()

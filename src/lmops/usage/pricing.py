@@ -48,4 +48,4 @@ class PriceBook:
         return self._prices.get(model or "", self._free)
 
     def cost(self, model: str | None, prompt_tokens: int, completion_tokens: int) -> float:
-        return self.price(model).cost(prompt_tokens, completion_tokens)  # compiled: native calls, no inlining needed
+        return self.price(model).cost(prompt_tokens, completion_tokens)
