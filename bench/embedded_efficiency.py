@@ -117,7 +117,7 @@ def main() -> None:
 
     from llama_cpp import Llama
 
-    from lmops.engines.embedded_llamacpp import default_model_path
+    from lmops.engines.bundled_model import default_model_path
 
     llm = Llama(model_path=default_model_path(), n_ctx=a.context, n_threads=a.threads, verbose=False)
 

@@ -38,7 +38,7 @@ def direct_llama() -> Any:
     """llama-cpp-python used directly on the same GGUF: the reference answers must match."""
     from llama_cpp import Llama
 
-    from lmops.engines.embedded_llamacpp import default_model_path
+    from lmops.engines.bundled_model import default_model_path
 
     return Llama(default_model_path(), n_ctx=1024, verbose=False)
 

@@ -24,7 +24,7 @@ def logits_llama():
     """The same model directly, keeping the logits of every position (what llama-cpp-python's logprobs need)."""
     from llama_cpp import Llama
 
-    from lmops.engines.embedded_llamacpp import default_model_path
+    from lmops.engines.bundled_model import default_model_path
 
     return Llama(default_model_path(), n_ctx=1024, logits_all=True, verbose=False)
 

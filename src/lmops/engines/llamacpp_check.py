@@ -262,7 +262,7 @@ def ensure_engine_build_works(model_path: str | None = None, *, command: Sequenc
 
 
 def _bundled_model(fallback: str | None) -> str:
-    from lmops.engines.embedded_llamacpp import default_model_path
+    from lmops.engines.bundled_model import default_model_path
 
     try:
         return default_model_path()
