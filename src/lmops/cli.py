@@ -180,15 +180,19 @@ def worker(
 def replay(
     item: int = typer.Argument(..., help="Item id (``item_id`` in enrichment results)"),
     step: str = typer.Argument(..., help="Step name"),
+    current: bool = typer.Option(False, "--current", help="Also run the step as its workflow defines it today"),
     config: Optional[str] = ConfigOpt,
 ) -> None:
-    """Re-run one step of one item in isolation and show how the output differs from the recorded one."""
+    """Re-run one step of one item with the request its lineage recorded; show the recorded and replayed outputs
+    (and, with --current, the current definition's) side by side and say whether the workflow changed since."""
     from lmops.batch.cli import run_replay
 
     try:
-        asyncio.run(run_replay(_settings(config), item, step, _console()))
+        asyncio.run(run_replay(_settings(config), item, step, _console(), current=current))
     except LookupError as exc:
-        _console(stderr=True).print(f"[red]{exc}[/]")
+        from rich.markup import escape
+
+        _console(stderr=True).print(f"[red]{escape(str(exc))}[/]")
         raise typer.Exit(1) from None
 
 
