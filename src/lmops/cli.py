@@ -171,21 +171,25 @@ def worker(
 def replay(
     item: int = typer.Argument(..., help="Item id (``item_id`` in enrichment results)"),
     step: str = typer.Argument(..., help="Step name"),
+    current: bool = typer.Option(False, "--current", help="Also run the step as its workflow defines it today"),
     config: Optional[str] = ConfigOpt,
 ) -> None:
-    """Re-run one step of one item in isolation and show how the output differs from the recorded one."""
+    """Re-run one step of one item with the request its lineage recorded; show the recorded and replayed outputs
+    (and, with --current, the current definition's) side by side and say whether the workflow changed since."""
     from lmops.services import running, without_in_process_worker
 
     settings = without_in_process_worker(_settings(config))
 
     async def work() -> bool:
         async with running(settings) as svc:
-            return await batch_cli.run_replay(svc.batch, item, step, _console())
+            return await batch_cli.run_replay(svc.batch, item, step, _console(), current=current)
 
     try:
         asyncio.run(work())
     except LookupError as exc:
-        _console(stderr=True).print(f"[red]{exc}[/]")
+        from rich.markup import escape
+
+        _console(stderr=True).print(f"[red]{escape(str(exc))}[/]")
         raise typer.Exit(1) from None
 
 

@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import httpx
 import typer
@@ -16,6 +16,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lmops.batch.service import BatchService
+
+if TYPE_CHECKING:
+    from lmops.batch.replay import Replay
 
 batch_app = typer.Typer(help="Enrichment jobs and OpenAI batches on a running lmops.", no_args_is_help=True)
 openai_app = typer.Typer(help="OpenAI batches: submit a JSONL of requests, follow, download.", no_args_is_help=True)
@@ -39,21 +42,94 @@ async def run_worker(batch: BatchService, *, name: str | None = None) -> int:
     return int(batch.worker.processed)
 
 
-async def run_replay(batch: BatchService, item: int, step: str, console: Console) -> bool:
-    from lmops.batch.replay import replay
+async def run_replay(batch: BatchService, item: int, step: str, console: Console, *, current: bool = False) -> bool:
+    """Replay ``step`` of ``item`` as recorded (and, with ``current``, as defined today); print the comparison.
 
-    r = await replay(batch, item, step)
-    out = r.after
-    console.print(f"[bold]item {r.item_id} step {r.step}[/]  model={out.model} adapter={out.adapter} "
-                  f"prompt_version={out.prompt_version} seed={out.seed} tokens={out.prompt_tokens}+"
-                  f"{out.completion_tokens} latency={out.latency_ms:.0f} ms")
-    if r.error:
-        console.print(f"[red]step failed:[/] {r.error}")
-    if r.same:
-        console.print("[green]same output as recorded[/]")
-    else:
-        console.print(r.diff(), markup=False, highlight=False)
+    True when the replay gave the recorded output. Raises LookupError (a message for a person) when there is
+    nothing to replay."""
+    from sqlalchemy.exc import DBAPIError
+
+    from lmops.batch.replay import ReplayError, replay
+
+    try:
+        r = await replay(batch, item, step, current=current)
+    except DBAPIError as exc:
+        raise ReplayError(f"could not read the lineage of item {item}: {exc.orig} "
+                          "(is the database schema up to date? run `lmops db upgrade`)") from None
+    show_replay(r, console)
     return r.same
+
+
+def show_replay(r: "Replay", console: Console) -> None:
+    """Notes, then recorded / replayed (/ current) side by side, then the output diffs."""
+    from rich.markup import escape
+    from rich.table import Table
+    from rich.text import Text
+
+    how = "as recorded" if r.as_recorded else "with the step as defined today"
+    console.print(f"[bold]item {r.item_id} step {escape(r.step)}[/] (workflow {escape(r.workflow)}): replayed {how}",
+                  highlight=False)
+    for note in r.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    runs = [("recorded", r.recorded, None),
+            ("replayed as recorded" if r.as_recorded else "replayed (current definition)", r.replayed, r.error)]
+    if r.current is not None and r.current is not r.replayed:
+        runs.append(("current definition", r.current, r.current_error))
+    table = Table(show_lines=True)
+    table.add_column("")
+    for title, _, _ in runs:
+        table.add_column(title, overflow="fold")
+    for label, cell in _REPLAY_ROWS:
+        table.add_row(label, *(Text(cell(out, err)) for _, out, err in runs))
+    console.print(table)
+    if r.error:
+        console.print(f"[red]replay failed:[/] {escape(r.error)}", highlight=False)
+    console.print("[green]same output as recorded[/]" if r.same else r.diff(), markup=r.same, highlight=False)
+    if r.current is not None and r.current is not r.replayed:
+        if r.current_error:
+            console.print(f"[red]current definition failed:[/] {escape(r.current_error)}", highlight=False)
+        console.print("[green]the current definition gives the recorded output[/]" if r.current_same
+                      else r.current_diff(), markup=bool(r.current_same), highlight=False)
+
+
+def _sampling(out: Any) -> str:
+    params = {k: v for k, v in (out.params or {}).items() if k not in ("seed", "response_format")}
+    return json.dumps(params, sort_keys=True) if params else "-"
+
+
+def _response_format(out: Any) -> str:
+    rf = (out.params or {}).get("response_format")
+    if not rf:
+        return "-"
+    return f"{rf.get('type')} {(rf.get('json_schema') or {}).get('name', '')}".strip()
+
+
+def _messages(out: Any) -> str:
+    body = (out.request or {}).get("body") or {}
+    if not body.get("messages"):
+        return out.prompt or "-"
+    return "\n".join(f"[{m.get('role')}] {m.get('content')}" for m in body["messages"])
+
+
+def _replay_output(out: Any, err: str | None) -> str:
+    from lmops.batch.replay import pretty
+
+    return (f"ERROR {err}\n" if err else "") + pretty(out.output)
+
+
+_REPLAY_ROWS: list[tuple[str, Any]] = [
+    ("status", lambda o, e: o.status),
+    ("model", lambda o, e: f"{o.model}:{o.adapter}" if o.adapter else str(o.model or "-")),
+    ("prompt version", lambda o, e: o.prompt_version or "-"),
+    ("seed", lambda o, e: "-" if o.seed is None else str(o.seed)),
+    ("sampling", lambda o, e: _sampling(o)),
+    ("response_format", lambda o, e: _response_format(o)),
+    ("messages", lambda o, e: _messages(o)),
+    ("output", _replay_output),
+    ("tokens", lambda o, e: f"{o.prompt_tokens}+{o.completion_tokens}"),
+    ("latency", lambda o, e: f"{o.latency_ms:.0f} ms"),
+    ("step hash", lambda o, e: o.step_hash or "-"),
+]
 
 
 # -- HTTP client helpers -------------------------------------------------------------------------

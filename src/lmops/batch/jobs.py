@@ -111,6 +111,14 @@ class Jobs:
             return (await conn.execute(self._take, {"owner": owner, "until": now + self.lease_seconds,
                                                     "now": now, "inow": int(now)})).first()
 
+    async def pin_workflow(self, job_id: str, version: str | None) -> None:
+        """Keep the version of the workflow a job was submitted with (the first one recorded stays)."""
+        if version is None:
+            return
+        async with self.db.begin() as conn:
+            await conn.execute(update(JOBS).where(JOBS.c.id == job_id, JOBS.c.workflow_hash.is_(None))
+                               .values(workflow_hash=version))
+
     async def extend(self, job_id: str, owner: str) -> None:
         async with self.db.begin() as conn:
             await conn.execute(update(JOBS).where(JOBS.c.id == job_id, JOBS.c.owner == owner)

@@ -38,7 +38,7 @@ RETURNING id, job_id, team_id, workflow, seq, custom_id, payload, attempts, leas
 RESULT_TYPES = {"item_id": "bigint", "step": "text", "job_id": "text", "status": "text", "output": "text",
                 "inputs": "text", "prompt": "text", "prompt_version": "text", "model": "text", "adapter": "text",
                 "params": "text", "seed": "bigint", "prompt_tokens": "int", "completion_tokens": "int",
-                "latency_ms": "float8", "created_at": "float8"}
+                "latency_ms": "float8", "request": "text", "step_hash": "text", "created_at": "float8"}
 RESULT_COLUMNS = tuple(RESULT_TYPES)
 RESULT_DEFAULTS = {"prompt_tokens": 0, "completion_tokens": 0, "latency_ms": 0.0}
 RESULT_UPDATED = tuple(c for c in RESULT_COLUMNS if c not in ("item_id", "step", "job_id"))

@@ -121,6 +121,8 @@ class BatchService:
             return False
         now = int(time.time())
         if job.status == "validating":
+            if job.kind == "enrichment" and job.workflow_hash is None:  # before any of its items runs
+                await self.jobs.pin_workflow(job.id, self.registry.version(job.workflow, job.team_id))
             await self.intake.run(job, owner)
         elif job.status == "in_progress":  # past its completion window
             await self.jobs.expire_items(job.id)

@@ -65,6 +65,7 @@ class JobRow(Base):
     flagged: Mapped[int] = mapped_column(Integer, default=0)
     prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    workflow_hash: Mapped[str | None] = mapped_column(String(64))  # the workflow's definition when submitted
     owner: Mapped[str | None] = mapped_column(String(64))  # lease on intake / finalizing work
     owner_until: Mapped[float | None] = mapped_column(Float)
 
@@ -118,6 +119,8 @@ class ResultRow(Base):
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    request: Mapped[str | None] = mapped_column(Text)  # JSON: the model call as sent, what replay sends again
+    step_hash: Mapped[str | None] = mapped_column(String(64))  # the step's definition it ran with
     created_at: Mapped[float] = mapped_column(Float)
 
     __table_args__ = (

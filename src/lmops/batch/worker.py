@@ -164,19 +164,22 @@ class Worker:
                                    prompt_version=r.prompt_version, model=r.model, adapter=r.adapter,
                                    params=loads(r.params) if r.params else None, seed=r.seed,
                                    prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens,
-                                   latency_ms=r.latency_ms)
+                                   latency_ms=r.latency_ms, request=loads(r.request) if r.request else None,
+                                   step_hash=r.step_hash)
                 for r in await self.batch.queue.checkpoints(item.id) if r.status != "error"}
 
     @staticmethod
     def _rows(item: Claimed, job: JobInfo, results: dict[str, StepOutput]) -> list[dict[str, Any]]:
         now = time.time()
         dumps = orjson.dumps
+        hashes = job.workflow.step_hashes  # a kept result (an earlier try's) keeps the hash it ran with
         return [{"item_id": item.id, "step": name, "job_id": item.job_id, "status": r.status,
                  "output": dumps(r.output).decode(), "inputs": dumps(r.inputs).decode() if r.inputs else None,
                  "prompt": r.prompt, "prompt_version": r.prompt_version, "model": r.model, "adapter": r.adapter,
                  "params": dumps(r.params).decode() if r.params else None, "seed": r.seed,
                  "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-                 "latency_ms": r.latency_ms, "created_at": now} for name, r in results.items()]
+                 "latency_ms": r.latency_ms, "request": dumps(r.request).decode() if r.request else None,
+                 "step_hash": r.step_hash or hashes.get(name), "created_at": now} for name, r in results.items()]
 
     # -- settling ------------------------------------------------------------------------------
     async def _settle_loop(self) -> None:

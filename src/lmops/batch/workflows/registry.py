@@ -24,6 +24,11 @@ class WorkflowRegistry:
     def get(self, name: str, team_id: str) -> tuple[Workflow, dict[str, Any]] | None:
         return self._workflows.get((team_id, name)) or self._workflows.get((None, name))
 
+    def version(self, name: str, team_id: str) -> str | None:
+        """The hash of the definition ``name`` has for this team now (None: not registered)."""
+        found = self.get(name, team_id)
+        return found[0].version(found[1]) if found else None
+
     def names(self, team_id: str) -> list[str]:
         return sorted({n for (team, n) in self._workflows if team in (None, team_id)})
 

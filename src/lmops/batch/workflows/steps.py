@@ -80,6 +80,8 @@ class StepOutput:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_ms: float = 0.0
+    request: dict[str, Any] | None = None  # a model call's recipe, what replays it exactly (see LLMStep.request)
+    step_hash: str | None = None  # the hash of the step's definition it ran with
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,13 @@ class LLMStep(Step):
         except APIError as exc:
             raise ValueError(f"step {self.name!r}: invalid params: {exc.message}") from None
 
-    async def run(self, ctx: StepEnv, feedback: str | None = None) -> StepOutput:
+    def request(self, ctx: StepEnv, feedback: str | None = None) -> StepOutput:
+        """Render the step's call: its lineage, whose ``request`` is the exact request to send.
+
+        ``request`` = ``{"endpoint", "body"}`` (the chat completion request as the step sends it through the
+        router: rendered messages, ``"<model>[:<adapter>]"``, every sampling param, seed, response_format),
+        plus ``"schema"`` and ``"max_reasks"`` when the answer is validated against a JSON schema.
+        """
         system, user = self.prompt.render_for(self.name, ctx.variables(feedback=feedback))
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
         base = self.model or ctx.default_model
@@ -174,25 +182,51 @@ class LLMStep(Step):
         if self.schema is not None:
             params.setdefault("response_format", {"type": "json_schema",
                                                   "json_schema": {"name": self.name, "schema": self.schema}})
-        lineage = StepOutput(None, inputs=ctx.inputs_of(self), prompt=_prompt_text(system, user),
-                             prompt_version=self.prompt.version, model=base,
-                             adapter=self.adapter, params=params, seed=params.get("seed"))
-        for _ in range(self.max_reasks + 1 if self.schema is not None else 1):
-            text = await _chat(ctx, lineage, {"model": model, "messages": messages, **params},
+        request: dict[str, Any] = {"endpoint": "/v1/chat/completions",
+                                   "body": {"model": model, "messages": messages, **params}}
+        if self.schema is not None:
+            request.update(schema=self.schema, max_reasks=self.max_reasks)
+        return StepOutput(None, inputs=ctx.inputs_of(self), prompt=_prompt_text(system, user),
+                          prompt_version=self.prompt.version, model=base, adapter=self.adapter, params=params,
+                          seed=params.get("seed"), request=request)
+
+    async def run(self, ctx: StepEnv, feedback: str | None = None) -> StepOutput:
+        return await send(ctx, self.name, self.request(ctx, feedback), self.parse)
+
+
+async def send(ctx: StepEnv, step: str, lineage: StepOutput,
+               parse: Callable[[Any], Any] | None = None) -> StepOutput:
+    """Send ``lineage.request`` (an LLM step's, rendered now or recorded earlier) and fill in the output.
+
+    With a ``schema`` the answer must be JSON that matches it: the call re-asks up to ``max_reasks`` times.
+    ``parse`` turns the text (or the JSON value) into the output. A failure keeps ``lineage`` (``spent``).
+    """
+    request = lineage.request or {}
+    body: dict[str, Any] = request["body"]
+    schema, max_reasks = request.get("schema"), int(request.get("max_reasks", 0))
+    messages = body["messages"]
+    problem: str | None = None
+    text = ""
+    try:
+        for _ in range(max_reasks + 1 if schema is not None else 1):
+            text = await _chat(ctx, lineage, {**body, "messages": messages},
                                checked=True)  # params were checked when the step was defined
-            if self.schema is None:
-                lineage.output = self.parse(text) if self.parse else text
+            if schema is None:
+                lineage.output = parse(text) if parse else text
                 return lineage
-            problem, value = _check_json(text, self.schema)
+            problem, value = _check_json(text, schema)
             if problem is None:
-                lineage.output = self.parse(value) if self.parse else value
+                lineage.output = parse(value) if parse else value
                 return lineage
             messages = messages + [{"role": "assistant", "content": text},
                                    {"role": "user", "content": f"That answer is invalid: {problem}. Answer again "
                                                                "with only a JSON object that matches the schema."}]
-        raise StepFailed("schema_validation_failed",
-                         f"step '{self.name}': no valid JSON after {self.max_reasks} re-asks: {problem}",
-                         output={"text": text}, spent=lineage)
+    except StepFailed as exc:
+        exc.spent = exc.spent or lineage  # the failed call's request stays in the lineage
+        raise
+    raise StepFailed("schema_validation_failed",
+                     f"step '{step}': no valid JSON after {max_reasks} re-asks: {problem}",
+                     output={"text": text}, spent=lineage)
 
 
 @dataclass(frozen=True)
@@ -250,7 +284,10 @@ class GuardrailStep(Step):
         model = self.model or ctx.default_model
         lineage.prompt, lineage.prompt_version, lineage.model = _prompt_text(system, user), self.prompt.version, model
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-        answer = await _chat(ctx, lineage, {"model": model, "messages": messages, "max_tokens": 48, "temperature": 0})
+        lineage.params = {"max_tokens": 48, "temperature": 0}
+        body = {"model": model, "messages": messages, **lineage.params}
+        lineage.request = {"endpoint": "/v1/chat/completions", "body": body, "judge": True}  # the last judgement
+        answer = await _chat(ctx, lineage, body)
         return None if answer.upper().startswith("PASS") else (answer or "FAIL")
 
     async def run(self, ctx: StepEnv) -> StepOutput:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from lmops.batch.workflows.definition import digest
 from lmops.batch.workflows.steps import Step, StepFailed, StepOutput
 
 if TYPE_CHECKING:
@@ -41,6 +43,17 @@ class Workflow:
     @property
     def step_names(self) -> list[str]:
         return [s.name for s in self.steps]
+
+    @cached_property
+    def step_hashes(self) -> dict[str, str]:
+        """Each step's definition hash (what a result records as ``step_hash``)."""
+        return {s.name: digest(s) for s in self.steps}
+
+    def version(self, params: dict[str, Any] | None = None) -> str:
+        """The hash of this definition with the default ``params`` it is registered with (a job's
+        ``workflow_hash``): its steps, in order, and the defaults; not its description."""
+        return digest({"steps": [self.step_hashes[s.name] for s in self.steps],
+                       "params": self.params if params is None else params})
 
 
 def _levels(name: str, steps: tuple[Step, ...]) -> tuple[tuple[Step, ...], ...]:
