@@ -3,6 +3,7 @@ model (only the address is changed): what the README shows must work and print w
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -64,3 +65,23 @@ def test_the_curl_snippet_answers(readme_gateway):
     out = subprocess.run(["bash", "-c", cmd], env=_env(key), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert '"choices"' in out.stdout and '"assistant"' in out.stdout, out.stdout
+
+
+def test_the_catalogue_example_runs_as_shown(readme_gateway, tmp_path):
+    """The README's products.jsonl lines through its `lmops batch submit` and `lmops batch results` commands."""
+    srv, key = readme_gateway
+    (tmp_path / "products.jsonl").write_text(snippet("json", '"sku"'))
+    submit, results = [line.split("#")[0].split(">")[0].split() for line in snippet("bash", "batch submit").splitlines()]
+    env = {**_env(key), "LMOPS_URL": srv.url}
+    lmops = [sys.executable, "-m", "lmops"]
+    assert submit[0] == results[0] == ".venv/bin/lmops"
+    out = subprocess.run([*lmops, *submit[1:]], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    job_id = out.stdout.strip()
+    assert "completed, 2 done, 0 failed" in out.stderr, out.stderr
+    assert results[-1] == "JOB_ID"
+    out = subprocess.run([*lmops, *results[1:-1], job_id], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert sorted(r["id"] for r in rows) == ["A-1", "A-2"], rows
+    assert all(r["status"] == "completed" and r["outputs"]["title"] and r["outputs"]["keywords"] for r in rows), rows
