@@ -58,6 +58,7 @@ class Services:
             flush_interval=settings.usage.flush_interval, batch_size=settings.usage.batch_size,
             max_pending=settings.usage.max_pending, on_drop=metrics.records_dropped.inc,
         )
+        metrics.watch_unflushed_rows(lambda: records.pending)
         extras: dict[str, Any] = {}
         if guard is None and settings.access.enabled:
             from lmops.access.service import AccessService
