@@ -175,7 +175,7 @@ class BatchWriter:
             self._wake.clear()
             if self._stopping:
                 return
-            due = clock() + self._interval  # from this flush's start, not its end: a slow write does not add to the wait
+            due = clock() + self._interval  # from this start, not the end: a slow write does not add to the wait
             try:
                 await self.flush()
             except Exception:  # noqa: BLE001 - keep rows and retry on the next tick
