@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import func, select
 
+from lmops.observability.metrics import Metrics
 from lmops.store.database import create_engine, upgrade_async
+from lmops.usage import sqlite_rows
 from lmops.usage.batch_writer import BatchWriter
 from lmops.usage.records import RequestRecord
 
@@ -81,9 +84,10 @@ async def test_billed_records_keep_dates_and_nulls(database_url):
         ("r0", 0, None, None, None, None)] + [(f"r{i}", i, "t", "a", 0.25 * i, now.date()) for i in (1, 2)]
 
 
-async def test_sqlite_rows_wait_for_another_writer_without_holding_the_loop(tmp_path):
+async def test_sqlite_rows_wait_for_another_writer_without_holding_the_loop(tmp_path, monkeypatch):
     """A write lock held by another connection is waited for in the writer's thread: the loop keeps
     serving, the rows stay pending, and they land once the lock is released."""
+    monkeypatch.setattr(sqlite_rows, "WAIT_FOR_LOCK_S", 3.0)  # a wait on the loop would stall it 3 s, then fail
     url = f"sqlite:///{tmp_path / 'locked.db'}"
     await upgrade_async(url)
     engine = create_engine(url)
@@ -94,10 +98,12 @@ async def test_sqlite_rows_wait_for_another_writer_without_holding_the_loop(tmp_
         for i in range(1, 101):
             writer.add(record(i))
         flush = asyncio.create_task(writer.flush())
-        ticks = 0
-        for _ in range(20):  # the loop is free while the flush waits
+        steps = []
+        for _ in range(20):  # the loop is free while the flush waits: each 10 ms sleep ends on time
+            started = time.monotonic()
             await asyncio.sleep(0.01)
-            ticks += 1
+            steps.append(time.monotonic() - started)
+        assert max(steps) < 1.0, steps
         assert not flush.done() and writer.pending == 100
         other.execute("COMMIT")
         await asyncio.wait_for(flush, 10)
@@ -106,4 +112,40 @@ async def test_sqlite_rows_wait_for_another_writer_without_holding_the_loop(tmp_
         other.close()
         await writer.stop()
         await engine.dispose()
-    assert (ticks, count, writer.written, writer.pending) == (20, 100, 100, 0)
+    assert (count, writer.written, writer.pending) == (100, 100, 0)
+
+
+async def test_a_row_waits_at_most_one_flush_interval_and_the_gauge_counts_what_waits(tmp_path):
+    """What a kill -9 would lose is ``pending``; rows arriving steadily never pile up beyond one ``flush_interval``
+    of them (plus the write in progress), and ``lmops_usage_unflushed_rows`` reports ``pending`` as it is."""
+    url = f"sqlite:///{tmp_path / 'cadence.db'}"
+    await upgrade_async(url)
+    engine = create_engine(url)
+    interval, every = 0.1, 0.005
+    writer = BatchWriter(engine, RequestRecord.__table__, flush_interval=interval,  # type: ignore[arg-type]
+                         batch_size=100_000)  # only the interval starts a write here
+    metrics = Metrics()
+    metrics.watch_unflushed_rows(lambda: writer.pending)
+
+    def gauge() -> float:
+        line = next(x for x in metrics.render().decode().splitlines() if x.startswith("lmops_usage_unflushed_rows "))
+        return float(line.split()[1])
+
+    writer.start()
+    most, started, added, seen = 0, time.monotonic(), 0, set()
+    try:
+        while time.monotonic() - started < 1.2:  # about 12 intervals
+            added += 1
+            writer.add(record(added))
+            most = max(most, writer.pending)
+            seen.add(gauge() == writer.pending)
+            await asyncio.sleep(every)
+        async with engine.connect() as conn:
+            count = await conn.scalar(select(func.count()).select_from(RequestRecord.__table__))
+        assert count + writer.pending == added  # nothing lost or doubled while running
+    finally:
+        await writer.stop()
+        await engine.dispose()
+    per_interval = interval / every  # rows arriving in one interval, at most (sleeps only run late)
+    assert 0 < most <= per_interval * 1.5 + 5, (most, added)
+    assert seen == {True}

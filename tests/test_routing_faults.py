@@ -97,20 +97,31 @@ def test_replica_answering_500_gives_502(serve, settings_factory):
 
 @pytest.mark.parametrize("fault", ["dead", "fail", "hang"])
 def test_two_replicas_one_bad_every_request_succeeds(serve, settings_factory, fault):
-    good = FakeOpenAI()
-    good_srv = serve(good)
+    """The bad replica (listed first, so tried first) costs one failed try, retried on the good one; then it is
+    ejected and gets no more requests (the cooldown outlasts the test, so health checks do not bring it back)."""
+    good_srv = serve(FakeOpenAI())
+    bad = None
     if fault == "dead":
         bad_url = f"http://127.0.0.1:{free_port()}/v1"
     else:
-        bad_url = f"{serve(FakeOpenAI(Behaviour(fail=fault == 'fail', hang=fault == 'hang'))).url}/v1"
-    _, client = gateway(serve, settings_factory, [bad_url, f"{good_srv.url}/v1"], timeout=0.5)
+        bad = FakeOpenAI(Behaviour(fail=fault == "fail", hang=fault == "hang"))
+        bad_url = f"{serve(bad).url}/v1"
+    settings = settings_factory([{"name": "m", "engine": "openai", "upstream_model": "up", "timeout": 0.5,
+                                  "replicas": [bad_url, f"{good_srv.url}/v1"]}],
+                                health={"interval": 0.2, "timeout": 1.0, "failure_threshold": 1, "cooldown": 600})
+    srv = serve(create_app(settings))
+    client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="x", max_retries=0)
+    answer = "The quick brown fox jumps over the lazy dog."
     for i in range(20):
         if i % 2:
             chunks = list(client.chat.completions.create(model="m", messages=MESSAGES, stream=True))
-            assert chunks
+            assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == answer
         else:
-            assert client.chat.completions.create(model="m", messages=MESSAGES).choices
-    assert good.requests == 20
+            assert client.chat.completions.create(model="m", messages=MESSAGES).choices[0].message.content == answer
+    replicas = srv.server.config.app.state.services.router.deployment("m").replicas
+    assert [r.healthy for r in replicas] == [False, True]
+    if bad is not None:
+        assert bad.requests == 1  # tried once (the failover ran), never again once ejected
 
 
 def test_ejected_replica_returns_when_healthy(serve, settings_factory):

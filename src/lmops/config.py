@@ -149,9 +149,16 @@ class HealthConfig(_Strict):
 
 
 class UsageConfig(_Strict):
-    flush_interval: float = Field(default=0.5, gt=0)
-    batch_size: int = Field(default=500, ge=1)
-    max_pending: int = Field(default=100_000, ge=1)
+    """Request records (the usage ledger) are kept in memory and written in batches, per process. A kill -9 (crash,
+    OOM kill) loses the records not written yet: those of the last ``flush_interval`` seconds (plus the few ms of
+    the write in progress), never more than ``max_pending`` rows; SIGTERM writes them all. Metric:
+    ``lmops_usage_unflushed_rows``."""
+
+    flush_interval: float = Field(default=0.5, gt=0, description="seconds between writes: the records a kill -9 "
+                                  "can lose are those of the last flush_interval seconds")
+    batch_size: int = Field(default=500, ge=1, description="a write starts at once when this many records wait")
+    max_pending: int = Field(default=100_000, ge=1, description="records kept in memory at most (a database outage): "
+                             "the oldest beyond it are dropped and counted; the most a kill -9 can lose")
 
 
 class PriceConfig(_Strict):

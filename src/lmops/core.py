@@ -56,6 +56,7 @@ class Core:
             flush_interval=settings.usage.flush_interval, batch_size=settings.usage.batch_size,
             max_pending=settings.usage.max_pending, on_drop=metrics.records_dropped.inc,
         )
+        metrics.watch_unflushed_rows(lambda: records.pending)
         return cls(settings=settings, router=router, metrics=metrics, db=db, records=records,
                    health=HealthChecker(router, settings.health),
                    inference=InferenceService(router, metrics, records, guard), guard=guard)

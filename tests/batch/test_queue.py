@@ -112,11 +112,8 @@ def test_sigterm_finishes_or_releases_leases(tmp_path, fake, serve, pg_url):
     with psycopg.connect(pg_url) as conn:
         statuses = dict(conn.execute("SELECT status, count(*) FROM batch_items GROUP BY status").fetchall())
         finished = conn.execute("SELECT count(*) FROM batch_results WHERE step = 'brand_check'").fetchone()[0]
-        kept = conn.execute("SELECT count(*) FROM batch_results r JOIN batch_items i ON i.id = r.item_id "
-                            "WHERE i.status = 'pending' AND r.step = 'keywords'").fetchone()[0]
     assert "leased" not in statuses  # nothing is left waiting for a 60 s lease to expire
     assert statuses["done"] == finished and statuses["pending"] == 2000 - finished
-    assert kept >= 0  # released items keep the steps they finished (checkpoints) for the next try
 
 
 async def test_concurrent_claimers_never_share_an_item(batch_settings, db_url):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -28,10 +28,17 @@ class Metrics:
                               buckets=LATENCY_BUCKETS, registry=r)
         self.records_dropped = Counter("lmops_request_records_dropped", "Request records dropped (backlog full)",
                                        registry=r)
+        self.unflushed_rows = Gauge("lmops_usage_unflushed_rows",
+                                    "Request records (usage rows) in memory, not yet committed: what a kill -9 "
+                                    "of this process would lose", registry=r)
         self._series: dict[tuple[str, str, int], _RequestSeries] = {}
 
     def watch_router(self, router: Router) -> None:
         self.registry.register(_ReplicaCollector(router))
+
+    def watch_unflushed_rows(self, count: Callable[[], int]) -> None:
+        """``lmops_usage_unflushed_rows`` reads ``count()`` (the record writer's pending rows) at each scrape."""
+        self.unflushed_rows.set_function(count)
 
     def add_collector(self, collect: Callable[[], Iterable[GaugeMetricFamily]]) -> None:
         """Register gauges computed at scrape time (other capabilities use this)."""

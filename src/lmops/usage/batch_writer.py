@@ -5,6 +5,13 @@ accumulated every ``flush_interval`` seconds (or sooner once ``batch_size`` rows
 A database outage never blocks or fails a request: rows wait, are retried, and beyond
 ``max_pending`` the oldest are dropped and counted. SQLite files are written in a thread
 (``sqlite_rows``); PostgreSQL through one binary COPY per batch.
+
+What a ``kill -9`` loses is ``pending``: the rows added and not yet committed, the batch being
+written included (a row leaves the list only once its transaction has committed). Flushes start
+``flush_interval`` seconds apart, counted from the start of the previous one, and each writes every
+row pending when it starts; so a row waits at most ``max(flush_interval, w1) + w2`` seconds, w1 and
+w2 being the durations of the write it just missed and of its own (milliseconds on a healthy
+database). While the database fails, rows wait, up to ``max_pending``.
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ class BatchWriter:
 
     @property
     def pending(self) -> int:
+        """Rows not committed yet, the batch being written included: what a ``kill -9`` would lose now."""
         return len(self._pending)
 
     def add(self, row: dict[str, Any]) -> None:
@@ -155,14 +163,19 @@ class BatchWriter:
                 self.written += 1
 
     async def _loop(self) -> None:
+        clock = asyncio.get_running_loop().time
+        due = clock() + self._interval
         while not self._stopping:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self._interval)
-            except asyncio.TimeoutError:
-                pass
+            wait = due - clock()
+            if wait > 0 and not self._wake.is_set():
+                try:
+                    await asyncio.wait_for(self._wake.wait(), wait)
+                except asyncio.TimeoutError:
+                    pass
             self._wake.clear()
             if self._stopping:
                 return
+            due = clock() + self._interval  # from this start, not the end: a slow write does not add to the wait
             try:
                 await self.flush()
             except Exception:  # noqa: BLE001 - keep rows and retry on the next tick
