@@ -71,7 +71,8 @@ def test_the_catalogue_example_runs_as_shown(readme_gateway, tmp_path):
     """The README's products.jsonl lines through its `lmops batch submit` and `lmops batch results` commands."""
     srv, key = readme_gateway
     (tmp_path / "products.jsonl").write_text(snippet("json", '"sku"'))
-    submit, results = [line.split("#")[0].split(">")[0].split() for line in snippet("bash", "batch submit").splitlines()]
+    commands = snippet("bash", "batch submit").splitlines()
+    submit, results = [line.split("#")[0].split(">")[0].split() for line in commands]
     env = {**_env(key), "LMOPS_URL": srv.url}
     lmops = [sys.executable, "-m", "lmops"]
     assert submit[0] == results[0] == ".venv/bin/lmops"
