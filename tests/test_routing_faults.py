@@ -32,6 +32,7 @@ def test_upstream_model_name_is_rewritten_both_ways(serve, settings_factory):
     assert resp.model == "m"
     assert resp.choices[0].message.content == "The quick brown fox jumps over the lazy dog."
     assert resp.usage.completion_tokens == 10
+    assert fake.models_seen == {"up": 1}  # the upstream was asked for its own name
 
 
 def test_stream_is_passed_through_with_usage(serve, settings_factory):

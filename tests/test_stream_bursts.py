@@ -65,6 +65,7 @@ class BurstUpstream:
 
 
 async def _batches(engine: OpenAIHTTPEngine) -> list[list[dict]]:
+    await engine.start()
     try:
         return [batch async for batch in engine.stream_chat_completion(CHAT)]
     finally:

@@ -67,6 +67,11 @@ class AdapterConfig(_Strict):
         return self.upstream_model or self.name
 
 
+def _breaks_header(value: str) -> bool:
+    """True when ``value`` cannot go into an HTTP header line as it is (CR, LF or NUL in it)."""
+    return "\r" in value or "\n" in value or "\0" in value
+
+
 class ModelConfig(_Strict):
     """One public model name and the engine(s) that serve it."""
 
@@ -94,7 +99,19 @@ class ModelConfig(_Strict):
         for url in v:
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"replica URL must start with http:// or https://: {url!r}")
+            if _breaks_header(url):
+                raise ValueError(f"replica URL contains a line break (CR or LF) or NUL: {url!r}")
         return [u.rstrip("/") for u in v]
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _api_key_value(cls, v: str | None) -> str | None:
+        # The key is sent as a header (authorization: Bearer <key>): a line break in it would end the header there
+        # and let the rest be read as more headers. (Its being set at all is checked with the engine fields.)
+        if v is not None and _breaks_header(os.environ.get(v, "")):
+            raise ValueError(f"environment variable {v} (api_key_env) holds a line break (CR or LF) or NUL: "
+                             "an api key is sent in an HTTP header, which cannot carry one")
+        return v
 
     @field_validator("adapters")
     @classmethod

@@ -35,6 +35,14 @@ class EngineUnavailable(EngineError):
     """Could not reach the engine (connection refused, reset before any byte)."""
 
 
+class EngineConnectionLost(EngineError):
+    """The exchange broke after the request was handed to a connection (closed, reset, or an answer that is not
+    HTTP): the engine may have received it and be generating, so it is sent again nowhere, neither on this
+    replica nor on another (a second generation would be billed twice). Held against the replica's health."""
+
+    retryable = False
+
+
 class EngineTimeout(EngineError):
     """The engine did not answer in time."""
 

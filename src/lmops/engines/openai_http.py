@@ -1,31 +1,55 @@
 """Any OpenAI-compatible HTTP server as an engine: vLLM, lmdeploy, TGI, llama.cpp server, Ollama, providers.
 
-One pool of keep-alive connections per upstream (``engines.http1``, a lean HTTP/1.1 client:
-httpx cost more CPU per request than the rest of the gateway together). Streams are forwarded
-chunk by chunk as they arrive, and usage is always requested (``stream_options.include_usage``)
-so accounting uses the engine's own numbers. Like httpx, it honours the ``HTTP_PROXY`` /
-``HTTPS_PROXY`` / ``NO_PROXY`` environment variables (http:// proxies; https:// upstreams through a
-CONNECT tunnel).
+One aiohttp ``ClientSession`` per replica (made in ``start()``, closed in ``close()``), with its own pool of
+keep-alive connections (``max_connections``). Streams are forwarded as they arrive: the SSE events of one network
+read travel on as one batch. Usage is always requested (``stream_options.include_usage``) so accounting uses the
+engine's own numbers. ``HTTP(S)_PROXY`` / ``ALL_PROXY`` / ``NO_PROXY`` are honoured (``engines.proxy``: read once,
+when the engine is built).
+
+**Nothing is sent twice.** A request is sent once. What happens on a failure:
+
+- *Before the request was handed to a connection* (connection refused, unknown host, TLS or proxy refusal, connect
+  timeout): ``EngineUnavailable`` / ``EngineTimeout``, which the router may retry on another replica; the upstream
+  has seen nothing.
+- *After* (the connection closed or was reset, also a kept-alive one that the server closed just before the
+  request went out; an answer that is not HTTP; a body cut short): ``EngineConnectionLost``, a 502 that is tried
+  again nowhere, neither on this replica nor on another: the upstream may have received the request and be
+  generating (a second generation would be billed twice), and which of the two happened cannot be told apart.
+  aiohttp itself resends only idempotent methods (``GET /models`` of a health check), never a POST.
+- A read timeout (``timeout`` seconds without a byte) and a 5xx answer stay what the router has always retried on
+  another replica before the first byte (docs/architecture.md, "Retry only before the first byte").
+
+The pool keeps an idle connection ``KEEPALIVE`` seconds, less than common servers' own keep-alive timeouts
+(uvicorn's 5 s, behind vLLM and most Python engines), so that a server rarely closes a connection just as a request
+goes out on it.
 """
 
 from __future__ import annotations
 
 import math
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
+import aiohttp
 import orjson
+from yarl import URL
 
-from lmops.engines import http1
+from lmops.engines import proxy as proxies
 from lmops.engines.base import (
     Body,
     Chunks,
     Engine,
+    EngineConnectionLost,
     EngineError,
     EngineRejected,
     EngineTimeout,
     EngineUnavailable,
 )
+
+KEEPALIVE = 4.0  # seconds an idle pooled connection is kept
+_DRAIN_LIMIT = 65536  # bytes read after [DONE] to reach the end of the body and keep the connection
 
 
 class OpenAIHTTPEngine(Engine):
@@ -40,21 +64,57 @@ class OpenAIHTTPEngine(Engine):
         connect_timeout: float = 3.0,
         health_timeout: float = 2.0,
         max_connections: int = 1000,
+        proxy: str | bool = True,
+        ssl_context: ssl.SSLContext | None = None,
     ):
+        """``timeout``: seconds without a byte from the upstream (and to wait for a free connection of the pool);
+        ``connect_timeout``: to open a connection. ``proxy``: True to take it from the environment, False for none,
+        or an http:// proxy URL (used whatever ``NO_PROXY`` says). ``ssl_context``: for https:// upstreams,
+        instead of the system's default verification. ValueError for an unusable URL, proxy or api key."""
         self.endpoint = base_url.rstrip("/")
-        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self._health_timeout = health_timeout
-        self._pool = http1.Pool(self.endpoint, headers=headers, timeout=timeout, connect_timeout=connect_timeout,
-                                max_connections=max_connections)
+        parts = urlsplit(self.endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {base_url!r}")
+        self._headers = {"User-Agent": "lmops", "Accept": "*/*", "Content-Type": "application/json"}
+        if api_key:
+            if "\r" in api_key or "\n" in api_key or "\0" in api_key:
+                raise ValueError(f"the api key for {self.endpoint} contains a line break (CR or LF) or NUL: "
+                                 "it cannot be sent in a header")
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._proxy = proxies.select(proxy, self.endpoint)
+        self._via = f" through the proxy {urlsplit(self._proxy).hostname}" if self._proxy else ""
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_connect=connect_timeout,
+                                              sock_read=timeout)
+        self._health_timeout = aiohttp.ClientTimeout(total=health_timeout)
+        self._max_connections = max_connections
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
+        self._session: aiohttp.ClientSession | None = None
+        self._urls = {path: URL(self.endpoint + path)
+                      for path in ("/models", "/chat/completions", "/completions", "/embeddings")}
+
+    async def start(self) -> None:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0,
+                                             keepalive_timeout=KEEPALIVE, ssl=self._ssl)
+            self._session = aiohttp.ClientSession(
+                connector=connector, headers=self._headers, timeout=self._timeout,
+                cookie_jar=aiohttp.DummyCookieJar(),  # an upstream's cookies are not carried between clients
+                skip_auto_headers=("Accept-Encoding",),  # no compression: a compressor may hold stream chunks back
+                trust_env=False)  # the proxy is chosen once (engines.proxy), not looked up per request
 
     async def close(self) -> None:
-        await self._pool.close()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
     async def health(self) -> bool:
+        session = self._session
+        if session is None:
+            return False
         try:
-            resp = await self._pool.request("GET", "/models", timeout=self._health_timeout)
-            await resp.read()
-        except http1.HTTPError:
+            async with session.get(self._urls["/models"], proxy=self._proxy, timeout=self._health_timeout) as resp:
+                await resp.read()
+        except (aiohttp.ClientError, TimeoutError):
             return False
         return resp.status < 500
 
@@ -73,14 +133,34 @@ class OpenAIHTTPEngine(Engine):
     async def embeddings(self, body: Body) -> Body:
         return await self._post("/embeddings", body, "data")
 
-    async def _post(self, path: str, body: Body, items: str) -> Body:
+    async def _send(self, path: str, body: Body) -> aiohttp.ClientResponse:
+        """POST ``body``; the response once its headers are in (interim 1xx answers skipped)."""
+        session = self._session
+        if session is None:
+            raise RuntimeError(f"the engine for {self.endpoint} was not started")
         try:
-            resp = await self._pool.request("POST", path, orjson.dumps(body))
+            return await session.post(self._urls[path], data=orjson.dumps(body), proxy=self._proxy)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._failure(exc, "") from exc
+
+    def _failure(self, exc: aiohttp.ClientError | TimeoutError, when: str) -> EngineError:
+        """The EngineError for an aiohttp failure (see the module's docstring)."""
+        if isinstance(exc, TimeoutError):  # connect, pool or read timeout
+            return EngineTimeout(f"{self.endpoint}{self._via} timed out{when}", status=504)
+        if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ClientHttpProxyError)):  # nothing was sent
+            return EngineUnavailable(f"{self.endpoint} unreachable{self._via}: {exc}")
+        # the request was handed to a connection: never sent again
+        return EngineConnectionLost(f"{self.endpoint}{self._via} broke the connection{when} "
+                                    f"({type(exc).__name__}: {exc}); the request is not sent again")
+
+    async def _post(self, path: str, body: Body, items: str) -> Body:
+        resp = await self._send(path, body)
+        try:
             content = await resp.read()
-        except http1.Timeout as exc:
-            raise EngineTimeout(f"{self.endpoint} timed out", status=504) from exc
-        except http1.HTTPError as exc:
-            raise EngineUnavailable(f"{self.endpoint} unreachable: {type(exc).__name__}") from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._failure(exc, " while answering") from exc
+        finally:
+            resp.release()
         if resp.status >= 400:
             raise _status_error(self.endpoint, resp.status, content)
         try:
@@ -96,23 +176,20 @@ class OpenAIHTTPEngine(Engine):
         body = dict(body)
         body["stream"] = True
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        try:
-            resp = await self._pool.request("POST", path, orjson.dumps(body))
-        except http1.Timeout as exc:
-            raise EngineTimeout(f"{self.endpoint} timed out", status=504) from exc
-        except http1.HTTPError as exc:
-            raise EngineUnavailable(f"{self.endpoint} unreachable: {type(exc).__name__}") from exc
+        resp = await self._send(path, body)
         try:
             if resp.status >= 400:
                 raise _status_error(self.endpoint, resp.status, await resp.read())
+            content = resp.content
             pending = b""
-            while (piece := await resp.next_bytes()) is not None:
+            while piece := await content.readany():  # what arrived since the last read (b"" at the end)
                 events, pending = _sse_data(pending + piece)
                 chunks: Chunks = []  # the events of one read travel on together
                 for data in events:
                     if data == b"[DONE]":
                         if chunks:
                             yield chunks
+                        await _drain(content)  # to the end of the body, so the connection can serve again
                         return
                     try:
                         chunks.append(self._chunk(data))
@@ -123,12 +200,10 @@ class OpenAIHTTPEngine(Engine):
                 if chunks:
                     yield chunks
             raise EngineError(f"{self.endpoint} ended the stream without [DONE]")
-        except http1.Timeout as exc:
-            raise EngineTimeout(f"{self.endpoint} timed out mid-stream", status=504) from exc
-        except http1.HTTPError as exc:
-            raise EngineUnavailable(f"{self.endpoint} broke the stream: {type(exc).__name__}") from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._failure(exc, " mid-stream") from exc
         finally:
-            resp.release()
+            resp.release()  # back to the pool only when the body was read to its end; else the connection closes
 
     def _chunk(self, data: bytes) -> Body:
         """One stream event's chunk; EngineError for an event that is not one (an error event included)."""
@@ -145,6 +220,16 @@ class OpenAIHTTPEngine(Engine):
         return chunk
 
 
+async def _drain(content: aiohttp.StreamReader) -> None:
+    """Read what follows [DONE] (usually only the end of the chunked body), up to a limit."""
+    left = _DRAIN_LIMIT
+    while left > 0 and not content.at_eof():
+        piece = await content.readany()
+        if not piece:
+            return
+        left -= len(piece)
+
+
 def _sse_data(buffer: bytes) -> tuple[list[bytes], bytes]:
     """The payloads of the complete ``data:`` lines in ``buffer``, and the incomplete rest."""
     lines = buffer.split(b"\n")
@@ -154,7 +239,7 @@ def _sse_data(buffer: bytes) -> tuple[list[bytes], bytes]:
 
 def _status_error(endpoint: str, status: int, content: bytes) -> EngineError:
     message = _upstream_message(content) or f"HTTP {status}"
-    if 400 <= status < 500 and status not in (408, 429):
+    if 400 <= status < 500 and status not in (407, 408, 429):  # 407: our proxy refused us, not the client's fault
         return EngineRejected(message, status=status, body=content)
     return EngineError(f"{endpoint} answered {status}: {message}", status=502, body=content)
 

@@ -1,100 +1,45 @@
-"""HTTP proxies for the upstream client (``engines.http1``): choosing one, and tunnelling through one.
+"""Which HTTP proxy an upstream is reached through, chosen once when its engine is built.
 
-A proxy is chosen once per pool, as httpx does with ``trust_env``: ``http_proxy`` / ``HTTP_PROXY`` for
-http:// upstreams, ``https_proxy`` / ``HTTPS_PROXY`` for https:// ones, ``all_proxy`` / ``ALL_PROXY``
-for either when those are unset, and none for a host that ``no_proxy`` / ``NO_PROXY`` names (read with
-``urllib.request``, which gives the lowercase spelling precedence). Only http:// proxies are supported.
+As httpx and curl do: ``http_proxy`` / ``HTTP_PROXY`` for http:// upstreams, ``https_proxy`` / ``HTTPS_PROXY``
+for https:// ones, ``all_proxy`` / ``ALL_PROXY`` for either when those are unset, and none for a host that
+``no_proxy`` / ``NO_PROXY`` names (read with ``urllib.request``, which gives the lowercase spelling precedence).
+Only http:// proxies are supported; aiohttp does the rest (absolute-form requests through the proxy for
+http:// upstreams, a ``CONNECT`` tunnel for https:// ones, credentials in the proxy URL sent as
+``Proxy-Authorization``).
 
-Through a proxy, http:// requests go to the proxy in absolute form (``POST http://host:port/path``);
-https:// ones go through a ``CONNECT host:port`` tunnel, upgraded to TLS with the upstream.
+Why not aiohttp's own ``trust_env=True``: it looks the proxy up in a worker thread on every request, and reads
+``~/.netrc`` in another, which costs more than the rest of a proxied request; and it ignores ``ALL_PROXY``.
+The environment is read once per engine instead, when it is built.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import ssl
-from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 from urllib.request import getproxies_environment, proxy_bypass_environment  # type: ignore[attr-defined]
 
 
-class ProxyRefused(OSError):
-    """The proxy answered CONNECT with something other than 2xx (reported by the pool as a ConnectError)."""
+def check(url: str, source: str = "the proxy argument") -> str:
+    """``url`` as an http:// proxy URL (scheme added when missing); ValueError for any other scheme."""
+    full = url if "://" in url else "http://" + url
+    parts = urlsplit(full)
+    if parts.scheme.lower() != "http" or not parts.hostname:
+        raise ValueError(f"unsupported proxy {url!r} (from {source}): only http:// proxies are supported")
+    return full
 
 
-@dataclass(frozen=True)
-class Proxy:
-    """An http:// proxy: where to connect, and the ``proxy-authorization`` header line (or b"")."""
-
-    host: str
-    port: int
-    auth_header: bytes = b""
-
-    @classmethod
-    def parse(cls, url: str, source: str = "the proxy argument") -> Proxy:
-        """Parse ``http://[user:password@]host[:port]`` (scheme optional); ValueError for any other scheme."""
-        parts = urlsplit(url if "://" in url else "http://" + url)
-        if parts.scheme.lower() != "http" or not parts.hostname:
-            raise ValueError(f"unsupported proxy {url!r} (from {source}): only http:// proxies are supported")
-        auth = b""
-        if parts.username is not None:
-            user_pass = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
-            auth = b"proxy-authorization: Basic " + base64.b64encode(user_pass) + b"\r\n"
-        return cls(parts.hostname, parts.port or 80, auth)
-
-
-def select(proxy: str | bool, scheme: str, host: str, port: int) -> Proxy | None:
-    """The proxy for an upstream: ``proxy`` itself when a URL, from the environment when True, none when False."""
+def select(proxy: str | bool, base_url: str) -> str | None:
+    """The proxy URL for the upstream ``base_url``: ``proxy`` itself when a URL, from the environment when True,
+    none when False."""
     if isinstance(proxy, str):
-        return Proxy.parse(proxy)
+        return check(proxy)
     if not proxy:
         return None
+    parts = urlsplit(base_url)
+    scheme = parts.scheme.lower()
+    port = parts.port or (443 if scheme == "https" else 80)
     proxies = getproxies_environment()
     url = proxies.get(scheme) or proxies.get("all")
-    if not url or proxy_bypass_environment(f"{host}:{port}", proxies):
+    if not url or proxy_bypass_environment(f"{parts.hostname}:{port}", proxies):
         return None
     name = f"{scheme}_proxy" if proxies.get(scheme) else "all_proxy"
-    return Proxy.parse(url, f"{name} / {name.upper()} in the environment")
-
-
-class _ConnectReply(asyncio.Protocol):
-    """Reads the proxy's reply to CONNECT, up to the end of its header block."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.done: asyncio.Future[bytes] = loop.create_future()
-        self.data = b""
-
-    def data_received(self, data: bytes) -> None:
-        self.data += data
-        if (b"\r\n\r\n" in self.data or len(self.data) > 65536) and not self.done.done():
-            self.done.set_result(self.data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.done.done():
-            self.done.set_exception(ProxyRefused("the proxy closed the connection before answering CONNECT"))
-
-
-async def open_tunnel(proxy: Proxy, host: str, port: int, ssl_context: ssl.SSLContext,
-                      protocol: asyncio.Protocol) -> None:
-    """Connect to ``host:port`` through ``proxy`` with CONNECT, then TLS; ``protocol`` gets the TLS transport.
-
-    Raises OSError (ProxyRefused when the proxy answers other than 2xx) or ssl.SSLError.
-    """
-    loop = asyncio.get_running_loop()
-    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    transport, reply = await loop.create_connection(lambda: _ConnectReply(loop), proxy.host, proxy.port)
-    try:
-        transport.write(f"CONNECT {authority} HTTP/1.1\r\nhost: {authority}\r\n".encode()
-                        + proxy.auth_header + b"\r\n")
-        status_line = (await reply.done).split(b"\r\n", 1)[0].decode("latin-1")
-        status = status_line.split(None, 2)
-        if len(status) < 2 or not status[0].startswith("HTTP/") or not status[1].startswith("2"):
-            raise ProxyRefused(f"the proxy answered CONNECT {authority} with {status_line!r}")
-        tls = await loop.start_tls(transport, protocol, ssl_context, server_hostname=host)
-    except BaseException:
-        transport.close()
-        raise
-    if tls is None:  # only when the connection closed during the handshake
-        raise ConnectionResetError(f"the connection to {authority} closed during the TLS handshake")
-    protocol.connection_made(tls)  # start_tls does not call it
+    return check(url, f"{name} / {name.upper()} in the environment")

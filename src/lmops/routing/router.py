@@ -2,6 +2,8 @@
 
 A failure is retried on another healthy replica while nothing has reached the client:
 for a plain call, any retryable engine error; for a stream, an error before its first chunk.
+A request whose connection broke after it was handed over (``EngineConnectionLost``) is not retryable:
+the replica may be generating its answer, and it is sent again nowhere.
 Each failure counts against the replica's health (passive checks); health.HealthChecker
 brings ejected replicas back (active checks).
 """
@@ -14,7 +16,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmops.config import AdapterConfig, HealthConfig, ModelConfig
-from lmops.engines.base import Body, Chunks, Engine, EngineBusy, EngineError, EngineRejected, EngineTimeout, Unsupported
+from lmops.engines.base import (
+    Body,
+    Chunks,
+    Engine,
+    EngineBusy,
+    EngineConnectionLost,
+    EngineError,
+    EngineRejected,
+    EngineTimeout,
+    Unsupported,
+)
 from lmops.protocol.errors import (
     APIError,
     InvalidRequest,
@@ -176,7 +188,7 @@ class Router:
                 await _aclose(agen)
 
     def _failed(self, replica: Replica, exc: EngineError) -> None:
-        if exc.retryable:
+        if exc.retryable or isinstance(exc, EngineConnectionLost):  # a broken connection is the replica's fault too
             replica.record_failure(self._health.failure_threshold)
 
 

@@ -1,4 +1,5 @@
-"""The upstream HTTP/1.1 client (engines/http1.py) through an HTTP proxy, chosen from the environment as httpx does.
+"""The upstream engine (engines/openai_http.py, on aiohttp) through an HTTP proxy, chosen from the environment as
+httpx does (engines/proxy.py).
 
 A small real forwarding proxy runs in the test's event loop: absolute-form requests are re-sent to their
 target in origin form (and recorded), CONNECT opens a tunnel; it can require Basic credentials.
@@ -10,18 +11,21 @@ import asyncio
 import base64
 import ssl
 import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
-import orjson
 import pytest
 
-from lmops.engines import http1
+from lmops.engines.base import EngineError, EngineRejected, EngineTimeout, EngineUnavailable
+from lmops.engines.openai_http import OpenAIHTTPEngine
 from lmops.testing.fake_openai import FakeOpenAI
 from lmops.testing.server import ServerThread, free_port
 
-BODY = orjson.dumps({"model": "fake", "messages": [{"role": "user", "content": "hi"}]})
+CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "REQUEST_METHOD")
 
 
@@ -198,102 +202,113 @@ async def auth_proxy():
     await proxy.stop()
 
 
-async def chat(pool: http1.Pool) -> dict:
-    resp = await pool.request("POST", "/chat/completions", BODY)
-    assert resp.status == 200
-    return orjson.loads(await resp.read())
+@asynccontextmanager
+async def engine(base_url: str, **options: Any) -> AsyncIterator[OpenAIHTTPEngine]:
+    eng = OpenAIHTTPEngine(base_url, **options)
+    await eng.start()
+    try:
+        yield eng
+    finally:
+        await eng.close()
+
+
+async def chat(eng: OpenAIHTTPEngine) -> dict:
+    return await eng.chat_completion(CHAT)
 
 
 @pytest.mark.parametrize("variable", ["HTTP_PROXY", "http_proxy", "ALL_PROXY"])
 async def test_http_upstream_through_the_proxy_from_the_environment(upstream, proxy, monkeypatch, variable) -> None:
     monkeypatch.setenv(variable, proxy.url())
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:1")  # for https:// upstreams only: not used here
-    pool = http1.Pool(upstream.url + "/v1")
-    for _ in range(3):
-        assert (await chat(pool))["object"] == "chat.completion"
-    resp = await pool.request("POST", "/chat/completions", orjson.dumps({"model": "fake", "stream": True,
-                                                                          "messages": []}))
-    pieces = []
-    while (piece := await resp.next_bytes()) is not None:
-        pieces.append(piece)
-    assert b"".join(pieces).endswith(b"data: [DONE]\n\n")
+    async with engine(upstream.url + "/v1") as eng:
+        for _ in range(3):
+            assert (await chat(eng))["object"] == "chat.completion"
+        batches = [batch async for batch in eng.stream_chat_completion(CHAT)]
+        assert batches[-1][-1]["usage"]["completion_tokens"] == 10
     host = urlsplit(upstream.url).netloc
     assert [(s.method, s.target) for s in proxy.seen] == [("POST", f"http://{host}/v1/chat/completions")] * 4
     assert all(s.headers["host"] == host for s in proxy.seen)
     assert "proxy-authorization" not in proxy.seen[0].headers
     assert proxy.connections == 1  # keep-alive connections to the proxy are reused
-    await pool.close()
 
 
 @pytest.mark.parametrize("no_proxy", ["127.0.0.1", "localhost, 127.0.0.1", "*", ".0.0.1"])
 async def test_no_proxy_bypasses_the_proxy(upstream, proxy, monkeypatch, no_proxy) -> None:
     monkeypatch.setenv("HTTP_PROXY", proxy.url())
     monkeypatch.setenv("NO_PROXY", no_proxy)
-    pool = http1.Pool(upstream.url + "/v1")
-    await chat(pool)
+    async with engine(upstream.url + "/v1") as eng:
+        await chat(eng)
     assert proxy.seen == [] and proxy.connections == 0
-    await pool.close()
 
 
 async def test_no_proxy_for_other_hosts_still_uses_the_proxy(upstream, proxy, monkeypatch) -> None:
     monkeypatch.setenv("http_proxy", proxy.url())
     monkeypatch.setenv("no_proxy", "example.com,10.0.0.1")
-    pool = http1.Pool(upstream.url + "/v1")
-    await chat(pool)
+    async with engine(upstream.url + "/v1") as eng:
+        await chat(eng)
     assert len(proxy.seen) == 1
-    await pool.close()
 
 
 async def test_explicit_proxy_and_disabling_the_environment(upstream, proxy, monkeypatch) -> None:
-    pool = http1.Pool(upstream.url + "/v1", proxy=proxy.url())  # explicit: used, whatever the environment says
-    await chat(pool)
+    async with engine(upstream.url + "/v1", proxy=proxy.url()) as eng:  # explicit: used, whatever the environment
+        await chat(eng)
     assert len(proxy.seen) == 1
-    await pool.close()
     monkeypatch.setenv("HTTP_PROXY", proxy.url())
-    pool = http1.Pool(upstream.url + "/v1", proxy=False)
-    await chat(pool)
+    async with engine(upstream.url + "/v1", proxy=False) as eng:
+        await chat(eng)
     assert len(proxy.seen) == 1
-    await pool.close()
+
+
+async def test_the_environment_is_read_when_the_engine_is_built(upstream, proxy, monkeypatch) -> None:
+    eng = OpenAIHTTPEngine(upstream.url + "/v1")
+    monkeypatch.setenv("HTTP_PROXY", proxy.url())  # too late for this engine: no look-up per request
+    await eng.start()
+    try:
+        await chat(eng)
+    finally:
+        await eng.close()
+    assert proxy.seen == []
 
 
 async def test_proxy_credentials_are_sent(upstream, auth_proxy, monkeypatch) -> None:
     monkeypatch.setenv("HTTP_PROXY", auth_proxy.url("user:p%40ss%20word"))
-    pool = http1.Pool(upstream.url + "/v1", headers={"authorization": "Bearer sk-upstream"})
-    await chat(pool)
+    async with engine(upstream.url + "/v1", api_key="sk-upstream") as eng:
+        await chat(eng)
     seen = auth_proxy.seen[0].headers
     assert seen["proxy-authorization"] == "Basic " + base64.b64encode(b"user:p@ss word").decode()
     assert seen["authorization"] == "Bearer sk-upstream"
-    await pool.close()
 
-    pool = http1.Pool(upstream.url + "/v1", proxy=auth_proxy.url("user:wrong"))
-    resp = await pool.request("POST", "/chat/completions", BODY)
-    assert resp.status == 407  # the proxy's own answer, passed on as any response
-    await resp.read()
-    await pool.close()
+    async with engine(upstream.url + "/v1", proxy=auth_proxy.url("user:wrong")) as eng:
+        with pytest.raises(EngineError) as err:
+            await chat(eng)
+    # the proxy's refusal is the gateway's problem (502), not the client's (it is not passed on as a 407)
+    assert not isinstance(err.value, EngineRejected) and err.value.status == 502 and "407" in err.value.message
 
 
 async def test_proxy_down_is_a_connect_error(tls_upstream, monkeypatch) -> None:
     down = f"http://127.0.0.1:{free_port()}"
-    with pytest.raises(http1.ConnectError, match="through the proxy"):
-        await http1.Pool("http://127.0.0.1:9/v1", proxy=down).request("GET", "/models")
+    async with engine("http://127.0.0.1:9/v1", proxy=down) as eng:
+        with pytest.raises(EngineUnavailable, match="through the proxy"):
+            await chat(eng)
+        assert not await eng.health()
     monkeypatch.setenv("HTTPS_PROXY", down)
     url, context = tls_upstream
-    with pytest.raises(http1.ConnectError, match="through the proxy"):
-        await http1.Pool(url, ssl_context=context).request("GET", "/models")
+    async with engine(url, ssl_context=context) as eng:
+        with pytest.raises(EngineUnavailable, match="through the proxy"):
+            await chat(eng)
 
 
-async def test_a_silent_proxy_is_a_connect_timeout(tls_upstream) -> None:
+async def test_a_silent_proxy_is_a_timeout(tls_upstream) -> None:
     silent = await ForwardProxy(silent=True).start()
     try:
         url, context = tls_upstream
-        cases = [("http://127.0.0.1:9/v1", "no response"),  # the request was sent to the proxy: a read timeout
-                 (url, "could not connect")]  # no answer to CONNECT: a connect timeout
-        for base, message in cases:
-            pool = http1.Pool(base, proxy=silent.url(), ssl_context=context, connect_timeout=0.2, timeout=0.2)
-            with pytest.raises(http1.Timeout, match=message):
-                await pool.request("POST", "/chat/completions", BODY)
-            assert pool._in_use == 0
-            await pool.close()
+        for base in ("http://127.0.0.1:9/v1",  # the request was sent to the proxy: no answer
+                     url):  # no answer to CONNECT
+            async with engine(base, proxy=silent.url(), ssl_context=context, connect_timeout=0.2, timeout=0.2) as eng:
+                started = asyncio.get_running_loop().time()
+                with pytest.raises(EngineTimeout, match="through the proxy"):
+                    await chat(eng)
+                assert asyncio.get_running_loop().time() - started < 2
     finally:
         await silent.stop()
 
@@ -303,39 +318,36 @@ async def test_https_upstream_through_a_connect_tunnel(tls_upstream, auth_proxy,
     authority = urlsplit(url).netloc
     monkeypatch.setenv("HTTPS_PROXY", auth_proxy.url("user:p%40ss%20word"))
     monkeypatch.setenv("NO_PROXY", "example.com")
-    pool = http1.Pool(url, ssl_context=context)
-    for _ in range(3):
-        assert (await chat(pool))["object"] == "chat.completion"
+    async with engine(url, ssl_context=context) as eng:
+        for _ in range(3):
+            assert (await chat(eng))["object"] == "chat.completion"
     assert [(s.method, s.target) for s in auth_proxy.seen] == [("CONNECT", authority)]  # one tunnel, kept alive
     assert auth_proxy.seen[0].headers["proxy-authorization"].startswith("Basic ")
-    await pool.close()
 
-    # a refused CONNECT is a ConnectError naming the proxy's answer
-    pool = http1.Pool(url, ssl_context=context, proxy=auth_proxy.url())
-    with pytest.raises(http1.ConnectError, match="407 Proxy Authentication Required"):
-        await pool.request("GET", "/models")
-    assert pool._in_use == 0
+    # a refused CONNECT is a connect error naming the proxy's answer
+    async with engine(url, ssl_context=context, proxy=auth_proxy.url()) as eng:
+        with pytest.raises(EngineUnavailable, match="407"):
+            await chat(eng)
 
     # TLS is verified against the upstream through the tunnel
-    pool = http1.Pool(url, proxy=auth_proxy.url("user:p%40ss%20word"))  # system CAs: the test certificate fails
-    with pytest.raises(http1.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
-        await pool.request("GET", "/models")
+    async with engine(url, proxy=auth_proxy.url("user:p%40ss%20word")) as eng:  # system CAs: the test cert fails
+        with pytest.raises(EngineUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+            await chat(eng)
 
 
 async def test_https_upstream_ignores_http_proxy(tls_upstream, proxy, monkeypatch) -> None:
     monkeypatch.setenv("HTTP_PROXY", proxy.url())
     url, context = tls_upstream
-    pool = http1.Pool(url, ssl_context=context)
-    await chat(pool)
+    async with engine(url, ssl_context=context) as eng:
+        await chat(eng)
     assert proxy.seen == []
-    await pool.close()
 
 
 @pytest.mark.parametrize("variable", ["HTTPS_PROXY", "all_proxy"])
 def test_unsupported_proxy_scheme_is_a_value_error(monkeypatch, variable) -> None:
     monkeypatch.setenv(variable, "socks5://127.0.0.1:1080")
     with pytest.raises(ValueError, match=rf"socks5://127.0.0.1:1080.*{variable.lower()}"):
-        http1.Pool("https://api.example.com/v1")
+        OpenAIHTTPEngine("https://api.example.com/v1")
     with pytest.raises(ValueError, match="only http:// proxies"):
-        http1.Pool("http://api.example.com/v1", proxy="https://proxy.example.com:3128")
-    http1.Pool("http://api.example.com/v1", proxy=False)  # the environment is not read
+        OpenAIHTTPEngine("http://api.example.com/v1", proxy="https://proxy.example.com:3128")
+    OpenAIHTTPEngine("http://api.example.com/v1", proxy=False)  # the environment is not read
