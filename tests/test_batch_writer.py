@@ -87,7 +87,7 @@ async def test_billed_records_keep_dates_and_nulls(database_url):
 async def test_sqlite_rows_wait_for_another_writer_without_holding_the_loop(tmp_path, monkeypatch):
     """A write lock held by another connection is waited for in the writer's thread: the loop keeps
     serving, the rows stay pending, and they land once the lock is released."""
-    monkeypatch.setattr(sqlite_rows, "WAIT_FOR_LOCK_S", 3.0)  # a wait on the loop would stall it 3 s, then fail
+    monkeypatch.setattr(sqlite_rows, "BUSY_TIMEOUT_S", 3.0)  # a wait on the loop would stall it 3 s, then fail
     url = f"sqlite:///{tmp_path / 'locked.db'}"
     await upgrade_async(url)
     engine = create_engine(url)

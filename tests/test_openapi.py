@@ -17,7 +17,8 @@ from lmops.testing.settings import make_settings
 @pytest.fixture(scope="module")
 def spec_server(tmp_path_factory):
     settings = make_settings(tmp_path_factory.mktemp("openapi"),
-                             [{"name": "fake", "engine": "openai", "replicas": ["http://127.0.0.1:9/v1"]}])
+                             [{"name": "fake", "engine": "openai", "replicas": ["http://127.0.0.1:9/v1"]}],
+                             access={"enabled": True})  # the admin API exists only with access control
     srv = ServerThread(create_app(settings)).start()
     try:
         yield srv

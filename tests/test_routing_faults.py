@@ -119,7 +119,7 @@ def test_two_replicas_one_bad_every_request_succeeds(serve, settings_factory, fa
             assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == answer
         else:
             assert client.chat.completions.create(model="m", messages=MESSAGES).choices[0].message.content == answer
-    replicas = srv.server.config.app.state.services.router.deployment("m").replicas
+    replicas = srv.server.config.app.state.core.router.deployment("m").replicas
     assert [r.healthy for r in replicas] == [False, True]
     if bad is not None:
         assert bad.requests == 1  # tried once (the failover ran), never again once ejected

@@ -114,6 +114,7 @@ class EmbeddedLlamaEngine(Engine):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         self._pending = 0  # waiting + running
         self._recent_seconds = 1.0  # last generation's duration, for Retry-After
+        self.last_generation: tuple[str, int] = ("", 0)  # finish reason and tokens of the latest (tests read it)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -447,6 +448,7 @@ class EmbeddedLlamaEngine(Engine):
                     parts.append(tail)
                     job.emit("text", (tail, held))
                     sent += held
+            self.last_generation = (finish, n)
             job.finish(_Generated("".join(parts), finish, n, sent))
         except BaseException as exc:  # noqa: BLE001 - any failure goes back to the waiting request
             job.fail(EngineFault(f"generation failed: {type(exc).__name__} {exc}".rstrip(), status=500))

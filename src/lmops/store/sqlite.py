@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another connection's write lock before "database is locked"
+# How long a writer waits for another connection's write lock before "database is locked": every connection
+# is opened with ``timeout=BUSY_TIMEOUT_S`` (sqlite3's busy timeout; aiosqlite passes it on).
+BUSY_TIMEOUT_S = 30.0
 
 PRAGMAS = (
     "journal_mode=WAL",  # readers never block the writer, nor the writer them
     "synchronous=NORMAL",  # in WAL mode: durable at each checkpoint; a power loss may lose the last commits
     "foreign_keys=ON",
-    f"busy_timeout={int(BUSY_TIMEOUT_S * 1000)}",
 )
 
 
