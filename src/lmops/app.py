@@ -11,6 +11,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from lmops import __version__
 from lmops.api import docs, errors, openai, system
+from lmops.api.direct import DirectRoutesMiddleware
 from lmops.api.middleware import AccessLogMiddleware, BodyLimitMiddleware, RequestIdMiddleware
 from lmops.config import Settings, load_settings
 from lmops.observability.logging import configure_logging
@@ -43,7 +44,10 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         finally:
             await svc.stop()
 
-    app = FastAPI(title="lmops", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    # FastAPI's native OpenTelemetry stays off: it would check for providers on every request, and lmops's
+    # observability is its own (logs, Prometheus metrics).
+    app = FastAPI(title="lmops", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.services = svc
     app.state.core = svc.core
     errors.install(app)
@@ -53,8 +57,10 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     for capability in svc.capabilities:
         for router in capability.routers():
             app.include_router(router)
-    # Added innermost first: a request passes the request id, the log line, CORS and the body limit in turn.
+    # Added innermost first: a request passes the request id, the log line, CORS and the body limit in turn,
+    # then the inference routes are served directly (api/direct.py) and every other route by FastAPI's router.
     server = settings.server
+    app.add_middleware(DirectRoutesMiddleware, routes=openai.DIRECT_ROUTES)
     app.add_middleware(BodyLimitMiddleware, max_bytes=server.max_body_bytes,
                        max_upload_bytes=max(server.max_body_bytes, settings.batch.max_upload_bytes))
     if server.cors_origins:

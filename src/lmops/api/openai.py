@@ -52,3 +52,11 @@ async def get_model(model: str, request: Request) -> Response:
     allowed = await svc.guard.allowed_models(request)
     return json_response(svc.model_card(model, allowed))  # 404 for a model the key may not use
 
+
+# Served by api/direct.py from the middleware stack, skipping FastAPI's router per request: keep these endpoints
+# free of FastAPI dependencies (access control is the Guard's job).
+DIRECT_ROUTES = {
+    ("POST", "/v1/chat/completions"): chat_completions,
+    ("POST", "/v1/completions"): completions,
+    ("POST", "/v1/embeddings"): embeddings,
+}
