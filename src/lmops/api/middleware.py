@@ -38,17 +38,27 @@ async def send_error(send: Send, error: APIError, extra_headers: list[tuple[byte
     await send({"type": "http.response.body", "body": orjson.dumps(error.envelope())})
 
 
-class RequestIdMiddleware:
-    """Give every request an id (or keep the caller's ``x-request-id``) and return it as a header; answer a
-    500 in the OpenAI envelope, never a traceback, when the app fails before its response started."""
+class HTTPMiddleware:
+    """A pure ASGI middleware that acts on HTTP requests (``handle``) and passes anything else through."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "http":
+            await self.handle(scope, receive, send)
+        else:
             await self.app(scope, receive, send)
-            return
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class RequestIdMiddleware(HTTPMiddleware):
+    """Give every request an id (or keep the caller's ``x-request-id``) and return it as a header; answer a
+    500 in the OpenAI envelope, never a traceback, when the app fails before its response started."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         rid = None
         for key, value in scope["headers"]:
             if key == b"x-request-id":
@@ -81,17 +91,11 @@ class RequestIdMiddleware:
             request_id_var.reset(token)
 
 
-class AccessLogMiddleware:
+class AccessLogMiddleware(HTTPMiddleware):
     """One log line per request, when its response ends: method, path, status and latency, plus what the
     inference path adds for its requests (model, replica, tokens: ``request_fields_var``)."""
 
-    def __init__(self, app: ASGIApp):
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         fields: dict[str, Any] = {}
         token = request_fields_var.set(fields)
@@ -115,20 +119,17 @@ class AccessLogMiddleware:
                     "latency_ms": round((time.perf_counter() - started) * 1000, 3)})
 
 
-class BodyLimitMiddleware:
+class BodyLimitMiddleware(HTTPMiddleware):
     """Refuse a request body over the limit with a 413: at once when its ``content-length`` says so, else as
     soon as the bytes received pass it (a chunked body). Multipart uploads (``/v1/files``, enrichment files)
     have their own, larger limit."""
 
     def __init__(self, app: ASGIApp, *, max_bytes: int, max_upload_bytes: int):
-        self.app = app
+        super().__init__(app)
         self.max_bytes = max_bytes
         self.max_upload_bytes = max_upload_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit = self.max_bytes
         declared = None
         for key, value in scope["headers"]:

@@ -95,7 +95,7 @@ async def replay(batch: BatchService, item_id: int, step: str, *, current: bool 
             raise ReplayError(f"item {item_id} has not run yet (status {item.status}): there is nothing to replay")
         raise ReplayError(f"item {item_id} has no recorded result for step {step!r} (item status {item.status}; "
                           f"recorded steps: {', '.join(rows) or 'none'})")
-    recorded = _recorded(row)
+    recorded = StepOutput.from_row(row)
     target = workflow.step(step) if workflow is not None and step in defined else None
     params = {**defaults, **orjson.loads(job.params or "{}")}
     default_model = params.get("model") or (batch.default_model if job.kind == "enrichment" else None)
@@ -206,17 +206,6 @@ async def _run(call: Callable[[], Awaitable[StepOutput]], lineage: StepOutput) -
         out = exc.spent or lineage
         out.output, out.status = exc.output, "error"
         return out, f"{exc.code}: {exc.message}"
-
-
-def _recorded(row: Any) -> StepOutput:
-    loads = orjson.loads
-    return StepOutput(loads(row.output) if row.output else None, status=row.status,
-                      inputs=loads(row.inputs) if row.inputs else None, prompt=row.prompt,
-                      prompt_version=row.prompt_version, model=row.model, adapter=row.adapter,
-                      params=loads(row.params) if row.params else None, seed=row.seed,
-                      prompt_tokens=row.prompt_tokens, completion_tokens=row.completion_tokens,
-                      latency_ms=row.latency_ms, request=loads(row.request) if row.request else None,
-                      step_hash=row.step_hash)
 
 
 def _diff(old: Any, new: Any, old_name: str, new_name: str) -> str:

@@ -158,14 +158,7 @@ class Worker:
         return Outcome(item, status, error=error, retry_at=retry_at)
 
     async def _kept(self, item: Claimed) -> dict[str, StepOutput]:
-        loads = orjson.loads
-        return {r.step: StepOutput(loads(r.output) if r.output else None, status=r.status,
-                                   inputs=loads(r.inputs) if r.inputs else None, prompt=r.prompt,
-                                   prompt_version=r.prompt_version, model=r.model, adapter=r.adapter,
-                                   params=loads(r.params) if r.params else None, seed=r.seed,
-                                   prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens,
-                                   latency_ms=r.latency_ms, request=loads(r.request) if r.request else None,
-                                   step_hash=r.step_hash)
+        return {r.step: StepOutput.from_row(r)
                 for r in await self.batch.queue.checkpoints(item.id) if r.status != "error"}
 
     @staticmethod

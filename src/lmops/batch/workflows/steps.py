@@ -83,6 +83,18 @@ class StepOutput:
     request: dict[str, Any] | None = None  # a model call's recipe, what replays it exactly (see LLMStep.request)
     step_hash: str | None = None  # the hash of the step's definition it ran with
 
+    @classmethod
+    def from_row(cls, row: Any) -> "StepOutput":
+        """The output and lineage a result row (``batch_results``) recorded."""
+        loads = orjson.loads
+        return cls(loads(row.output) if row.output else None, status=row.status,
+                   inputs=loads(row.inputs) if row.inputs else None, prompt=row.prompt,
+                   prompt_version=row.prompt_version, model=row.model, adapter=row.adapter,
+                   params=loads(row.params) if row.params else None, seed=row.seed,
+                   prompt_tokens=row.prompt_tokens, completion_tokens=row.completion_tokens,
+                   latency_ms=row.latency_ms, request=loads(row.request) if row.request else None,
+                   step_hash=row.step_hash)
+
 
 @dataclass(frozen=True)
 class Prompt:
