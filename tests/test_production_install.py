@@ -106,7 +106,7 @@ def test_production_install_serves_on_postgresql(tmp_path, pg_url):
         snippet = _readme_block("With the official `openai` client", "python").replace("127.0.0.1:8000",
                                                                                          f"127.0.0.1:{port}")
         chat = _run([str(python), "-c", snippet], timeout=120, cwd=tmp_path, env={**env, "LMOPS_API_KEY": ADMIN_KEY})
-        answer, _, usage = chat.stdout.rpartition("\n")
+        answer, _, usage = chat.stdout.rstrip("\n").rpartition("\n")
         assert answer.strip(), chat.stdout
         assert re.search(r"completion_tokens=[1-9]", usage), chat.stdout
     finally:
