@@ -58,7 +58,7 @@ async def run(args: argparse.Namespace, url: str, data: Path) -> dict:
                                     "claim_batch": args.claim, "ack_interval": 0.02, "poll_seconds": 0.02,
                                     "intake_chunk": 5000, "metrics_interval": 3600})
     svc = Services.build(settings)
-    use_instant_engines(svc)
+    use_instant_engines(svc.core.router)
     await svc.start(migrate=True)
     batch = svc.batch
     batch.registry.register(ONE_STEP)

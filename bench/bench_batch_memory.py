@@ -52,10 +52,11 @@ def main() -> None:
                                      models=[{"name": "instant", "engine": "openai",
                                               "replicas": ["http://127.0.0.1:9/v1"]}],
                                      server={"log_level": "warning"},
+                                     access={"enabled": False},  # the batch path's memory, not the keys'
                                      batch={"data_dir": f"{tmp}/data", "concurrency": 512, "max_items_in_flight": 1024,
                                             "claim_batch": 512, "max_upload_bytes": 2 << 30, "intake_chunk": 5000})
             svc = Services.build(settings)
-            use_instant_engines(svc)
+            use_instant_engines(svc.core.router)
             src = Path(tmp) / "input.jsonl"
             write_input(src, args.lines)
             size = src.stat().st_size

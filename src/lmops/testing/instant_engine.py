@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from lmops.engines.base import Body, Engine
+from lmops.routing.replicas import Replica
+from lmops.routing.router import Router
 
 ANSWER = {"id": "cmpl-instant", "object": "chat.completion", "created": 0, "model": "instant",
           "choices": [{"index": 0, "message": {"role": "assistant", "content": "A fine title"},
@@ -21,9 +23,7 @@ class InstantEngine(Engine):
         return dict(ANSWER)
 
 
-def use_instant_engines(services) -> None:  # type: ignore[no-untyped-def]
-    """Replace every replica of every model of ``services`` by one InstantEngine."""
-    from lmops.routing.replicas import Replica
-
-    for dep in services.router.deployments:
+def use_instant_engines(router: Router) -> None:
+    """Replace every replica of every model of ``router`` by one InstantEngine."""
+    for dep in router.deployments:
         dep.replicas[:] = [Replica(InstantEngine())]
