@@ -17,6 +17,9 @@ from lmops.config import Settings, load_settings
 from lmops.observability.logging import configure_logging
 from lmops.services import Services
 
+# Room in a multipart upload's body for its text fields and part headers, beyond the file's own limit.
+FORM_ALLOWANCE = 1024 * 1024
+
 # Headers a browser page may read from a cross-origin answer (beyond the CORS-safelisted ones).
 EXPOSED_HEADERS = ["x-request-id", "retry-after", "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
                    "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens",
@@ -62,7 +65,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     server = settings.server
     app.add_middleware(DirectRoutesMiddleware, routes=openai.DIRECT_ROUTES)
     app.add_middleware(BodyLimitMiddleware, max_bytes=server.max_body_bytes,
-                       max_upload_bytes=max(server.max_body_bytes, settings.batch.max_upload_bytes))
+                       max_upload_bytes=max(server.max_body_bytes, settings.batch.max_upload_bytes + FORM_ALLOWANCE))
     if server.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=server.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=EXPOSED_HEADERS)

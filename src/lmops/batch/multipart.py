@@ -98,15 +98,13 @@ class _Receiver:
 async def receive_multipart(request: Request, dest: Path, max_bytes: int) -> Upload:
     """Parse the request body as multipart/form-data; the file part is written to ``dest``.
 
-    Raises 413 as soon as the file grows past ``max_bytes`` (or the declared length does), 400 when
-    the body is not multipart or is malformed. On any failure ``dest`` is removed.
+    Raises 413 as soon as the file grows past ``max_bytes`` (the whole body's size is bounded before, by
+    ``BodyLimitMiddleware``), 400 when the body is not multipart or is malformed. On any failure ``dest`` is
+    removed.
     """
     ctype, params = parse_options_header(request.headers.get("content-type"))
     if ctype != b"multipart/form-data" or b"boundary" not in params:
         raise InvalidRequest("Send the file as multipart/form-data.", code="invalid_content_type")
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes + 1024 * 1024:
-        raise PayloadTooLarge(f"The upload is {declared} bytes; the limit is {max_bytes} bytes.")
     receiver = _Receiver(dest, max_bytes)
     parser = MultipartParser(params[b"boundary"], receiver.callbacks())  # type: ignore[arg-type]
     try:
