@@ -230,6 +230,9 @@ class BatchConfig(_Strict):
     poll_seconds: float = Field(default=0.5, gt=0, description="idle wait between claims on an empty queue")
     ack_interval: float = Field(default=0.05, gt=0, description="seconds between result flushes")
     max_attempts: int = Field(default=5, ge=1, description="tries per item before it is dead-lettered")
+    max_lease_losses: int = Field(
+        default=20, ge=1, description="leases an item may lose (its worker killed or stalled past the lease) before "
+                                      "it is dead-lettered as lease_expired; these do not count as tries")
     backoff_base: float = Field(default=1.0, ge=0, description="seconds; doubled after each failed try")
     backoff_max: float = Field(default=300.0, ge=0)
     intake_chunk: int = Field(default=2000, ge=1, description="items inserted per statement while reading input")

@@ -27,7 +27,7 @@ from lmops.serving.context import Guard
 from lmops.serving.inference import InferenceService
 from lmops.store.database import upgrade_async
 from lmops.usage.batch_writer import BatchWriter
-from lmops.usage.records import RequestRecord
+from lmops.usage.records import RECORDS
 
 log = logging.getLogger("lmops")
 
@@ -52,7 +52,7 @@ class Core:
         metrics = Metrics()
         metrics.watch_router(router)
         records = BatchWriter(
-            db, RequestRecord.__table__,  # type: ignore[arg-type]
+            db, RECORDS,
             flush_interval=settings.usage.flush_interval, batch_size=settings.usage.batch_size,
             max_pending=settings.usage.max_pending, on_drop=metrics.records_dropped.inc,
         )

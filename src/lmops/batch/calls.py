@@ -1,7 +1,9 @@
 """Call a model through the gateway's router, as a batch worker: OpenAI wire format in and out.
 
 Every call is recorded and billed like an API request (request record, metrics, the guard's
-settlement) under the job's team. An engine that is busy (429), or a model whose replicas are all
+settlement) under the job's team. A worker's calls go through an ``ItemCaller``, which keeps their
+records for the worker to commit with the item's result (exactly-once billing); other callers' records
+go to the gateway's batched writer. An engine that is busy (429), or a model whose replicas are all
 ejected for now (503), is back-pressure: the call waits and tries again (the item's lease is kept
 alive by heartbeats), it never spends one of the item's attempts. Other failures raise ``CallFailed``; 5xx-class ones
 are ``retryable`` (the item is retried later with backoff), 4xx ones are final.
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import orjson
 
@@ -102,6 +104,12 @@ class _Checked:
         return dict(self.body)
 
 
+class Caller(Protocol):
+    """What a workflow step calls models with."""
+
+    async def call(self, team_id: str, path: str, body: Any, *, checked: bool = False) -> CallResult: ...
+
+
 class ModelCaller:
     """Calls models with at most ``concurrency`` requests in flight per model (per worker process)."""
 
@@ -110,8 +118,12 @@ class ModelCaller:
         self._limits = {d.name: asyncio.Semaphore((per_model or {}).get(d.name, concurrency))
                         for d in core.router.deployments}
 
-    async def call(self, team_id: str, path: str, body: Any, *, checked: bool = False) -> CallResult:
-        """Call the model ``body`` names; ``checked``: the body was validated already (skip pydantic)."""
+    async def call(self, team_id: str, path: str, body: Any, *, checked: bool = False,
+                   records: list[Body] | None = None) -> CallResult:
+        """Call the model ``body`` names; ``checked``: the body was validated already (skip pydantic).
+
+        ``records``: where the call's request record goes (instead of the batched writer), whatever its outcome.
+        """
         endpoint = ENDPOINTS[path]
         ctx = RequestContext(request_id=new_id("batch_req_"), endpoint=endpoint.name,
                              principal=Principal(team_id=team_id))
@@ -129,20 +141,20 @@ class ModelCaller:
                 wire = upstream_body(req, target)  # type: ignore[arg-type]
                 ctx.max_tokens = wire.get("max_completion_tokens") or wire.get("max_tokens")
         except APIError as exc:
-            svc.inference.finish(ctx, exc)
+            svc.inference.finish(ctx, exc, records)
             raise CallFailed(exc.code or "invalid_request", exc.message, retryable=False,
                              status=exc.status_code, body=exc.envelope()) from None
         async with self._limits[target.deployment.name]:  # a model's adapters share its engines' limit
-            await self._admit(ctx, wire)
-            result = await self._send(ctx, endpoint, model, wire)
+            await self._admit(ctx, wire, records)
+            result = await self._send(ctx, endpoint, model, wire, records)
         result["model"] = model
         usage = result.get("usage") or {}
         ctx.prompt_tokens = int(usage.get("prompt_tokens") or 0)
         ctx.completion_tokens = int(usage.get("completion_tokens") or 0)
-        svc.inference.finish(ctx)
+        svc.inference.finish(ctx, None, records)
         return CallResult(result, ctx.request_id, ctx.prompt_tokens, ctx.completion_tokens, ctx.elapsed() * 1000.0)
 
-    async def _admit(self, ctx: RequestContext, wire: Body) -> None:
+    async def _admit(self, ctx: RequestContext, wire: Body, records: list[Body] | None) -> None:
         """The team's model rules, limits and budgets, as for its interactive requests.
 
         A rate or parallel limit is back-pressure (wait, then ask again); a budget that stays spent
@@ -160,7 +172,7 @@ class ModelCaller:
                     # Reservations of calls in flight may be what fills the budget: they settle to less.
                     budget_refusals += 1
                     if budget_refusals > BUDGET_RECHECKS:
-                        self._refused(ctx, exc)
+                        self._refused(ctx, exc, records)
                     await asyncio.sleep(BUDGET_RECHECK_WAIT)
                     continue
                 await asyncio.sleep(min(float(exc.headers.get("Retry-After", 1)), MAX_BUSY_WAIT))
@@ -168,14 +180,15 @@ class ModelCaller:
                 if exc.status_code == 503:  # limits cannot be checked right now
                     await asyncio.sleep(1.0)
                     continue
-                self._refused(ctx, exc)
+                self._refused(ctx, exc, records)
 
-    def _refused(self, ctx: RequestContext, exc: APIError) -> NoReturn:
-        self.core.inference.finish(ctx, exc)
+    def _refused(self, ctx: RequestContext, exc: APIError, records: list[Body] | None) -> NoReturn:
+        self.core.inference.finish(ctx, exc, records)
         raise CallFailed(exc.code or exc.error_type, exc.message, retryable=False, status=exc.status_code,
                          body=exc.envelope())
 
-    async def _send(self, ctx: RequestContext, endpoint: Endpoint, model: str, wire: Body) -> Body:
+    async def _send(self, ctx: RequestContext, endpoint: Endpoint, model: str, wire: Body,
+                    records: list[Body] | None) -> Body:
         wait = 0.05
         while True:
             routed = Routed()
@@ -186,8 +199,26 @@ class ModelCaller:
                 wait = min(wait * 2, MAX_BUSY_WAIT)
             except APIError as exc:
                 ctx.replica = routed.replica
-                self.core.inference.finish(ctx, exc)
+                self.core.inference.finish(ctx, exc, records)
                 raise CallFailed(exc.code or exc.error_type, exc.message, retryable=exc.status_code >= 500,
                                  status=exc.status_code, body=exc.envelope()) from None
             finally:
                 ctx.replica = routed.replica
+
+
+class ItemCaller:
+    """One batch item's calls: their request records wait in ``records`` until the worker commits them in the
+    transaction that settles (or checkpoints) the item, so that a worker killed before then bills nothing and
+    the item's next try bills its own calls: the ledger holds one row per call of the try that counted."""
+
+    def __init__(self, caller: ModelCaller):
+        self.caller = caller
+        self.records: list[Body] = []
+
+    async def call(self, team_id: str, path: str, body: Any, *, checked: bool = False) -> CallResult:
+        return await self.caller.call(team_id, path, body, checked=checked, records=self.records)
+
+    def take(self) -> list[Body]:
+        """The records kept so far, handed over (the caller commits them or gives them back)."""
+        rows, self.records = self.records, []
+        return rows

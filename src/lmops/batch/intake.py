@@ -1,9 +1,16 @@
 """Intake: read a job's input file line by line, check it, and queue one item per line.
 
-OpenAI batches are checked whole before anything is queued (any invalid line fails the batch, like
-OpenAI; errors name their line). Enrichment jobs queue every good record and keep each bad line as a
-failed item with its line-numbered error: one bad record never fails a job. Re-running an intake
-after a crash is safe: items are unique per (job, line).
+OpenAI batches are checked whole before anything runs (any invalid line fails the batch, like OpenAI;
+errors name their line): their items are written ``staged`` as the lines are checked, and made claimable
+all at once when the whole file passed. Enrichment jobs queue every good record at once (workers process
+items while intake goes on) and keep each bad line as a failed item with its line-numbered error: one bad
+record never fails a job.
+
+Crash-safe and resumable: each chunk of items is written in one transaction with the intake's progress
+(``Progress``: the byte offset and line reached, counts and errors so far), and only while this worker
+still owns the job's upkeep lease. A worker that takes over after a crash resumes at the saved offset, so
+a crash loop slows an intake down but never restarts it from the top. Items are unique per (job, line)
+besides.
 """
 
 from __future__ import annotations
@@ -12,11 +19,12 @@ import asyncio
 import csv
 import io
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO
 
 import orjson
+from sqlalchemy import select
 
 from lmops.batch.calls import ENDPOINTS, validate_request
 from lmops.batch.db import insert_ignore
@@ -37,6 +45,25 @@ class Line:
     custom_id: str | None = None
     payload: Any = None
     error: dict[str, Any] | None = None
+    end: int = 0  # byte offset just past the line (JSONL; a CSV resumes by record count)
+
+
+@dataclass
+class Progress:
+    """How far an intake got; saved with every chunk of items it queues (``batch_jobs.intake``)."""
+
+    offset: int = 0  # bytes of the file consumed (JSONL)
+    line: int = 0  # number of the last line consumed
+    items: int = 0  # lines queued as items (a CSV resumes after this many records)
+    bad: int = 0  # of which failed already (enrichment) or invalid (batch: the batch fails)
+    errors: list[dict[str, Any]] = field(default_factory=list)  # the first MAX_ERRORS
+
+    @classmethod
+    def load(cls, saved: str | None) -> "Progress":
+        return cls(**orjson.loads(saved)) if saved else cls()
+
+    def dump(self) -> str:
+        return orjson.dumps(asdict(self)).decode()
 
 
 def _error(line: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
@@ -92,34 +119,38 @@ class BatchLineChecker:
         return Line(number, cid, body)
 
 
-def enrichment_lines(f: BinaryIO, fmt: str, id_field: str | None, max_line_bytes: int) -> Iterator[Line]:
-    """Records from a JSONL or CSV upload; bad lines come back with their error."""
+def enrichment_lines(f: BinaryIO, fmt: str, id_field: str | None, max_line_bytes: int,
+                     start: Progress | None = None) -> Iterator[Line]:
+    """Records from a JSONL or CSV upload, after those ``start`` consumed; bad lines come back with their error."""
+    start = start or Progress()
     if fmt == "csv":
         # utf-8-sig: Excel's "CSV UTF-8" starts with a byte order mark, which would stick to the first column name
         reader = csv.DictReader(io.TextIOWrapper(f, encoding="utf-8-sig", errors="replace", newline=""))
-        start = 2
-        for record in reader:
-            number, start = start, reader.line_num + 1
+        first = 2
+        for index, record in enumerate(reader):
+            number, first = first, reader.line_num + 1
+            if index < start.items:
+                continue  # queued before a crash (CSV records span lines: resumed by count, not offset)
             if None in record:
                 yield Line(number, error=_error(number, "invalid_record", "more values than columns"))
                 continue
             yield Line(number, _custom_id(record, id_field), record)
         return
-    for number, raw in _numbered(f):
+    for number, raw, end in _numbered(f, start):
         if not raw.strip():
             continue
         if len(raw) > max_line_bytes:
-            yield Line(number, error=_error(number, "line_too_long", f"longer than {max_line_bytes} bytes"))
+            yield Line(number, error=_error(number, "line_too_long", f"longer than {max_line_bytes} bytes"), end=end)
             continue
         try:
             record = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            yield Line(number, error=_error(number, "invalid_json_line", f"not valid JSON ({exc})"))
+            yield Line(number, error=_error(number, "invalid_json_line", f"not valid JSON ({exc})"), end=end)
             continue
         if not isinstance(record, dict):
-            yield Line(number, error=_error(number, "invalid_record", "a record must be a JSON object"))
+            yield Line(number, error=_error(number, "invalid_record", "a record must be a JSON object"), end=end)
             continue
-        yield Line(number, _custom_id(record, id_field), record)
+        yield Line(number, _custom_id(record, id_field), record, end=end)
 
 
 def _custom_id(record: dict[str, Any], id_field: str | None) -> str | None:
@@ -130,24 +161,22 @@ def _custom_id(record: dict[str, Any], id_field: str | None) -> str | None:
     return None
 
 
-def _numbered(f: BinaryIO) -> Iterator[tuple[int, bytes]]:
-    """The file's lines with their numbers, without the UTF-8 byte order mark that Windows tools put first."""
-    for number, raw in enumerate(f, 1):
-        yield number, raw[3:] if number == 1 and raw.startswith(_BOM) else raw
+def _numbered(f: BinaryIO, start: Progress) -> Iterator[tuple[int, bytes, int]]:
+    """The file's lines after ``start``, with their numbers and end offsets, without the UTF-8 byte order mark
+    that Windows tools put first."""
+    f.seek(start.offset)
+    offset = start.offset
+    for number, raw in enumerate(f, start.line + 1):
+        offset += len(raw)
+        yield number, raw[3:] if number == 1 and raw.startswith(_BOM) else raw, offset
 
 
-def _batch_lines(f: BinaryIO, checker: BatchLineChecker) -> Iterator[Line]:
-    for number, raw in _numbered(f):
+def _batch_lines(f: BinaryIO, checker: BatchLineChecker, start: Progress) -> Iterator[Line]:
+    for number, raw, end in _numbered(f, start):
         if raw.strip():
-            yield checker.check(number, raw)
-
-
-def _checked_batch_lines(f: BinaryIO) -> Iterator[Line]:
-    """Lines of a batch file that was checked whole already: parse only."""
-    for number, raw in _numbered(f):
-        if raw.strip():
-            obj = orjson.loads(raw)
-            yield Line(number, obj["custom_id"], obj["body"])
+            line = checker.check(number, raw)
+            line.end = end
+            yield line
 
 
 class Intake:
@@ -165,55 +194,74 @@ class Intake:
                   "param": "input_file_id", "line": None}]))
             return
         path = self.files.path(source)
+        progress = Progress.load(job.intake)
+        lines: Callable[[BinaryIO], Iterator[Line]]
         if job.kind == "batch":
-            errors, count = await asyncio.to_thread(
-                _check_all, path, BatchLineChecker(job.endpoint, self.models, self.max_line_bytes))
-            if errors or not count:
-                errors = errors or [{"code": "empty_file", "message": "The input file has no requests.",
-                                     "param": None, "line": None}]
-                await self.jobs.finish(job.id, owner, "failed", failed_at=int(time.time()), errors=_errors(errors))
-                return
-            lines = _checked_batch_lines  # every line passed the checks above
+            checker = BatchLineChecker(job.endpoint, self.models, self.max_line_bytes)
+            if progress.items:  # resumed: the custom_ids of the lines checked before
+                checker.seen.update(hash(c) for c in await self._custom_ids(job.id))
+            lines = lambda f: _batch_lines(f, checker, progress)  # noqa: E731
         else:
             params = orjson.loads(job.params or "{}")
             fmt, id_field = params.get("format", "jsonl"), params.get("id_field")
-            lines = lambda f: enrichment_lines(f, fmt, id_field, self.max_line_bytes)  # noqa: E731
-        total, bad, errors = await self._queue(job, owner, path, lines)
-        if total == 0 and job.kind == "enrichment":
+            lines = lambda f: enrichment_lines(f, fmt, id_field, self.max_line_bytes, progress)  # noqa: E731
+        if not await self._queue(job, owner, path, lines, progress):
+            return  # cancelled, or the job's upkeep lease was lost: its new owner goes on
+        if job.kind == "batch":
+            await self._release_batch(job, owner, progress)
+            return
+        errors = progress.errors
+        if progress.items == 0:
             errors = errors or [{"code": "empty_file", "message": "The upload has no records.", "param": None,
                                  "line": None}]
-        await self.jobs.started(job.id, owner, total, bad, errors)
+        await self.jobs.started(job.id, owner, progress.items, progress.bad, errors)
 
-    async def _queue(self, job: Any, owner: str, path: Any, lines: Any) -> tuple[int, int, list[dict[str, Any]]]:
-        total = bad = 0
-        errors: list[dict[str, Any]] = []
+    async def _release_batch(self, job: Any, owner: str, progress: Progress) -> None:
+        """The whole file was checked: fail the batch on any invalid line, else make its items claimable."""
+        if progress.bad or not progress.items:
+            errors = progress.errors or [{"code": "empty_file", "message": "The input file has no requests.",
+                                          "param": None, "line": None}]
+            await self.jobs.fail_intake(job.id, owner, _errors(errors))
+        else:
+            await self.jobs.started(job.id, owner, progress.items, 0, [], release_staged=True)
+
+    async def _custom_ids(self, job_id: str) -> list[str]:
+        async with self.jobs.db.connect() as conn:
+            return list((await conn.execute(select(ITEMS.c.custom_id).where(ITEMS.c.job_id == job_id))).scalars())
+
+    async def _queue(self, job: Any, owner: str, path: Any, lines: Callable[[BinaryIO], Iterator[Line]],
+                     progress: Progress) -> bool:
+        """Queue the lines after ``progress``, a chunk per transaction with the progress it reached; False when
+        the job stopped being this owner's intake meanwhile (cancelled, or its lease lost)."""
+        staged = "staged" if job.kind == "batch" else "pending"
         with open(path, "rb") as f:
             it = lines(f)
             while True:
                 chunk: list[Line] = await asyncio.to_thread(_take, it, self.chunk)
                 if not chunk:
-                    break
+                    return True
                 now = time.time()
                 rows = []
                 for line in chunk:
-                    total += 1
+                    progress.line, progress.offset = line.number, line.end
                     if line.error is not None:
-                        bad += 1
-                        if len(errors) < MAX_ERRORS:
-                            errors.append(line.error)
+                        progress.bad += 1
+                        if len(progress.errors) < MAX_ERRORS:
+                            progress.errors.append(line.error)
+                    if job.kind == "batch" and (progress.bad or line.error is not None):
+                        continue  # the batch fails: its remaining lines are only checked, for their errors
+                    progress.items += 1
                     rows.append({"job_id": job.id, "team_id": job.team_id, "workflow": job.workflow,
                                  "seq": line.number, "custom_id": line.custom_id,
                                  "payload": orjson.dumps(line.payload).decode(),
-                                 "status": "failed" if line.error else "pending", "attempts": 0,
+                                 "status": "failed" if line.error else staged, "attempts": 0,
                                  "available_at": now, "created_at": now,
                                  "error": orjson.dumps(line.error).decode() if line.error else None,
                                  "finished_at": now if line.error else None})
-                async with self.jobs.db.begin() as conn:
-                    await conn.execute(self._insert, rows)
-                await self.jobs.extend(job.id, owner)
-                if await self.jobs.status(job.id) != "validating":
-                    break  # cancelled meanwhile
-        return total, bad, errors
+                if not await self.jobs.queue_items(job.id, owner, self._insert, rows, progress.dump()):
+                    return False
+                if job.kind == "batch" and len(progress.errors) >= MAX_ERRORS:
+                    return True  # enough to show: the batch fails
 
 
 def _take(it: Iterator[Line], n: int) -> list[Line]:
@@ -223,19 +271,6 @@ def _take(it: Iterator[Line], n: int) -> list[Line]:
         if len(out) >= n:
             break
     return out
-
-
-def _check_all(path: Any, checker: BatchLineChecker) -> tuple[list[dict[str, Any]], int]:
-    errors: list[dict[str, Any]] = []
-    count = 0
-    with open(path, "rb") as f:
-        for line in _batch_lines(f, checker):
-            count += 1
-            if line.error is not None:
-                errors.append(line.error)
-                if len(errors) >= MAX_ERRORS:
-                    break
-    return errors, count
 
 
 def _errors(data: list[dict[str, Any]]) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import case, insert, select, text, tuple_, update
+from sqlalchemy import case, delete, insert, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lmops.batch.db import is_postgres, retry_conflicts
@@ -92,7 +92,7 @@ class Jobs:
         now = int(time.time())
         async with self.db.begin() as conn:  # items first, then the job: the order every writer uses
             await conn.execute(update(ITEMS).where(ITEMS.c.job_id == job_id,
-                                                   ITEMS.c.status.in_(("pending", "leased")))
+                                                   ITEMS.c.status.in_(("staged", "pending", "leased")))
                                .values(status="cancelled", lease_token=None, finished_at=time.time()))
             await conn.execute(update(JOBS).where(JOBS.c.id == job_id, JOBS.c.status.in_(ACTIVE))
                                .values(status="cancelling", cancelling_at=now, owner=None, owner_until=None))
@@ -119,27 +119,56 @@ class Jobs:
             await conn.execute(update(JOBS).where(JOBS.c.id == job_id, JOBS.c.workflow_hash.is_(None))
                                .values(workflow_hash=version))
 
-    async def extend(self, job_id: str, owner: str) -> None:
-        async with self.db.begin() as conn:
-            await conn.execute(update(JOBS).where(JOBS.c.id == job_id, JOBS.c.owner == owner)
-                               .values(owner_until=time.time() + self.lease_seconds))
-
     async def status(self, job_id: str) -> str | None:
         async with self.db.connect() as conn:
             return (await conn.execute(select(JOBS.c.status).where(JOBS.c.id == job_id))).scalar()
 
     @retry_conflicts
-    async def started(self, job_id: str, owner: str, total: int, bad: int, errors: Sequence[dict[str, Any]]) -> None:
-        """Intake is over: ``total`` items queued (``bad`` of them already failed)."""
+    async def queue_items(self, job_id: str, owner: str, insert_items: Any, rows: Sequence[dict[str, Any]],
+                          intake: str) -> bool:
+        """Intake: queue ``rows`` and save how far intake got (``intake``) in one transaction, and extend the
+        owner's lease; nothing is written (False) unless ``owner`` still holds the job's intake."""
+        async with self.db.connect() as conn:
+            async with conn.begin() as tx:  # items first, then the job: the order every writer uses
+                if rows:
+                    await conn.execute(insert_items, rows)
+                owned = (await conn.execute(
+                    update(JOBS).where(JOBS.c.id == job_id, JOBS.c.owner == owner, JOBS.c.status == "validating")
+                    .values(intake=intake, owner_until=time.time() + self.lease_seconds)
+                    .returning(JOBS.c.id))).first()
+                if owned is None:
+                    await tx.rollback()
+                    return False
+        return True
+
+    @retry_conflicts
+    async def started(self, job_id: str, owner: str, total: int, bad: int, errors: Sequence[dict[str, Any]],
+                      *, release_staged: bool = False) -> None:
+        """Intake is over: ``total`` items queued (``bad`` of them already failed); ``release_staged``: make the
+        items that waited for the whole file to be checked (an OpenAI batch's) claimable, in the same
+        transaction."""
         finished = JOBS.c.completed + JOBS.c.failed + bad >= total
+        now = time.time()
         async with self.db.begin() as conn:
+            if release_staged:
+                await conn.execute(update(ITEMS).where(ITEMS.c.job_id == job_id, ITEMS.c.status == "staged")
+                                   .values(status="pending", available_at=now))
             await conn.execute(
                 update(JOBS).where(JOBS.c.id == job_id, JOBS.c.status == "validating")
-                .values(total=total, failed=JOBS.c.failed + bad, in_progress_at=int(time.time()),
+                .values(total=total, failed=JOBS.c.failed + bad, in_progress_at=int(now),
                         status=case((finished, "finalizing"), else_="in_progress"),
-                        finalizing_at=case((finished, int(time.time())), else_=None),
+                        finalizing_at=case((finished, int(now)), else_=None),
                         errors=orjson.dumps({"object": "list", "data": errors}).decode() if errors else None,
                         owner=None, owner_until=None))
+
+    @retry_conflicts
+    async def fail_intake(self, job_id: str, owner: str, errors: str) -> None:
+        """The input is invalid: the job fails, and the items staged while its lines were checked go."""
+        async with self.db.begin() as conn:
+            await conn.execute(delete(ITEMS).where(ITEMS.c.job_id == job_id, ITEMS.c.status == "staged"))
+            await conn.execute(update(JOBS).where(JOBS.c.id == job_id, JOBS.c.owner == owner)
+                               .values(status="failed", failed_at=int(time.time()), errors=errors, owner=None,
+                                       owner_until=None))
 
     @retry_conflicts
     async def finish(self, job_id: str, owner: str, status: str, **fields: Any) -> None:

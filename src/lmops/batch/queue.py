@@ -1,9 +1,14 @@
 """The item queue in the database: claim under a lease, heartbeat, settle (ack / retry / dead-letter).
 
-Exactly-once: an item's final state and its step results are written in one transaction, and only
-while the writer still holds the item's lease (its ``lease_token``, fresh per claim). A worker whose
-lease expired and whose item was claimed again writes nothing; results are unique per (item, step)
-besides, so no crash at any moment loses or duplicates one.
+Exactly-once: an item's final state, its step results and the request records of its model calls (the usage
+ledger) are written in one transaction, and only while the writer still holds the item's lease (its
+``lease_token``, fresh per claim). A worker whose lease expired and whose item was claimed again writes
+nothing; results are unique per (item, step) besides, so no crash at any moment loses or duplicates a result
+or bills a call twice (the calls of a try that did not count are not billed: their results are not kept).
+
+A claim that takes an item whose lease expired counts a ``lease_losses`` (its worker died or stalled), not a
+failed try: ``attempts - lease_losses`` is what ``max_attempts`` limits, so a rolling deploy or an OOM kill
+never dead-letters a healthy item; ``max_lease_losses`` stops an item that kills every worker it reaches.
 
 PostgreSQL claims with ``FOR UPDATE SKIP LOCKED`` (workers never wait for each other); SQLite
 claims in ``BEGIN IMMEDIATE`` transactions (one writer at a time), a correct equivalent.
@@ -17,21 +22,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import BindParameter, bindparam, case, select, text, update
+from sqlalchemy import BindParameter, bindparam, case, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lmops.batch.db import insert_ignore, is_postgres, queue_engine, retry_conflicts, upsert
 from lmops.batch.tables import ITEMS, JOBS, RESULTS
 from lmops.ids import new_id
+from lmops.usage.records import RECORDS
 
 
 CLAIM = """
-UPDATE batch_items SET status = 'leased', lease_token = :token, available_at = :until, attempts = attempts + 1
+UPDATE batch_items SET status = 'leased', lease_token = :token, available_at = :until, attempts = attempts + 1,
+    lease_losses = lease_losses + CASE WHEN status = 'leased' THEN 1 ELSE 0 END
 WHERE id IN (
     SELECT id FROM batch_items WHERE status IN ('pending', 'leased') AND available_at <= :now
     ORDER BY available_at LIMIT :n {lock}
 )
-RETURNING id, job_id, team_id, workflow, seq, custom_id, payload, attempts, lease_token
+RETURNING id, job_id, team_id, workflow, seq, custom_id, payload, attempts, lease_token, lease_losses
 """
 
 
@@ -61,15 +68,25 @@ class Claimed:
     payload: str
     attempts: int
     token: str
+    lease_losses: int = 0
+
+    @property
+    def tries(self) -> int:
+        """The tries that count against ``max_attempts``, this one included: those whose worker did not die."""
+        return self.attempts - self.lease_losses
 
 
 @dataclass(slots=True)
 class Outcome:
-    """How one claimed item ended this time: ``done`` / ``failed`` (final), ``retry`` (later), ``dead``."""
+    """How one claimed item ended this time: ``done`` / ``failed`` (final), ``retry`` (later), ``dead``.
+
+    ``records``: the request records of the model calls this try made, billed with the outcome.
+    """
 
     item: Claimed
     status: str
     results: list[dict[str, Any]] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
     error: dict[str, Any] | None = None
     retry_at: float | None = None
     prompt_tokens: int = 0
@@ -157,12 +174,15 @@ class Queue:
                     await conn.execute(stmt, {"ids": ids, "token": token, "now": now})
 
     @retry_conflicts
-    async def checkpoint(self, item: Claimed, rows: list[dict[str, Any]]) -> bool:
-        """Keep finished steps of an unfinished item (multi-step workflows), while its lease is ours."""
+    async def checkpoint(self, item: Claimed, rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> bool:
+        """Keep finished steps of an unfinished item (multi-step workflows), and bill their calls, while its lease
+        is ours."""
         async with self.db.begin() as conn:
             if (await conn.execute(self._owns, {"id": item.id, "token": item.token})).first() is None:
                 return False
             await conn.execute(self._checkpoint, rows)
+            if records:
+                await conn.execute(insert(RECORDS), records)
         return True
 
     async def checkpoints(self, item_id: int) -> list[Any]:
@@ -195,12 +215,18 @@ class Queue:
                                     error=orjson.dumps(o.error).decode()).returning(ITEMS.c.id))
                         if res.first():
                             owned.append(o)
+            retried = []
             for o in retries:
-                await conn.execute(
+                res = await conn.execute(
                     update(ITEMS).where(ITEMS.c.id == o.item.id, ITEMS.c.lease_token == o.item.token,
                                         ITEMS.c.status == "leased")
                     .values(status="pending", lease_token=None, available_at=o.retry_at,
-                            error=orjson.dumps(o.error).decode()))
+                            error=orjson.dumps(o.error).decode()).returning(ITEMS.c.id))
+                if res.first():
+                    retried.append(o)
+            records = [r for o in (*owned, *retried) for r in o.records]
+            if records:
+                await conn.execute(insert(RECORDS), records)
             rows = [r for o in owned for r in o.results]
             if rows:
                 if self._pg:

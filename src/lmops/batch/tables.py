@@ -68,6 +68,7 @@ class JobRow(Base):
     workflow_hash: Mapped[str | None] = mapped_column(String(64))  # the workflow's definition when submitted
     owner: Mapped[str | None] = mapped_column(String(64))  # lease on intake / finalizing work
     owner_until: Mapped[float | None] = mapped_column(Float)
+    intake: Mapped[str | None] = mapped_column(Text)  # JSON: how far intake got (``intake.Progress``)
 
     __table_args__ = (
         Index("ix_batch_jobs_team_id_kind_created_at", "team_id", "kind", "created_at"),
@@ -85,8 +86,9 @@ class ItemRow(Base):
     seq: Mapped[int] = mapped_column(Integer)  # line number in the input (1-based)
     custom_id: Mapped[str | None] = mapped_column(String(500))
     payload: Mapped[str] = mapped_column(Text)  # JSON
-    status: Mapped[str] = mapped_column(String(12))  # pending leased done failed dead cancelled
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(12))  # staged pending leased done failed dead cancelled expired
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # tries started (claims not given back)
+    lease_losses: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # tries whose worker died
     available_at: Mapped[float] = mapped_column(Float)
     lease_token: Mapped[str | None] = mapped_column(String(32))
     error: Mapped[str | None] = mapped_column(Text)  # JSON {code, message}

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from lmops.batch.calls import ModelCaller
+from lmops.batch.calls import ItemCaller, ModelCaller
 from lmops.batch.job_info import JobInfo
 from lmops.batch.metrics import BatchMetrics
 from lmops.batch.queue import Claimed, Outcome, Queue
@@ -99,26 +99,28 @@ class Worker:
                 self._held.setdefault(item.token, {})[item.id] = asyncio.create_task(self._process(item))
 
     async def _process(self, item: Claimed) -> None:
+        calls = ItemCaller(self.batch.caller)
         try:
-            outcome = await self._run_item(item)
+            outcome = await self._run_item(item, calls)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a bug in a workflow fails the item, not the worker
             log.exception("item %s failed unexpectedly", item.id)
             outcome = self._failure(item, "worker_error", f"{type(exc).__name__}: {exc}", retryable=True)
+        outcome.records = calls.take()  # billed with the outcome, in the transaction that settles it
         self._outcomes.append(outcome)
         if len(self._outcomes) >= self.cfg.claim_batch:
             self._flush_now.set()
 
-    async def _run_item(self, item: Claimed) -> Outcome:
+    async def _run_item(self, item: Claimed, calls: ItemCaller) -> Outcome:
         job = await self.batch.job_info(item.job_id)
         if job is None:
             return self._failure(item, "job_not_found", "The item's job no longer exists.", retryable=False)
-        if item.attempts > self.cfg.max_attempts:
+        if item.lease_losses > self.cfg.max_lease_losses:
             return self._failure(item, "lease_expired",
-                                 f"The item was claimed {item.attempts - 1} times without finishing.",
-                                 retryable=False, status="dead")
-        ctx = StepContext(job.workflow, orjson.loads(item.payload), job.params, job.team_id, self.batch.caller,
+                                 f"The item's lease expired {item.lease_losses} times: each worker that took it "
+                                 "died or stalled before finishing it.", retryable=False, status="dead")
+        ctx = StepContext(job.workflow, orjson.loads(item.payload), job.params, job.team_id, calls,
                           job.default_model, seed=job.params.get("seed"))
         checkpoint = None
         if len(job.workflow.levels) > 1:  # keep finished steps, so that a crash or retry does not redo them
@@ -126,7 +128,13 @@ class Worker:
                 ctx.results.update(await self._kept(item))
 
             async def checkpoint(names: list[str]) -> None:
-                await self.batch.queue.checkpoint(item, self._rows(item, job, {n: ctx.results[n] for n in names}))
+                records = calls.take()  # the finished steps' calls are billed with them
+                try:
+                    await self.batch.queue.checkpoint(item, self._rows(item, job, {n: ctx.results[n] for n in names}),
+                                                      records)
+                except BaseException:
+                    calls.records[:0] = records  # not written: they go with the item's outcome
+                    raise
         try:
             results = await run_workflow(ctx, checkpoint)
         except ItemFailed as exc:
@@ -150,10 +158,10 @@ class Worker:
                  status: str | None = None) -> Outcome:
         error = {"code": code, "message": message}
         if status is None:
-            status = "failed" if not retryable else ("retry" if item.attempts < self.cfg.max_attempts else "dead")
+            status = "failed" if not retryable else ("retry" if item.tries < self.cfg.max_attempts else "dead")
         retry_at = None
         if status == "retry":
-            delay = min(self.cfg.backoff_base * 2 ** (item.attempts - 1), self.cfg.backoff_max)
+            delay = min(self.cfg.backoff_base * 2 ** (item.tries - 1), self.cfg.backoff_max)
             retry_at = time.time() + delay
         return Outcome(item, status, error=error, retry_at=retry_at)
 

@@ -191,8 +191,13 @@ class InferenceService:
         self.finish(ctx, failure)
         return failure
 
-    def finish(self, ctx: RequestContext, error: APIError | None = None) -> None:
-        """Record a finished request: metrics, the guard's settlement, and its record (billed if the guard says so)."""
+    def finish(self, ctx: RequestContext, error: APIError | None = None,
+               into: list[dict[str, Any]] | None = None) -> None:
+        """Record a finished request: metrics, the guard's settlement, and its record (billed if the guard says so).
+
+        The record goes to the batched writer, or into ``into`` when the caller writes it itself: a batch
+        worker commits it with the item's result, in one transaction (exactly-once billing).
+        """
         if error is not None:
             ctx.status = error.status_code
             ctx.error = error.message
@@ -217,10 +222,10 @@ class InferenceService:
         except Exception:  # noqa: BLE001 - settlement must never fail a served request
             log.exception("settling the request failed")
             cost = None
-        if self.records is not None:
+        if self.records is not None or into is not None:
             now = datetime.now(timezone.utc)
             billed = ctx.principal if cost is not None else None
-            self.records.add({
+            row = {
                 "id": new_id(),
                 "request_id": ctx.request_id,
                 "created_at": now,
@@ -240,7 +245,11 @@ class InferenceService:
                 "key_id": billed.key_id if billed else None,
                 "cost_usd": cost,
                 "day": now.date() if billed else None,
-            })
+            }
+            if into is not None:
+                into.append(row)
+            elif self.records is not None:
+                self.records.add(row)
 
 
 def _json_response(result: Body, ctx: RequestContext) -> Response:

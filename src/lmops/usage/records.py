@@ -10,8 +10,9 @@ work that billing adds to every request.
 from __future__ import annotations
 
 from datetime import date, datetime
+from typing import cast
 
-from sqlalchemy import Boolean, Date, DateTime, Float, Index, Integer, String, Text, text
+from sqlalchemy import Boolean, Date, DateTime, Float, Index, Integer, String, Table, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from lmops.store.base import Base
@@ -54,3 +55,6 @@ class RequestRecord(Base):
         Index("ix_request_records_key_id_created_at", "key_id", "created_at", sqlite_where=KEYED,
               postgresql_where=KEYED),
     )
+
+
+RECORDS = cast(Table, RequestRecord.__table__)  # for Core statements (an ORM class's table is typed as FromClause)

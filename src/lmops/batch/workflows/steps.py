@@ -18,7 +18,7 @@ import jsonschema
 import orjson
 from jinja2 import Environment, StrictUndefined, Template, TemplateError
 
-from lmops.batch.calls import ENDPOINTS, CallFailed, ModelCaller, validate_request
+from lmops.batch.calls import ENDPOINTS, CallFailed, Caller, validate_request
 from lmops.protocol.errors import APIError
 
 
@@ -33,7 +33,7 @@ class StepEnv(Protocol):
     record: Any
     params: dict[str, Any]
     team_id: str
-    caller: ModelCaller
+    caller: Caller
     default_model: str | None
     seed: int | None
 

@@ -12,7 +12,7 @@ from lmops.batch.workflows.definition import digest
 from lmops.batch.workflows.steps import Step, StepFailed, StepOutput
 
 if TYPE_CHECKING:
-    from lmops.batch.calls import ModelCaller
+    from lmops.batch.calls import Caller
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class StepContext:
     record: Any
     params: dict[str, Any]
     team_id: str
-    caller: "ModelCaller"
+    caller: "Caller"
     default_model: str | None
     seed: int | None = None
     results: dict[str, StepOutput] = field(default_factory=dict)
