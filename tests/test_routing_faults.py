@@ -64,12 +64,19 @@ def test_stream_chunks_are_not_buffered(serve, settings_factory):
 
 
 def test_replica_down_gives_503_envelope(serve, settings_factory):
+    """Failed requests keep a model's last replica in the pool (each is a bad gateway); once its health check
+    has failed too, the model has no healthy replica: 503 (the cooldown outlasts the test)."""
     dead = f"http://127.0.0.1:{free_port()}/v1"
-    _, client = gateway(serve, settings_factory, [dead])
+    settings = settings_factory([{"name": "m", "engine": "openai", "upstream_model": "up", "replicas": [dead]}],
+                                health={"interval": 0.2, "timeout": 1.0, "failure_threshold": 1, "cooldown": 600})
+    srv = serve(create_app(settings))
+    client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="x", max_retries=0)
     with pytest.raises(openai.APIStatusError) as err:
         client.chat.completions.create(model="m", messages=MESSAGES)
-    # The first failure is reported as a bad gateway; once ejected the model has no healthy replica.
-    assert err.value.status_code in (502, 503)
+    assert err.value.status_code == 502
+    deadline = time.monotonic() + 5
+    while httpx.get(f"{srv.url}/ready").status_code != 503 and time.monotonic() < deadline:
+        time.sleep(0.05)
     with pytest.raises(openai.APIStatusError) as err2:
         client.chat.completions.create(model="m", messages=MESSAGES)
     assert err2.value.status_code == 503
@@ -98,8 +105,8 @@ def test_replica_answering_500_gives_502(serve, settings_factory):
 
 @pytest.mark.parametrize("fault", ["dead", "fail", "hang"])
 def test_two_replicas_one_bad_every_request_succeeds(serve, settings_factory, fault):
-    """The bad replica (listed first, so tried first) costs one failed try, retried on the good one; then it is
-    ejected and gets no more requests (the cooldown outlasts the test, so health checks do not bring it back)."""
+    """The bad replica (listed first, so tried first) costs one failed try, retried on the good one; then its
+    breaker is open and it gets no more requests (the cooldown outlasts the test, so no probe brings it back)."""
     good_srv = serve(FakeOpenAI())
     bad = None
     if fault == "dead":
@@ -221,7 +228,7 @@ def test_an_answer_that_parses_but_is_not_openai_is_a_502_not_a_500(serve, setti
     with pytest.raises(openai.APIStatusError) as err:
         client.chat.completions.create(model="m", messages=MESSAGES)
     assert err.value.status_code == 502 and problem in err.value.message
-    srv, _ = gateway(serve, settings_factory, [f"{up.url}/v1"])  # a fresh one: the first ejected its replica
+    srv, _ = gateway(serve, settings_factory, [f"{up.url}/v1"])
     stream = httpx.post(f"{srv.url}/v1/chat/completions", timeout=10,
                         json={"model": "m", "messages": MESSAGES, "stream": True})
     if answer == {}:  # as a stream event, an object without choices is let through (usage chunks have none)

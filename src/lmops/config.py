@@ -158,11 +158,22 @@ class ServerConfig(_Strict):
 
 
 class HealthConfig(_Strict):
+    """Each replica has a circuit breaker. Passive checks: ``failure_threshold`` request failures in a row (5xx,
+    connection errors, timeouts), all within ``failure_window`` seconds, open it: the replica is out of the pool
+    for ``cooldown`` seconds. Then it is half-open: exactly one probe goes through, the next request or active
+    check; success closes the breaker, failure opens it for another cooldown. Request failures never take out a
+    model's last replica in the pool (it stays in, logged and counted in ``lmops_replica_breaker_held_total``);
+    only active checks do. Active checks: every ``interval`` seconds each replica is probed (``GET /models``,
+    ``timeout`` seconds); ``failure_threshold`` failed probes in a row open the breaker."""
+
     interval: float = Field(default=5.0, gt=0, description="seconds between active checks")
-    failure_threshold: int = Field(default=1, ge=1, description="consecutive failures that eject a replica")
-    timeout: float = Field(default=2.0, gt=0)
-    cooldown: float = Field(default=5.0, ge=0,
-                            description="seconds an ejected replica stays out before checks may return it")
+    failure_threshold: int = Field(default=1, ge=1, description="failures in a row that open a replica's breaker "
+                                   "(request failures within failure_window; or failed active checks)")
+    failure_window: float = Field(default=60.0, gt=0, description="seconds: request failures further apart than "
+                                  "this from the latest one do not add up to failure_threshold")
+    timeout: float = Field(default=2.0, gt=0, description="seconds an active check may take")
+    cooldown: float = Field(default=5.0, ge=0, description="seconds an open breaker keeps the replica out; then "
+                            "one probe (a request or an active check) may close it")
 
 
 class UsageConfig(_Strict):

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from lmops.routing.router import Router
@@ -94,20 +94,24 @@ class _ReplicaCollector(Collector):
     def __init__(self, router: Router):
         self._router = router
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
         inflight = GaugeMetricFamily("lmops_replica_inflight_requests", "Requests in flight per replica",
                                      labels=["model", "replica"])
         queue = GaugeMetricFamily("lmops_replica_queue_depth", "Requests waiting inside the engine",
                                   labels=["model", "replica"])
         healthy = GaugeMetricFamily("lmops_replica_healthy", "1 when the replica is in the pool",
                                     labels=["model", "replica"])
+        held = CounterMetricFamily("lmops_replica_breaker_held", "Request failures that would have opened the "
+                                   "replica's breaker, kept in the pool as the model's last",
+                                   labels=["model", "replica"])
         for dep in self._router.deployments:
             for rep in dep.replicas:
                 labels = [dep.name, rep.endpoint]
                 inflight.add_metric(labels, rep.outstanding)
                 queue.add_metric(labels, rep.engine.queue_depth())
                 healthy.add_metric(labels, 1.0 if rep.healthy else 0.0)
-        yield from (inflight, queue, healthy)
+                held.add_metric(labels, rep.breaker.held)
+        yield from (inflight, queue, healthy, held)
 
 
 class _FunctionCollector(Collector):

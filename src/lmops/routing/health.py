@@ -1,4 +1,5 @@
-"""Active health checks: probe every replica periodically; ejected replicas return when healthy."""
+"""Active health checks: probe every replica periodically; a replica out of the pool returns when a check
+after its cooldown passes, and only failed checks take out a model's last replica (``replicas.Deployment``)."""
 
 from __future__ import annotations
 
@@ -31,22 +32,20 @@ class HealthChecker:
                 pass
 
     async def check_once(self) -> None:
-        replicas = [r for d in self._router.deployments for r in d.replicas]
-        results = await asyncio.gather(*(self._probe(r) for r in replicas))
+        """Probe every replica in the pool, and each open one whose cooldown is over (its half-open probe;
+        skipped while a request is that probe, or while it cools down)."""
         now = time.monotonic()
-        for replica, ok in zip(replicas, results, strict=True):
-            cooling = replica.ejected_at is not None and now - replica.ejected_at < self._config.cooldown
-            if ok and cooling:
-                continue
-            if ok:
-                if not replica.healthy:
-                    log.info("replica back in the pool", extra={"replica": replica.endpoint})
-                replica.record_success()
-            else:
-                was = replica.healthy
-                replica.record_failure(self._config.failure_threshold)
-                if was and not replica.healthy:
-                    log.warning("replica ejected by health check", extra={"replica": replica.endpoint})
+        todo = [(d, r, not r.healthy) for d in self._router.deployments for r in d.replicas
+                if r.healthy or r.breaker.try_probe(now)]
+        try:
+            results = await asyncio.gather(*(self._probe(r) for _, r, _ in todo))
+        except BaseException:
+            for _, r, probe in todo:
+                if probe:
+                    r.breaker.release()
+            raise
+        for (dep, replica, probe), ok in zip(todo, results, strict=True):
+            dep.checked(replica, ok, self._config, probe)
 
     async def _probe(self, replica: Replica) -> bool:
         try:

@@ -4,8 +4,9 @@ A failure is retried on another healthy replica while nothing has reached the cl
 for a plain call, any retryable engine error; for a stream, an error before its first chunk.
 A request whose connection broke after it was handed over (``EngineConnectionLost``) is not retryable:
 the replica may be generating its answer, and it is sent again nowhere.
-Each failure counts against the replica's health (passive checks); health.HealthChecker
-brings ejected replicas back (active checks).
+Each failure counts against the replica's breaker (passive checks; never enough to take out a model's last
+replica, see replicas.py); after its cooldown, one request or health check (health.HealthChecker) is the
+half-open probe that brings it back or keeps it out.
 """
 
 from __future__ import annotations
@@ -119,20 +120,25 @@ class Router:
             replica = dep.pick(tried)
             if replica is None:
                 break
+            probe = replica.breaker.probing  # picked as its breaker's half-open probe
             tried.add(id(replica))
             routed.replica, routed.attempts = replica.endpoint, routed.attempts + 1
             replica.outstanding += 1
             try:
                 result = await op(replica.engine, body)
             except EngineError as exc:
-                self._failed(replica, exc)
+                self._failed(dep, replica, exc, probe)
                 if not exc.retryable:
                     raise to_api_error(exc) from exc
                 last = exc
                 continue
+            except BaseException:
+                if probe:
+                    replica.breaker.release()
+                raise
             finally:
                 replica.outstanding -= 1
-            replica.record_success()
+            dep.succeeded(replica)
             return result
         raise _exhausted(dep, last)
 
@@ -145,6 +151,7 @@ class Router:
             replica = dep.pick(tried)
             if replica is None:
                 break
+            probe = replica.breaker.probing  # picked as its breaker's half-open probe
             tried.add(id(replica))
             routed.replica, routed.attempts = replica.endpoint, routed.attempts + 1
             replica.outstanding += 1
@@ -153,11 +160,11 @@ class Router:
                 first = await agen.__anext__()
             except StopAsyncIteration:
                 replica.outstanding -= 1
-                replica.record_success()
+                dep.succeeded(replica)
                 return _empty()
             except EngineError as exc:
                 replica.outstanding -= 1
-                self._failed(replica, exc)
+                self._failed(dep, replica, exc, probe)
                 await _aclose(agen)
                 if not exc.retryable:
                     raise to_api_error(exc) from exc
@@ -165,12 +172,17 @@ class Router:
                 continue
             except BaseException:
                 replica.outstanding -= 1
+                if probe:
+                    replica.breaker.release()
                 await _aclose(agen)
                 raise
-            return self._relay(replica, first, agen)
+            if probe:  # a first chunk is an answer: the probe passed
+                dep.succeeded(replica)
+            return self._relay(dep, replica, first, agen)
         raise _exhausted(dep, last)
 
-    async def _relay(self, replica: Replica, first: Chunks, agen: AsyncIterator[Chunks]) -> AsyncIterator[Chunks]:
+    async def _relay(self, dep: Deployment, replica: Replica, first: Chunks,
+                     agen: AsyncIterator[Chunks]) -> AsyncIterator[Chunks]:
         ended = False
         try:
             yield first
@@ -178,18 +190,20 @@ class Router:
                 yield chunk
             ended = True
         except EngineError as exc:
-            self._failed(replica, exc)
+            self._failed(dep, replica, exc, False)
             raise to_api_error(exc) from exc
         else:
-            replica.record_success()
+            dep.succeeded(replica)
         finally:
             replica.outstanding -= 1
             if not ended:  # a stream that ran to its end has nothing left to close
                 await _aclose(agen)
 
-    def _failed(self, replica: Replica, exc: EngineError) -> None:
+    def _failed(self, dep: Deployment, replica: Replica, exc: EngineError, probe: bool) -> None:
         if exc.retryable or isinstance(exc, EngineConnectionLost):  # a broken connection is the replica's fault too
-            replica.record_failure(self._health.failure_threshold)
+            dep.failed(replica, self._health, probe)
+        elif probe:  # a refusal of this request (4xx) says nothing of the replica's health
+            replica.breaker.release()
 
 
 async def _empty() -> AsyncIterator[Chunks]:
