@@ -354,6 +354,38 @@ async def test_a_stream_lasts_at_most_its_stream_timeout() -> None:
             assert 3 <= len(got) <= 6 and set(words(got)) == {"x"}
 
 
+async def test_a_stream_refused_with_a_trickled_error_body_is_cut_after_the_read_timeout() -> None:
+    refusal = response(b'{"error": {"message": "overloaded, ' + b"x" * 40 + b'"}}', status="500 Internal Server Error")
+
+    async def first(conn: Conn) -> None:
+        head, _, body = refusal.partition(b"\r\n\r\n")
+        await conn.write(head + b"\r\n\r\n")
+        await trickle(conn, body)
+
+    with ScriptedServer(numbered(first)) as server:
+        async with engine_for(server, timeout=1.0) as engine:
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(EngineTimeout):
+                await stream(engine)
+            assert 1.0 <= asyncio.get_running_loop().time() - started < 2.0
+
+
+async def test_what_trickles_after_done_holds_the_stream_end_at_most_a_second() -> None:
+    """After [DONE] the engine reads on to the end of the body to keep the connection, for at most a second: the
+    client does not wait for an upstream that trickles what follows; the connection is closed instead."""
+    async def first(conn: Conn) -> None:
+        await conn.write(STREAM_HEAD + chunk(event("a") + event(None) + DONE))
+        await trickle(conn, chunk(b"\n" * 40))
+
+    with ScriptedServer(numbered(first)) as server:
+        async with engine_for(server, timeout=1.0) as engine:
+            started = asyncio.get_running_loop().time()
+            assert words(await stream(engine)) == "a"
+            assert asyncio.get_running_loop().time() - started < 2.0
+            assert await content(engine) == "answer 1"
+        assert [r.connection for r in posts(server)] == [0, 1]  # the trickling connection was not kept
+
+
 def test_the_gateway_answers_a_trickling_upstream_with_a_504_and_counts_it_against_the_replica(
         serve, settings_factory) -> None:
     """Two models, each on a replica of its own (two paths of one server) that trickles: a plain request and a
