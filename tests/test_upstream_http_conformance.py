@@ -2,9 +2,10 @@
 servers do, against a server on a real socket that writes exact bytes (lmops.testing.scripted_http).
 
 Covered: interim 1xx answers (100 Continue, 103 Early Hints), chunked bodies with trailers, ``Connection: close``,
-a server closing mid-body, a slow body, a client that stops reading, a kept-alive connection the server closed,
-no automatic resend of a POST (on the same replica or another), and header values with CR/LF (refused when the
-configuration is loaded). Each test checks what the server really received, not only what the engine returned.
+a server closing mid-body, a slow body, an upstream trickling bytes (deadlines), a client that stops reading, a
+kept-alive connection the server closed, no automatic resend of a POST (on the same replica or another), and header
+values with CR/LF (refused when the configuration is loaded). Each test checks what the server really received, not
+only what the engine returned.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import gc
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -272,6 +274,148 @@ async def test_a_body_silent_for_longer_than_the_read_timeout_is_a_timeout() -> 
             with pytest.raises(EngineTimeout):
                 await content(engine)
             assert len(posts(server)) == 1  # the engine itself sends nothing twice
+
+
+# -- an upstream that trickles bytes ---------------------------------------------------------------------------------
+TRICKLE = 0.3  # seconds between two bytes: the upstream is never silent for the read timeout (1 s) of these tests
+
+
+async def trickle(conn: Conn, data: bytes) -> None:
+    """Write ``data`` one byte at a time, ``TRICKLE`` seconds apart, until it is written or the client has gone."""
+    for i in range(len(data)):
+        if conn.closed:
+            return
+        await conn.write(data[i:i + 1])
+        await asyncio.sleep(TRICKLE)
+
+
+async def trickled_answer(conn: Conn) -> None:
+    await trickle(conn, response(answer("trickled " * 20)))
+
+
+async def trickled_events(conn: Conn, whole: int = 0) -> None:
+    """A stream: ``whole`` events at once, then one trickled."""
+    await conn.write(STREAM_HEAD + b"".join(chunk(event("a")) for _ in range(whole)))
+    last = event("b")
+    await conn.write(b"%x\r\n" % len(last))  # a piece of the chunked body, its bytes to come
+    await trickle(conn, last)
+
+
+async def test_a_trickled_answer_is_cut_at_its_deadline() -> None:
+    """One byte every 0.3 s never trips the 1 s read timeout; the 1.5 s deadline of the whole answer ends it."""
+    with ScriptedServer(numbered(trickled_answer)) as server:
+        async with engine_for(server, timeout=1.0, answer_timeout=1.5) as engine:
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(EngineTimeout, match=r"did not send its whole answer within 1.5 s") as err:
+                await content(engine)
+            assert 1.5 <= asyncio.get_running_loop().time() - started < 2.5
+            assert err.value.status == 504
+            assert await content(engine) == "answer 1"  # the next request, on a new connection
+        assert len(posts(server)) == 2 and [r.connection for r in posts(server)] == [0, 1]
+
+
+async def test_a_stream_whose_event_trickles_is_cut_after_the_read_timeout() -> None:
+    """Bytes keep coming but no event completes: ``timeout`` counts from the last complete event."""
+    with ScriptedServer(numbered(lambda conn: trickled_events(conn, whole=1))) as server:
+        async with engine_for(server, timeout=1.0) as engine:
+            agen = engine.stream_chat_completion(CHAT)
+            assert words([await agen.__anext__()]) == "a"
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(EngineTimeout, match=r"sent no complete stream event in 1 s"):
+                await agen.__anext__()
+            assert 1.0 <= asyncio.get_running_loop().time() - started < 2.0
+
+
+async def test_a_stream_whose_headers_trickle_is_cut_after_the_read_timeout() -> None:
+    with ScriptedServer(numbered(lambda conn: trickle(conn, STREAM_HEAD))) as server:
+        async with engine_for(server, timeout=1.0) as engine:
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(EngineTimeout, match=r"did not send its answer's headers within 1 s"):
+                await stream(engine)
+            assert 1.0 <= asyncio.get_running_loop().time() - started < 2.0
+
+
+async def test_a_stream_lasts_at_most_its_stream_timeout() -> None:
+    """A complete event every 0.3 s, for ever: ``stream_timeout`` (1.5 s) ends it, after the events that came."""
+    async def endless(conn: Conn) -> None:
+        await conn.write(STREAM_HEAD)
+        while not conn.closed:
+            await conn.write(chunk(event("x")))
+            await asyncio.sleep(TRICKLE)
+
+    with ScriptedServer(numbered(endless)) as server:
+        async with engine_for(server, timeout=1.0, stream_timeout=1.5) as engine:
+            got: list[list[dict]] = []
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(EngineTimeout, match=r"did not send the whole stream within 1.5 s"):
+                async for batch in engine.stream_chat_completion(CHAT):
+                    got.append(batch)
+            assert 1.5 <= asyncio.get_running_loop().time() - started < 2.5
+            assert 3 <= len(got) <= 6 and set(words(got)) == {"x"}
+
+
+async def test_a_stream_refused_with_a_trickled_error_body_is_cut_after_the_read_timeout() -> None:
+    refusal = response(b'{"error": {"message": "overloaded, ' + b"x" * 40 + b'"}}', status="500 Internal Server Error")
+
+    async def first(conn: Conn) -> None:
+        head, _, body = refusal.partition(b"\r\n\r\n")
+        await conn.write(head + b"\r\n\r\n")
+        await trickle(conn, body)
+
+    with ScriptedServer(numbered(first)) as server:
+        async with engine_for(server, timeout=1.0) as engine:
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(EngineTimeout):
+                await stream(engine)
+            assert 1.0 <= asyncio.get_running_loop().time() - started < 2.0
+
+
+async def test_what_trickles_after_done_holds_the_stream_end_at_most_a_second() -> None:
+    """After [DONE] the engine reads on to the end of the body to keep the connection, for at most a second: the
+    client does not wait for an upstream that trickles what follows; the connection is closed instead."""
+    async def first(conn: Conn) -> None:
+        await conn.write(STREAM_HEAD + chunk(event("a") + event(None) + DONE))
+        await trickle(conn, chunk(b"\n" * 40))
+
+    with ScriptedServer(numbered(first)) as server:
+        async with engine_for(server, timeout=1.0) as engine:
+            started = asyncio.get_running_loop().time()
+            assert words(await stream(engine)) == "a"
+            assert asyncio.get_running_loop().time() - started < 2.0
+            assert await content(engine) == "answer 1"
+        assert [r.connection for r in posts(server)] == [0, 1]  # the trickling connection was not kept
+
+
+def test_the_gateway_answers_a_trickling_upstream_with_a_504_and_counts_it_against_the_replica(
+        serve, settings_factory) -> None:
+    """Two models, each on a replica of its own (two paths of one server) that trickles: a plain request and a
+    stream, each a 504 timeout envelope, and each replica ejected (failure_threshold 1) like after any timeout."""
+    async def script(request: Request, conn: Conn) -> None:
+        if request.method == "GET":
+            await conn.write(MODELS)
+        elif orjson.loads(request.body).get("stream"):
+            await trickled_events(conn)  # no event before the timeout: the stream fails before its first byte
+        else:
+            await trickled_answer(conn)
+
+    with ScriptedServer(script) as server:
+        model = {"engine": "openai", "upstream_model": "up", "timeout": 1.0, "answer_timeout": 1.5}
+        settings = settings_factory([{"name": "plain", "replicas": [f"{server.url}/a/v1"], **model},
+                                     {"name": "streamed", "replicas": [f"{server.url}/b/v1"], **model}],
+                                    health={"interval": 0.2, "timeout": 1.0, "failure_threshold": 1, "cooldown": 600})
+        srv = serve(create_app(settings))
+        for name, stream_it, message in [("plain", False, "did not send its whole answer within 1.5 s"),
+                                         ("streamed", True, "sent no complete stream event in 1 s")]:
+            t0 = time.monotonic()
+            resp = httpx.post(f"{srv.url}/v1/chat/completions", timeout=10,
+                              json={"model": name, "messages": MESSAGES, "stream": stream_it})
+            assert resp.status_code == 504, resp.text
+            error = resp.json()["error"]
+            assert error["type"] == "timeout_error" and message in error["message"]
+            assert time.monotonic() - t0 < 3.0
+        (a,), (b,) = (srv.server.config.app.state.core.router.deployment(m).replicas for m in ("plain", "streamed"))
+        assert not a.healthy and not b.healthy  # counted against each replica, as any timeout
+        assert len(posts(server)) == 2  # neither was sent again
 
 
 # -- a client that stops reading -------------------------------------------------------------------------------------

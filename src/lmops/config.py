@@ -84,7 +84,13 @@ class ModelConfig(_Strict):
                                    description="GGUF file (embedded) or model dir (sentence-transformers)")
     context_length: int = Field(default=2048, ge=16)
     defaults: SamplingDefaults = Field(default_factory=SamplingDefaults)
-    timeout: float = Field(default=60.0, gt=0, description="seconds per upstream attempt")
+    timeout: float = Field(default=60.0, gt=0, description="seconds the upstream may stay silent: until its answer's "
+                           "headers, between the bytes of an answer, between the events of a stream")
+    answer_timeout: float | None = Field(default=None, gt=0, description="seconds a non-streamed answer may take in "
+                                         "all, from sending the request to its last byte (default: 5 x timeout); "
+                                         "an upstream trickling bytes never trips timeout")
+    stream_timeout: float | None = Field(default=None, gt=0, description="seconds a stream may last in all "
+                                         "(default: no limit; timeout still ends a silent one)")
     connect_timeout: float = Field(default=3.0, gt=0)
     max_retries: int | None = Field(default=None, ge=0, description="other replicas to try; default all")
     queue_size: int = Field(default=16, ge=1, description="embedded: generations that may wait for the model "

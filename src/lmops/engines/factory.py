@@ -11,8 +11,9 @@ def build_engines(model: ModelConfig, settings: Settings) -> list[Engine]:
         from lmops.engines.openai_http import OpenAIHTTPEngine
 
         return [
-            OpenAIHTTPEngine(url, api_key=model.api_key(), timeout=model.timeout,
-                             connect_timeout=model.connect_timeout, health_timeout=settings.health.timeout)
+            OpenAIHTTPEngine(url, api_key=model.api_key(), timeout=model.timeout, answer_timeout=model.answer_timeout,
+                             stream_timeout=model.stream_timeout, connect_timeout=model.connect_timeout,
+                             health_timeout=settings.health.timeout)
             for url in model.replicas
         ]
     if model.engine is EngineKind.embedded:

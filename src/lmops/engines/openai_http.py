@@ -16,8 +16,14 @@ when the engine is built).
   again nowhere, neither on this replica nor on another: the upstream may have received the request and be
   generating (a second generation would be billed twice), and which of the two happened cannot be told apart.
   aiohttp itself resends only idempotent methods (``GET /models`` of a health check), never a POST.
-- A read timeout (``timeout`` seconds without a byte) and a 5xx answer stay what the router has always retried on
-  another replica before the first byte (docs/architecture.md, "Retry only before the first byte").
+- A timeout and a 5xx answer stay what the router has always retried on another replica before the first byte
+  (docs/architecture.md, "Retry only before the first byte").
+
+**Timeouts** (``EngineTimeout``, a 504). Silence: ``timeout`` seconds without a byte (aiohttp's read timeout). An
+upstream that trickles bytes (one a second, say) never trips that, so each kind of answer has a deadline too: a
+non-streamed answer must arrive whole within ``answer_timeout`` of sending; a stream's headers within ``timeout``,
+then a complete event at least every ``timeout`` seconds (bytes that never finish an event do not count), and the
+whole stream within ``stream_timeout`` if one is set.
 
 The pool keeps an idle connection ``KEEPALIVE`` seconds, less than common servers' own keep-alive timeouts
 (uvicorn's 5 s, behind vLLM and most Python engines), so that a server rarely closes a connection just as a request
@@ -26,8 +32,10 @@ goes out on it.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import ssl
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -49,7 +57,8 @@ from lmops.engines.base import (
 )
 
 KEEPALIVE = 4.0  # seconds an idle pooled connection is kept
-_DRAIN_LIMIT = 65536  # bytes read after [DONE] to reach the end of the body and keep the connection
+_DRAIN_LIMIT = 65536  # bytes read after [DONE] to reach the end of the body and keep the connection ...
+_DRAIN_SECONDS = 1.0  # ... for at most this long (the client waits for it), else the connection is closed
 
 
 class OpenAIHTTPEngine(Engine):
@@ -61,14 +70,18 @@ class OpenAIHTTPEngine(Engine):
         *,
         api_key: str | None = None,
         timeout: float = 60.0,
+        answer_timeout: float | None = None,
+        stream_timeout: float | None = None,
         connect_timeout: float = 3.0,
         health_timeout: float = 2.0,
         max_connections: int = 1000,
         proxy: str | bool = True,
         ssl_context: ssl.SSLContext | None = None,
     ):
-        """``timeout``: seconds without a byte from the upstream (and to wait for a free connection of the pool);
-        ``connect_timeout``: to open a connection. ``proxy``: True to take it from the environment, False for none,
+        """``timeout``: seconds without a byte from the upstream (and to wait for a free connection of the pool), or
+        without a complete event in a stream; ``answer_timeout``: for a whole non-streamed answer (default: 5 x
+        ``timeout``); ``stream_timeout``: for a whole stream (default: none); ``connect_timeout``: to open a
+        connection. ``proxy``: True to take it from the environment, False for none,
         or an http:// proxy URL (used whatever ``NO_PROXY`` says). ``ssl_context``: for https:// upstreams,
         instead of the system's default verification. ValueError for an unusable URL, proxy or api key."""
         self.endpoint = base_url.rstrip("/")
@@ -83,8 +96,11 @@ class OpenAIHTTPEngine(Engine):
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._proxy = proxies.select(proxy, self.endpoint)
         self._via = f" through the proxy {urlsplit(self._proxy).hostname}" if self._proxy else ""
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_connect=connect_timeout,
-                                              sock_read=timeout)
+        self._silence = timeout
+        self._timeout = aiohttp.ClientTimeout(total=answer_timeout or 5 * timeout, connect=timeout,
+                                              sock_connect=connect_timeout, sock_read=timeout)
+        self._stream_timeout = aiohttp.ClientTimeout(total=stream_timeout, connect=timeout,
+                                                     sock_connect=connect_timeout, sock_read=timeout)
         self._health_timeout = aiohttp.ClientTimeout(total=health_timeout)
         self._max_connections = max_connections
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
@@ -133,19 +149,23 @@ class OpenAIHTTPEngine(Engine):
     async def embeddings(self, body: Body) -> Body:
         return await self._post("/embeddings", body, "data")
 
-    async def _send(self, path: str, body: Body) -> aiohttp.ClientResponse:
+    async def _send(self, path: str, body: Body, limit: _Deadline) -> aiohttp.ClientResponse:
         """POST ``body``; the response once its headers are in (interim 1xx answers skipped)."""
         session = self._session
         if session is None:
             raise RuntimeError(f"the engine for {self.endpoint} was not started")
         try:
-            return await session.post(self._urls[path], data=orjson.dumps(body), proxy=self._proxy)
+            return await session.post(self._urls[path], data=orjson.dumps(body), proxy=self._proxy,
+                                      timeout=limit.timeout)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise self._failure(exc, "") from exc
+            raise self._failure(exc, "", limit) from exc
 
-    def _failure(self, exc: aiohttp.ClientError | TimeoutError, when: str) -> EngineError:
+    def _failure(self, exc: aiohttp.ClientError | TimeoutError, when: str, limit: _Deadline) -> EngineError:
         """The EngineError for an aiohttp failure (see the module's docstring)."""
-        if isinstance(exc, TimeoutError):  # connect, pool or read timeout
+        if isinstance(exc, TimeoutError):  # connect, pool, read or total timeout
+            if limit.passed():
+                return EngineTimeout(f"{self.endpoint}{self._via} did not send {limit.what} within "
+                                     f"{limit.seconds:g} s", status=504)
             return EngineTimeout(f"{self.endpoint}{self._via} timed out{when}", status=504)
         if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ClientHttpProxyError)):  # nothing was sent
             return EngineUnavailable(f"{self.endpoint} unreachable{self._via}: {exc}")
@@ -154,11 +174,12 @@ class OpenAIHTTPEngine(Engine):
                                     f"({type(exc).__name__}: {exc}); the request is not sent again")
 
     async def _post(self, path: str, body: Body, items: str) -> Body:
-        resp = await self._send(path, body)
+        limit = _Deadline(self._timeout, "its whole answer")
+        resp = await self._send(path, body, limit)
         try:
             content = await resp.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise self._failure(exc, " while answering") from exc
+            raise self._failure(exc, " while answering", limit) from exc
         finally:
             resp.release()
         if resp.status >= 400:
@@ -176,14 +197,28 @@ class OpenAIHTTPEngine(Engine):
         body = dict(body)
         body["stream"] = True
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        resp = await self._send(path, body)
+        limit = _Deadline(self._stream_timeout, "the whole stream")
+        try:
+            async with asyncio.timeout(self._silence):  # the headers, even trickled
+                resp = await self._send(path, body, limit)
+        except TimeoutError as exc:
+            raise EngineTimeout(f"{self.endpoint}{self._via} did not send its answer's headers within "
+                                f"{self._silence:g} s", status=504) from exc
         try:
             if resp.status >= 400:
-                raise _status_error(self.endpoint, resp.status, await resp.read())
+                async with asyncio.timeout(self._silence):  # an error body, even trickled
+                    raise _status_error(self.endpoint, resp.status, await resp.read())
             content = resp.content
             pending = b""
+            last_event = time.monotonic()
             while piece := await content.readany():  # what arrived since the last read (b"" at the end)
                 events, pending = _sse_data(pending + piece)
+                now = time.monotonic()
+                if events:
+                    last_event = now
+                elif now - last_event > self._silence:  # bytes trickle in, no event is ever complete
+                    raise EngineTimeout(f"{self.endpoint}{self._via} sent no complete stream event in "
+                                        f"{self._silence:g} s", status=504)
                 chunks: Chunks = []  # the events of one read travel on together
                 for data in events:
                     if data == b"[DONE]":
@@ -201,7 +236,7 @@ class OpenAIHTTPEngine(Engine):
                     yield chunks
             raise EngineError(f"{self.endpoint} ended the stream without [DONE]")
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise self._failure(exc, " mid-stream") from exc
+            raise self._failure(exc, " mid-stream", limit) from exc
         finally:
             resp.release()  # back to the pool only when the body was read to its end; else the connection closes
 
@@ -220,12 +255,28 @@ class OpenAIHTTPEngine(Engine):
         return chunk
 
 
+class _Deadline:
+    """The total time one request has (aiohttp's ``total``), to tell its expiry from the other timeouts."""
+
+    __slots__ = ("timeout", "what", "started")
+
+    def __init__(self, timeout: aiohttp.ClientTimeout, what: str):
+        self.timeout, self.what, self.started = timeout, what, time.monotonic()
+
+    @property
+    def seconds(self) -> float:
+        return self.timeout.total or math.inf
+
+    def passed(self) -> bool:
+        return time.monotonic() - self.started >= self.seconds - 0.01
+
+
 async def _drain(content: aiohttp.StreamReader) -> None:
-    """Read what follows [DONE] (usually only the end of the chunked body), up to a limit."""
-    left = _DRAIN_LIMIT
+    """Read what follows [DONE] (usually only the end of the chunked body), up to a limit of bytes and time."""
+    left, until = _DRAIN_LIMIT, time.monotonic() + _DRAIN_SECONDS
     while left > 0 and not content.at_eof():
         piece = await content.readany()
-        if not piece:
+        if not piece or time.monotonic() > until:
             return
         left -= len(piece)
 

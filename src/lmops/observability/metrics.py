@@ -31,6 +31,10 @@ class Metrics:
         self.unflushed_rows = Gauge("lmops_usage_unflushed_rows",
                                     "Request records (usage rows) in memory, not yet committed: what a kill -9 "
                                     "of this process would lose", registry=r)
+        self.usage_implausible = Counter("lmops_usage_implausible",
+                                         "Answers whose engine reported token counts that cannot be right (more "
+                                         "completion tokens than max_tokens allows, negative or not whole numbers): "
+                                         "billed clamped", ["model", "replica", "reason"], registry=r)
         self._series: dict[tuple[str, str, int], _RequestSeries] = {}
 
     def watch_router(self, router: Router) -> None:

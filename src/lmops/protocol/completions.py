@@ -54,7 +54,10 @@ class CompletionRequest(SamplingParams):
         return v
 
     def choices(self) -> int:
-        return self.n * len(prompts_of(self.prompt))
+        """Choices generated: ``n``, or ``best_of`` candidates (passed upstream as sent) when more, per prompt."""
+        best_of = (self.model_extra or {}).get("best_of")
+        per_prompt = max(self.n, best_of) if type(best_of) is int else self.n
+        return per_prompt * len(prompts_of(self.prompt))
 
     def token_limit(self) -> int | None:
         return self.max_tokens

@@ -32,6 +32,7 @@ from lmops.routing.router import Routed, Router, Target
 from lmops.serving.context import Guard, RequestContext
 from lmops.serving.disconnect import ClientGone, unless_disconnected
 from lmops.serving.sse import EventStreamResponse
+from lmops.serving.usage_check import plausible_usage
 from lmops.usage.batch_writer import BatchWriter
 
 log = logging.getLogger("lmops.serving")
@@ -68,8 +69,7 @@ class InferenceService:
             finally:
                 ctx.replica = routed.replica
             result["model"] = req.model
-            usage = result.get("usage") or {}
-            ctx.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            plausible_usage(ctx, result.get("usage"), self.metrics)
         except APIError as exc:
             self._failed(ctx, exc)
             raise
@@ -102,9 +102,7 @@ class InferenceService:
                 ctx.replica = routed.replica
             if not req.stream:
                 result["model"] = req.model
-                usage = result.get("usage") or {}
-                ctx.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-                ctx.completion_tokens = int(usage.get("completion_tokens") or 0)
+                plausible_usage(ctx, result.get("usage"), self.metrics)
         except APIError as exc:
             self._failed(ctx, exc)
             raise
@@ -137,8 +135,7 @@ class InferenceService:
                 for chunk in chunks:
                     usage = chunk.get("usage")
                     if usage:
-                        ctx.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-                        ctx.completion_tokens = int(usage.get("completion_tokens") or 0)
+                        plausible_usage(ctx, usage, self.metrics)
                         got_usage = True
                     choices = chunk.get("choices")
                     if choices:

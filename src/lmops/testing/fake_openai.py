@@ -7,7 +7,8 @@ tests simulate faults: ``fail`` (answer 500), ``hang`` (never answer), ``delay``
 before answering), ``chunk_delay`` (seconds between stream chunks). ``served`` names the
 models it serves, as a vLLM server started with ``--lora-modules name=path`` serves its base
 model and each adapter by name: any other model is a 404, as vLLM answers it. Answers echo the
-requested model; ``models_seen`` counts the model names requests asked for.
+requested model; ``models_seen`` counts the model names requests asked for. ``usage`` replaces the token counts
+answers report (an upstream that miscounts).
 
 Run: ``python -m lmops.testing.fake_openai --port 9000 [--fail|--hang|--delay S]``.
 """
@@ -39,6 +40,7 @@ class Behaviour:
     truncate_after: int | None = None  # end a stream after this many chunks, without [DONE]
     served: tuple[str, ...] | None = None  # the model names served (first: the base model); None: any
     answer: Any = None  # if set: the JSON every completion (or stream event) is, whatever its shape
+    usage: dict[str, Any] | None = None  # if set: the usage every completion reports (a stream: its usage chunk)
 
 
 class FakeOpenAI:
@@ -111,7 +113,8 @@ class FakeOpenAI:
             return
         # A completion's list of prompts gets n choices each, as vLLM answers it; all the same words here.
         n = (req.get("n") or 1) * (len(prompts_of(req["prompt"])) if "prompt" in req else 1)
-        usage = {"prompt_tokens": 7, "completion_tokens": n * len(words), "total_tokens": 7 + n * len(words)}
+        usage = b.usage or {"prompt_tokens": 7, "completion_tokens": n * len(words),
+                            "total_tokens": 7 + n * len(words)}
         rid, created = "cmpl-fake", int(time.time())
         if not req.get("stream"):
             text = "".join(words)
