@@ -136,3 +136,24 @@ async def test_a_stale_writer_bills_nothing_and_a_retry_bills_its_calls(batch_se
         assert sorted(r.request_id for r in await _records(svc)) == ["failed", "retried"]
     finally:
         await svc.stop()
+
+
+async def test_batch_calls_bill_no_more_than_max_tokens_allows(batch_settings, fake):
+    """An engine reporting more completion tokens than the request allowed is billed the most it could use."""
+    fake.engine.behaviour.usage = {"prompt_tokens": 7, "completion_tokens": 5000, "total_tokens": 5007}
+    svc = Services.build(batch_settings())
+    await svc.start()
+    try:
+        batch = svc.batch
+        lines = b"".join(orjson.dumps({"custom_id": f"r{i}", "url": "/v1/completions", "method": "POST",
+                                       "body": {"model": "fake", "prompt": ["a", "b"], "n": 2, "max_tokens": 16}})
+                         + b"\n" for i in range(2))
+        source = await batch.files.save_bytes("default", "batch", "in.jsonl", lines)
+        job = await batch.jobs.create(team_id="default", kind="batch", workflow="openai-batch",
+                                      input_file_id=source.id, endpoint="/v1/completions")
+        await _until_finished(svc, job.id)
+        assert [(r.prompt_tokens, r.completion_tokens) for r in await _records(svc)] == [(7, 16 * 2 * 2)] * 2
+        metric = svc.core.metrics.usage_implausible.labels("fake", f"{fake.url}/v1", "over_max_tokens")
+        assert metric._value.get() == 2
+    finally:
+        await svc.stop()

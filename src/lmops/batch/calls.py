@@ -22,12 +22,13 @@ from pydantic import BaseModel, ValidationError
 from lmops.ids import new_id
 from lmops.engines.base import Body, Engine
 from lmops.protocol.chat import ChatCompletionRequest
-from lmops.protocol.completions import CompletionRequest
+from lmops.protocol.completions import CompletionRequest, choices_in
 from lmops.protocol.embeddings import EmbeddingRequest
 from lmops.protocol.errors import APIError, NoHealthyReplica, Overloaded, RateLimited, from_validation_error
 from lmops.routing.router import Routed
 from lmops.serving.context import Principal, RequestContext
 from lmops.serving.inference import address, upstream_body
+from lmops.serving.usage_check import plausible_usage
 
 if TYPE_CHECKING:
     from lmops.core import Core
@@ -140,6 +141,7 @@ class ModelCaller:
             else:
                 wire = upstream_body(req, target)  # type: ignore[arg-type]
                 ctx.max_tokens = wire.get("max_completion_tokens") or wire.get("max_tokens")
+                ctx.choices = choices_in(wire)
         except APIError as exc:
             svc.inference.finish(ctx, exc, records)
             raise CallFailed(exc.code or "invalid_request", exc.message, retryable=False,
@@ -148,9 +150,7 @@ class ModelCaller:
             await self._admit(ctx, wire, records)
             result = await self._send(ctx, endpoint, model, wire, records)
         result["model"] = model
-        usage = result.get("usage") or {}
-        ctx.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        ctx.completion_tokens = int(usage.get("completion_tokens") or 0)
+        plausible_usage(ctx, result.get("usage"), svc.metrics)
         svc.inference.finish(ctx, None, records)
         return CallResult(result, ctx.request_id, ctx.prompt_tokens, ctx.completion_tokens, ctx.elapsed() * 1000.0)
 

@@ -18,6 +18,15 @@ def prompts_of(prompt: Any) -> list[Prompt]:
     return [prompt]
 
 
+def choices_in(body: dict[str, Any]) -> int:
+    """The choices a chat or completion request body (wire format) generates: ``n``, or ``best_of`` when more,
+    for each prompt (a chat has one); what ``CompletionRequest.choices`` counts, for a body not parsed again."""
+    n = body.get("n") or 1
+    best_of = body.get("best_of")
+    per_prompt = max(n, best_of) if type(best_of) is int else n
+    return per_prompt * (len(prompts_of(body["prompt"])) if "prompt" in body else 1)
+
+
 class CompletionRequest(SamplingParams):
     prompt: str | list[str] | list[NonNegativeInt] | list[list[NonNegativeInt]] = Field(
         ..., description="a prompt (text, or token ids), or a list of prompts: n choices for each, in order")
