@@ -1,8 +1,9 @@
 """A fast fake OpenAI-compatible upstream (follows the OpenAI API as of openai-python 1.x / vLLM 0.6+).
 
 It answers /v1/chat/completions, /v1/completions, /v1/embeddings and /v1/models with a
-fixed answer, streamed or not, exactly in the wire format a vLLM server uses, including the
-final usage chunk when ``stream_options.include_usage`` is set. Behaviour switches let
+fixed answer (a word a token, cut at ``max_tokens`` with finish_reason "length", as engines do), streamed or
+not, exactly in the wire format a vLLM server uses, including the final usage chunk when
+``stream_options.include_usage`` is set. Behaviour switches let
 tests simulate faults: ``fail`` (answer 500), ``hang`` (never answer), ``delay`` (seconds
 before answering), ``chunk_delay`` (seconds between stream chunks). ``served`` names the
 models it serves, as a vLLM server started with ``--lora-modules name=path`` serves its base
@@ -113,14 +114,18 @@ class FakeOpenAI:
             return
         # A completion's list of prompts gets n choices each, as vLLM answers it; all the same words here.
         n = (req.get("n") or 1) * (len(prompts_of(req["prompt"])) if "prompt" in req else 1)
+        limit = req.get("max_completion_tokens") or req.get("max_tokens")
+        finish = "stop"
+        if isinstance(limit, int) and 0 < limit < len(words):  # a word a token: cut at max_tokens, as engines do
+            words, finish = words[:limit], "length"
         usage = b.usage or {"prompt_tokens": 7, "completion_tokens": n * len(words),
                             "total_tokens": 7 + n * len(words)}
         rid, created = "cmpl-fake", int(time.time())
         if not req.get("stream"):
             text = "".join(words)
-            choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop",
+            choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
                        "logprobs": None} if chat else
-                      {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None})
+                      {"index": 0, "text": text, "finish_reason": finish, "logprobs": None})
             choices = [choice] if n == 1 else [{**choice, "index": i} for i in range(n)]
             await _json(send, 200, {"id": rid, "object": "chat.completion" if chat else "text_completion",
                                     "created": created, "model": model, "choices": choices, "usage": usage})
@@ -142,10 +147,10 @@ class FakeOpenAI:
                 if chat:
                     delta = {} if word is None else ({"role": "assistant", "content": word} if i == 0
                                                      else {"content": word})
-                    choice = {"index": 0, "delta": delta, "finish_reason": "stop" if word is None else None,
+                    choice = {"index": 0, "delta": delta, "finish_reason": finish if word is None else None,
                               "logprobs": None}
                 else:
-                    choice = {"index": 0, "text": word or "", "finish_reason": "stop" if word is None else None,
+                    choice = {"index": 0, "text": word or "", "finish_reason": finish if word is None else None,
                               "logprobs": None}
                 chunk = {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice]}
                 if include_usage:
