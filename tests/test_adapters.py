@@ -62,9 +62,9 @@ def test_streamed_chat_with_an_adapter(gw, fake):
 
 
 def test_completions_with_an_adapter_whose_upstream_name_is_its_own(gw, fake):
-    resp = gw.client.completions.create(model="qwen:chat-lora", prompt="Once", max_tokens=5)
+    resp = gw.client.completions.create(model="qwen:chat-lora", prompt="Once", max_tokens=16)
     assert resp.model == "qwen:chat-lora" and resp.choices[0].text == ANSWER
-    chunks = list(gw.client.completions.create(model="qwen:chat-lora", prompt="Once", max_tokens=5, stream=True))
+    chunks = list(gw.client.completions.create(model="qwen:chat-lora", prompt="Once", max_tokens=16, stream=True))
     assert {c.model for c in chunks} == {"qwen:chat-lora"}
     assert "".join(c.choices[0].text for c in chunks if c.choices) == ANSWER
     assert fake.models_seen == {"chat-lora": 2}

@@ -47,7 +47,7 @@ def test_cli_manages_principals_that_the_gateway_enforces(start_gateway, databas
     assert prefix in listed and key not in listed
 
     client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0)
-    assert client.chat.completions.create(model="fake", messages=CHAT, max_tokens=5).usage.completion_tokens == 10
+    assert client.chat.completions.create(model="fake", messages=CHAT, max_tokens=16).usage.completion_tokens == 10
     with pytest.raises(openai.PermissionDeniedError):
         client.chat.completions.create(model="other", messages=CHAT, max_tokens=5)
     ledger_rows(database_url, wait_for=2)

@@ -183,7 +183,7 @@ def test_a_retried_item_resumes_after_its_finished_steps(app_services, api, wait
         return outputs["title"].upper()
 
     app_services.batch.registry.register(Workflow("two-levels", (
-        LLMStep("title", prompt=Prompt("t1", "Title for {{ record.title }}"), params={"max_tokens": 8}),
+        LLMStep("title", prompt=Prompt("t1", "Title for {{ record.title }}"), params={"max_tokens": 16}),
         PythonStep("shout", fn=flaky, after=("title",)))))
     job = httpx.post(f"{api.url}/v1/enrichment/jobs",
                      json={"workflow": "two-levels", "records": list(products(5))}).json()
