@@ -27,6 +27,18 @@ class Upload:
     size: int = 0
 
 
+def upload_filename(raw: bytes) -> str:
+    """The file name a multipart part was sent with, as its client meant it.
+
+    Clients send the name's UTF-8 bytes as they are, and a double quote as ``%22`` (WHATWG HTML's form
+    encoding, which browsers and httpx, hence the ``openai`` client, follow): that one escape is decoded, so a
+    name with a quote comes back whole (a name that really holds ``%22`` is read as a quote too, as the HTML
+    standard implies). Other escapes (control characters) are left as sent. Only the last path segment is kept.
+    """
+    name = raw.decode("utf-8", "replace").replace("%22", '"')
+    return os.path.basename(name) or "upload"
+
+
 class _Receiver:
     """python-multipart callbacks that route each part: text fields to memory (bounded), the file to disk."""
 
@@ -68,7 +80,7 @@ class _Receiver:
         if b"filename" in options:
             if self._file is not None:
                 raise InvalidRequest("Send exactly one file per upload.", param="file")
-            self.upload.filename = os.path.basename(options[b"filename"].decode("utf-8", "replace")) or "upload"
+            self.upload.filename = upload_filename(options[b"filename"])
             self.upload.field_name = self._name
             self.upload.path = self.dest
             self._file = open(self.dest, "wb")  # noqa: SIM115 - closed in finish()
