@@ -11,7 +11,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from lmops.protocol.errors import InvalidRequest, PayloadTooLarge
+from lmops.protocol.errors import ClientClosed, InvalidRequest, PayloadTooLarge
 
 MAX_FIELD_BYTES = 64 * 1024
 
@@ -111,8 +111,8 @@ async def receive_multipart(request: Request, dest: Path, max_bytes: int) -> Upl
     """Parse the request body as multipart/form-data; the file part is written to ``dest``.
 
     Raises 413 as soon as the file grows past ``max_bytes`` (the whole body's size is bounded before, by
-    ``BodyLimitMiddleware``), 400 when the body is not multipart or is malformed. On any failure ``dest`` is
-    removed.
+    ``BodyLimitMiddleware``), 400 when the body is not multipart or is malformed, 499 when the client goes away
+    before the body is whole. On any failure ``dest`` is removed.
     """
     ctype, params = parse_options_header(request.headers.get("content-type"))
     if ctype != b"multipart/form-data" or b"boundary" not in params:
@@ -130,7 +130,7 @@ async def receive_multipart(request: Request, dest: Path, max_bytes: int) -> Upl
         receiver.close()
         dest.unlink(missing_ok=True)
         if isinstance(exc, ClientDisconnect):
-            raise InvalidRequest("The client disconnected during the upload.") from None
+            raise ClientClosed("The client disconnected during the upload.") from None
         if isinstance(exc, FormParserError):
             raise InvalidRequest(f"The multipart/form-data body is malformed: {exc}",
                                  code="invalid_multipart") from None
