@@ -28,7 +28,7 @@ from lmops.testing.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 README_VENV = "/opt/lmops"
-ADMIN_KEY = "lmops-prodinst-" + secrets.token_hex(8)  # the README's form at its minimum: 16 characters after
+ADMIN_KEY = "lmops-prodinst-" + secrets.token_hex(16)  # the README's form, 32 random characters after
 
 
 def _readme_block(after: str, language: str) -> str:
