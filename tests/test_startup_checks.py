@@ -100,6 +100,13 @@ def test_postgresql_without_a_secret_stops_lmops_serve_naming_both_ways(tmp_path
     assert "or $LMOPS_SECRET_FILE (access.secret_file) to a file holding them" in line
 
 
+def test_postgresql_without_a_secret_stops_lmops_worker(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "lmops", "worker", "--config", str(_config(tmp_path))],
+                         env=_env(LMOPS_DATABASE_URL=NOWHERE_PG), capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert "lmops: cannot start: on PostgreSQL the key-hashing secret must come from outside the database" in run.stderr
+
+
 def test_postgresql_with_a_missing_secret_file_stops_lmops_serve(tmp_path):
     missing = tmp_path / "nowhere" / "secret"
     err = _refused(tmp_path, LMOPS_DATABASE_URL=NOWHERE_PG, LMOPS_SECRET_FILE=str(missing))

@@ -147,11 +147,24 @@ def test_a_secret_file_holds_the_same_text_as_the_variable(tmp_path, monkeypatch
     assert secret_bytes(text) == text.encode() and secret_bytes("hex:" + "ab" * 16) == b"\xab" * 16
 
 
+def test_a_secret_file_named_on_sqlite_is_made_there(tmp_path):
+    secret_file = tmp_path / "etc" / "lmops-secret"
+    settings = sqlite_settings(tmp_path, secret_file=str(secret_file))
+    key = issue(settings)
+    assert private(secret_file) and not (tmp_path / "lmops.secret").exists()
+    assert verifies(settings, key)
+
+
 @pytest.mark.postgres
 def test_postgresql_takes_no_secret_from_the_database(pg_url, tmp_path):
     with pytest.raises(SecretError, match=r"set \$LMOPS_SECRET .* or \$LMOPS_SECRET_FILE \(access.secret_file\)"):
         issue(plain_settings(pg_url))
     assert database_secret(pg_url) is None  # none was generated there
+    refused = CliRunner().invoke(cli, ["teams", "list"], env={"LMOPS_DATABASE_URL": pg_url})
+    assert refused.exit_code == 1 and "Traceback" not in refused.output
+    (line,) = [x for x in refused.output.splitlines() if "LMOPS_SECRET" in x]  # one line, naming both ways
+    assert "on PostgreSQL the key-hashing secret must come from outside the database" in line
+    assert "$LMOPS_SECRET_FILE" in line
     with pytest.raises(SecretError, match="does not exist: on PostgreSQL lmops does not make one up"):
         issue(plain_settings(pg_url, secret_file=str(tmp_path / "missing")))
     (tmp_path / "secret").write_text(secrets.token_hex(32))

@@ -12,6 +12,7 @@ from typing import Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lmops.access.admin import AdminService, limits_dict
@@ -63,7 +64,7 @@ def _run(config: Optional[str], work: Callable[[AdminService, Any], Awaitable[T]
         Console(stderr=True).print(f"[red]{exc.message}[/]")
         raise typer.Exit(1) from None
     except SecretError as exc:
-        Console(stderr=True).print(f"[red]{exc}[/]", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[red]{escape(str(exc))}[/]", highlight=False)
         raise typer.Exit(1) from None
 
 
