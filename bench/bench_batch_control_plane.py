@@ -26,6 +26,7 @@ from lmops.batch.workflows import LLMStep, Prompt, Workflow
 from lmops.config import load_settings
 from lmops.services import Services
 from lmops.testing.instant_engine import use_instant_engines
+from lmops.testing.settings import secret_file_in
 
 ONE_STEP = Workflow("one-step", (LLMStep("title", prompt=Prompt("v1", "Title for: {{ record.name }}"),
                                          params={"max_tokens": 8}),))
@@ -53,6 +54,7 @@ async def run(args: argparse.Namespace, url: str, data: Path) -> dict:
     settings = load_settings(None, database_url=url,
                              models=[{"name": "instant", "engine": "openai", "replicas": ["http://127.0.0.1:9/v1"]}],
                              health={"interval": 3600},
+                             access={"secret_file": str(secret_file_in(data))},  # PostgreSQL needs one
                              batch={"data_dir": str(data), "worker_in_process": False,
                                     "concurrency": args.in_flight, "max_items_in_flight": args.in_flight,
                                     "claim_batch": args.claim, "ack_interval": 0.02, "poll_seconds": 0.02,

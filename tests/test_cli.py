@@ -17,7 +17,7 @@ from lmops.testing.fake_openai import FakeOpenAI
 from lmops.testing.server import free_port
 
 LMOPS = [sys.executable, "-m", "lmops"]
-ADMIN_KEY = "lmops-clitest1-0123456789abcdef0123456789"
+ADMIN_KEY = "lmops-clitest1-Xq7vR2pLk9TzW4mB8nYc3HsJ6dFg1AeU0oIiKu5"
 AUTH = {"authorization": f"Bearer {ADMIN_KEY}"}
 
 

@@ -28,7 +28,7 @@ from lmops.testing.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 README_VENV = "/opt/lmops"
-ADMIN_KEY = "lmops-prodinst-" + secrets.token_hex(8)  # the README's form at its minimum: 16 characters after
+ADMIN_KEY = "lmops-prodinst-" + secrets.token_hex(16)  # the README's form, 32 random characters after
 
 
 def _readme_block(after: str, language: str) -> str:
@@ -54,7 +54,7 @@ def test_the_readme_pip_install_builds_llama_cpp_as_the_makefile_does():
 def _env(**extra: str) -> dict[str, str]:
     """This environment less what points Python at the development tree or venv."""
     drop = ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "LMOPS_CONFIG", "LMOPS_ADMIN_KEY", "LMOPS_SECRET",
-            "LMOPS_ENGINE_CHECK_COMMAND")
+            "LMOPS_SECRET_FILE", "LMOPS_ENGINE_CHECK_COMMAND")
     return {**{k: v for k, v in os.environ.items() if k not in drop}, **extra}
 
 

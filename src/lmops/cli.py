@@ -158,6 +158,13 @@ def worker(
 
     settings = without_in_process_worker(_settings(config))
     configure_logging(settings.server.log_level, settings.server.log_json)
+    if settings.access.enabled:  # batch calls are admitted by access control, which needs the key-hashing secret
+        from lmops.access.secret import secret_problem
+
+        problem = secret_problem(settings)
+        if problem:
+            print(f"lmops: cannot start: {problem}", file=sys.stderr)
+            raise typer.Exit(1)
 
     async def work() -> int:
         async with running(settings, migrate=migrate) as svc:

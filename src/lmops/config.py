@@ -219,6 +219,8 @@ class AccessConfig(_Strict):
 
     enabled: bool = True
     secret_env: str = Field(default="LMOPS_SECRET", description="environment variable holding the key-hashing secret")
+    secret_file: str | None = Field(default=None, description="file holding the key-hashing secret (also "
+                                    "$LMOPS_SECRET_FILE); on SQLite default lmops.secret beside the database")
     admin_key_env: str = Field(default="LMOPS_ADMIN_KEY",
                                description="environment variable with the bootstrap admin key")
     bootstrap: bool = Field(default=True, description="create an admin key on an empty database at startup")

@@ -3,7 +3,8 @@ traceback from inside the app's startup (or a crash at the first request)."""
 
 from __future__ import annotations
 
-from lmops.access.service import admin_key_problem, secret_problem
+from lmops.access.secret import secret_problem
+from lmops.access.service import admin_key_problem
 from lmops.config import EngineKind, Settings
 from lmops.engines.llamacpp_check import EngineBuildBroken, ensure_engine_build_works
 

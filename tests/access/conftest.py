@@ -91,6 +91,8 @@ def start_gateway(serve, settings_factory, upstream, monkeypatch):
                                           {"name": "other", "engine": "openai", "replicas": [f"{srv_up.url}/v1"],
                                            "context_length": 512}])
         settings = settings_factory(models, access=access, **overrides)
+        if settings.access.secret_file:  # PostgreSQL: the CLI, run against the same database, reads it too
+            monkeypatch.setenv("LMOPS_SECRET_FILE", settings.access.secret_file)
         app = create_app(settings)
         return Gateway(serve(app), admin_key, app)
 

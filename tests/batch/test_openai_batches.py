@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+from email.message import Message
+from email.utils import collapse_rfc2231_value
 
 import httpx
 import openai
@@ -35,6 +37,31 @@ def test_files_upload_list_content_delete(client):
     assert client.files.delete(f.id).deleted is True
     with pytest.raises(openai.NotFoundError):
         client.files.retrieve(f.id)
+
+
+def download_name(content_disposition: str) -> str:
+    """The name a client saves a download under: ``filename*`` when the header has it (RFC 6266), read by the
+    standard library's RFC 2231 parser; the plain ``filename`` must be ASCII."""
+    header = Message()
+    header["content-disposition"] = content_disposition
+    params = header.get_params(header="content-disposition") or []
+    plain = [v for k, v in params if k == "filename" and isinstance(v, str)]
+    assert plain and plain[0].isascii() and plain[0].isprintable(), content_disposition
+    extended = [v for k, v in params if k == "filename" and isinstance(v, tuple)]
+    return collapse_rfc2231_value(extended[0]) if extended else plain[0]
+
+
+@pytest.mark.parametrize("name", ["数据.jsonl", "🚀 launch.jsonl", 'a "quoted"; name.jsonl', "plain.jsonl"])
+def test_file_names_of_any_script_round_trip(client, name):
+    data = jsonl([chat_line(1)])
+    f = client.files.create(file=(name, io.BytesIO(data)), purpose="batch")
+    assert f.filename == name
+    assert client.files.retrieve(f.id).filename == name
+    assert [x.filename for x in client.files.list().data if x.id == f.id] == [name]
+    download = client.files.with_raw_response.content(f.id)
+    assert download.http_response.status_code == 200
+    assert download.content == data
+    assert download_name(download.headers["content-disposition"]) == name
 
 
 def test_batch_runs_to_completed_with_openai_output_format(client):

@@ -7,14 +7,17 @@ import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lmops.access.admin import AdminService, limits_dict
 from lmops.access.rules import MAX_RATE, MAX_TOKENS_BUDGET, Limits
+from lmops.access.secret import SecretError
 from lmops.cli_support import ConfigOpt, load_settings_or_exit
 from lmops.protocol.errors import APIError
 
@@ -59,6 +62,9 @@ def _run(config: Optional[str], work: Callable[[AdminService, Any], Awaitable[T]
         return asyncio.run(go())
     except APIError as exc:
         Console(stderr=True).print(f"[red]{exc.message}[/]")
+        raise typer.Exit(1) from None
+    except SecretError as exc:
+        Console(stderr=True, soft_wrap=True).print(f"[red]{escape(str(exc))}[/]", highlight=False)
         raise typer.Exit(1) from None
 
 
@@ -137,6 +143,37 @@ def keys_revoke(key: str = typer.Argument(..., help="key id or prefix"), config:
     """Revoke a key (every replica refuses it within the key cache TTL)."""
     row = _run(config, lambda a, _: a.revoke_key(None, key))
     _show([row], ["id", "prefix", "revoked_at"])
+
+
+@keys_app.command("export-secret")
+def keys_export_secret(file: Path = typer.Argument(..., help="the secret file to create (mode 0600)"),
+                       config: Optional[str] = ConfigOpt) -> None:
+    """Write the key-hashing secret an earlier lmops kept in the database to FILE, to read it from there
+    ($LMOPS_SECRET_FILE): the keys stored under it keep working, and a copy of the database no longer holds it."""
+    from lmops.access.secret import write_secret_file
+    from lmops.access.store import AccessStore
+    from lmops.store.database import create_engine
+
+    settings = load_settings_or_exit(config)
+
+    async def read() -> bytes | None:
+        db = create_engine(settings.database_url)
+        try:
+            return await AccessStore(db).legacy_secret()
+        finally:
+            await db.dispose()
+
+    err = Console(stderr=True, highlight=False, soft_wrap=True)  # a path cut in two cannot be copied
+    legacy = asyncio.run(read())
+    if legacy is None:
+        err.print("[red]The database holds no key-hashing secret (table server_secrets): nothing to export.[/]")
+        raise typer.Exit(1)
+    if not write_secret_file(file, f"hex:{legacy.hex()}"):
+        err.print(f"[red]{file} exists already: name a new file.[/]")
+        raise typer.Exit(1)
+    err.print(f"Wrote the key-hashing secret to {file} (mode 0600). Give it to every replica and set "
+              f"LMOPS_SECRET_FILE={file} (or LMOPS_SECRET to its content); the first start that reads it there "
+              "deletes the database's copy.")
 
 
 # -- limits ----------------------------------------------------------------------------------

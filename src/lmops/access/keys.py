@@ -64,6 +64,45 @@ def key_format_problem(text: str) -> str | None:
     return f"a key must look like {KEY_FORMAT}, e.g. {KEY_TAG}-abcd2345-{'x' * SECRET_MIN_LENGTH}"
 
 
+GIVEN_KEY_MIN_SECRET = 32  # characters after the prefix of a key given from outside (the bootstrap admin key)
+GIVEN_KEY_MIN_DISTINCT = 8
+
+
+def weak_key_problem(text: str) -> str | None:
+    """Why a well-formed key given from outside (``$LMOPS_ADMIN_KEY``) is too easy to guess, or None.
+
+    Keys lmops makes have 43 random characters after the prefix; a key a person chose is checked for what
+    makes it guessable: too short, few different characters, runs (``aaaa``, ``1234``) or a repeated pattern.
+    Random keys (``secrets.token_urlsafe(32)``, even ``token_hex(16)``) pass.
+    """
+    secret = text.split("-", 2)[2]
+    if len(secret) < GIVEN_KEY_MIN_SECRET:
+        return (f"it has {len(secret)} characters after the prefix; an admin key needs at least "
+                f"{GIVEN_KEY_MIN_SECRET} random ones")
+    if len(set(secret)) < GIVEN_KEY_MIN_DISTINCT:
+        return (f"its part after the prefix uses {len(set(secret))} different characters (at least "
+                f"{GIVEN_KEY_MIN_DISTINCT}): it is not random")
+    if _mostly_runs(secret) or _repeats(secret):
+        return "its part after the prefix is made of runs (aaaa, 1234) or a repeated pattern: it is not random"
+    return None
+
+
+def _mostly_runs(text: str) -> bool:
+    """More than half of the characters continue the step of the two before them (aaaa, 1234, zyxw)."""
+    steps = [ord(b) - ord(a) for a, b in zip(text, text[1:], strict=False)]
+    runs = sum(1 for a, b in zip(steps, steps[1:], strict=False) if a == b)
+    return runs * 2 > len(steps) - 1
+
+
+def _repeats(text: str) -> bool:
+    """Three quarters or more of the text repeats what stood ``p`` characters before, for some period ``p``."""
+    for period in range(1, len(text) // 2 + 1):
+        same = sum(1 for i in range(period, len(text)) if text[i] == text[i - period])
+        if same * 4 >= (len(text) - period) * 3:
+            return True
+    return False
+
+
 def key_prefix(text: str) -> str | None:
     """The visible prefix of a well-formed key, or None."""
     parts = text.split("-", 2)

@@ -14,9 +14,10 @@ from lmops.access.admin import AdminService
 from lmops.access.counters import Counters, MemoryCounters, RedisCounters
 from lmops.access.guard import AccessGuard
 from lmops.access.key_cache import KeyCache
-from lmops.access.keys import KeyHasher, key_format_problem
+from lmops.access.keys import KeyHasher, key_format_problem, weak_key_problem
 from lmops.access.plan import budget_keys, budget_ttl
 from lmops.access.rules import SCOPES
+from lmops.access.secret import load_secret
 from lmops.access.store import AccessStore, Conflict, KeyGrant
 from lmops.config import Settings
 from lmops.usage.pricing import PriceBook
@@ -24,23 +25,22 @@ from lmops.usage.pricing import PriceBook
 log = logging.getLogger("lmops.access")
 
 BOOTSTRAP_TEAM = "default"  # the team that OpenGuard also uses, so data made before access control stays reachable
-SECRET_MIN_LENGTH = 16
 
 
 def admin_key_problem(settings: Settings) -> str | None:
-    """What is wrong with the admin key given in the environment (``$LMOPS_ADMIN_KEY``), if anything."""
+    """What is wrong with the admin key given in the environment (``$LMOPS_ADMIN_KEY``), if anything: not an
+    lmops key, or one too easy to guess (it holds every right)."""
     env = settings.access.admin_key_env
     given = os.environ.get(env)
-    problem = key_format_problem(given) if given else None
-    return f"${env} is not a valid lmops key: {problem}" if problem else None
-
-
-def secret_problem(settings: Settings) -> str | None:
-    """What is wrong with the server secret given in the environment (``$LMOPS_SECRET``), if anything."""
-    env = settings.access.secret_env
-    value = os.environ.get(env)
-    if value and len(value) < SECRET_MIN_LENGTH:
-        return f"${env} must be at least {SECRET_MIN_LENGTH} characters long (it has {len(value)})"
+    if not given:
+        return None
+    problem = key_format_problem(given)
+    if problem:
+        return f"${env} is not a valid lmops key: {problem}"
+    weak = weak_key_problem(given)
+    if weak:
+        return (f"${env} is too weak for an admin key: {weak}. Make one with: python3 -c \"import secrets; "
+                "print('lmops-' + secrets.token_hex(4) + '-' + secrets.token_urlsafe(32))\"")
     return None
 
 
@@ -61,7 +61,7 @@ class AccessService:
 
     async def start(self, *, bootstrap: bool | None = None, announce: TextIO | None = None) -> None:
         serving = self.settings.access.bootstrap if bootstrap is None else bootstrap
-        hasher = KeyHasher(await self.load_secret(warn=serving))
+        hasher = KeyHasher(await load_secret(self.settings, self.store))
         self.guard.hasher = hasher
         self.admin = AdminService(self.store, hasher, self.cache)
         if serving:
@@ -102,25 +102,6 @@ class AccessService:
             # Printed, never logged: this is the only time the key is shown.
             out.write(f"lmops: created the admin API key (shown only once, store it now):\n  {text}\n")
         out.flush()
-
-    async def load_secret(self, *, warn: bool = True) -> bytes:
-        """The server secret: the HMAC key under which API keys are stored. From ``$LMOPS_SECRET`` (kept apart
-        from the database, a copy of the database alone cannot be used to test guessed keys), else generated
-        into the database on first use."""
-        env = self.settings.access.secret_env
-        problem = secret_problem(self.settings)
-        if problem:
-            raise ValueError(problem)
-        value = os.environ.get(env)
-        if value:
-            return value.encode()
-        if warn:
-            log.warning("$%s is not set: API keys are stored as HMACs under a secret generated into the database "
-                        "itself (table server_secrets), so a copy of the database is enough to test guessed keys "
-                        "offline. In production keep the secret apart from the data: set $%s to 16 or more random "
-                        "characters (python3 -c 'import secrets; print(secrets.token_hex(32))'), the same on every "
-                        "replica, before the first start: keys issued under another secret stop working", env, env)
-        return await self.store.server_secret()
 
     async def _load_grant(self, prefix: str) -> KeyGrant | None:
         """The key cache's loader: the grant, and budget counters seeded from the ledger when missing."""

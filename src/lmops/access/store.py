@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -58,22 +57,16 @@ class AccessStore:
     def __init__(self, db: AsyncEngine):
         self.db = db
 
-    # -- the server secret ---------------------------------------------------------------------
-    async def server_secret(self) -> bytes:
-        """The stored key-hashing secret, created on first use (for when none is set in the environment)."""
-        async with self.db.begin() as conn:
+    # -- the server secret of earlier versions (access/secret.py) ---------------------------------
+    async def legacy_secret(self) -> bytes | None:
+        """The key-hashing secret an earlier lmops generated into the database, if it is still there."""
+        async with self.db.connect() as conn:
             value = await conn.scalar(select(ServerSecret.value).where(ServerSecret.name == SECRET_NAME))
-        if value is None:
-            try:
-                async with self.db.begin() as conn:
-                    await conn.execute(insert(ServerSecret).values(name=SECRET_NAME, value=secrets.token_hex(32)))
-            except IntegrityError:
-                pass  # another process created it first
-            async with self.db.begin() as conn:
-                value = await conn.scalar(select(ServerSecret.value).where(ServerSecret.name == SECRET_NAME))
-            if value is None:
-                raise RuntimeError("the key-hashing secret could not be stored in the database")
-        return bytes.fromhex(value)
+        return bytes.fromhex(value) if value is not None else None
+
+    async def forget_legacy_secret(self) -> None:
+        async with self.db.begin() as conn:
+            await conn.execute(delete(ServerSecret).where(ServerSecret.name == SECRET_NAME))
 
     # -- the key cache's one query -------------------------------------------------------------
     async def grant(self, prefix: str) -> KeyGrant | None:

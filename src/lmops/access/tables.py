@@ -65,7 +65,7 @@ class LimitRule(Base):
 
 
 class ServerSecret(Base):
-    """The key-hashing secret, generated on first start when no secret is given in the environment."""
+    """The key-hashing secret earlier versions generated into the database; moved out since (access/secret.py)."""
 
     __tablename__ = "server_secrets"
 

@@ -8,17 +8,21 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
 
-from lmops.protocol.errors import InvalidRequest, from_validation_error
+from lmops.protocol.errors import ClientClosed, InvalidRequest, from_validation_error
 
 M = TypeVar("M", bound=BaseModel)
 
 
 async def read_body(request: Request) -> bytes:
-    """The whole body (its size is bounded by ``BodyLimitMiddleware``, which answers 413 beyond the limit)."""
+    """The whole body (its size is bounded by ``BodyLimitMiddleware``, which answers 413 beyond the limit).
+
+    A client that goes away before its body is whole (fewer bytes than its content-length, or a chunked body
+    cut short) is a 499, recorded and logged as the client's doing: there is nobody left to answer.
+    """
     try:
         return await request.body()
     except ClientDisconnect:
-        raise InvalidRequest("The client disconnected while sending the body.") from None
+        raise ClientClosed("The client disconnected while sending the body.") from None
 
 
 async def parse_json(request: Request, model: type[M]) -> M:

@@ -11,7 +11,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from lmops.protocol.errors import InvalidRequest, PayloadTooLarge
+from lmops.protocol.errors import ClientClosed, InvalidRequest, PayloadTooLarge
 
 MAX_FIELD_BYTES = 64 * 1024
 
@@ -25,6 +25,18 @@ class Upload:
     field_name: str | None = None
     path: Path | None = None
     size: int = 0
+
+
+def upload_filename(raw: bytes) -> str:
+    """The file name a multipart part was sent with, as its client meant it.
+
+    Clients send the name's UTF-8 bytes as they are, and a double quote as ``%22`` (WHATWG HTML's form
+    encoding, which browsers and httpx, hence the ``openai`` client, follow): that one escape is decoded, so a
+    name with a quote comes back whole (a name that really holds ``%22`` is read as a quote too, as the HTML
+    standard implies). Other escapes (control characters) are left as sent. Only the last path segment is kept.
+    """
+    name = raw.decode("utf-8", "replace").replace("%22", '"')
+    return os.path.basename(name) or "upload"
 
 
 class _Receiver:
@@ -68,7 +80,7 @@ class _Receiver:
         if b"filename" in options:
             if self._file is not None:
                 raise InvalidRequest("Send exactly one file per upload.", param="file")
-            self.upload.filename = os.path.basename(options[b"filename"].decode("utf-8", "replace")) or "upload"
+            self.upload.filename = upload_filename(options[b"filename"])
             self.upload.field_name = self._name
             self.upload.path = self.dest
             self._file = open(self.dest, "wb")  # noqa: SIM115 - closed in finish()
@@ -99,8 +111,8 @@ async def receive_multipart(request: Request, dest: Path, max_bytes: int) -> Upl
     """Parse the request body as multipart/form-data; the file part is written to ``dest``.
 
     Raises 413 as soon as the file grows past ``max_bytes`` (the whole body's size is bounded before, by
-    ``BodyLimitMiddleware``), 400 when the body is not multipart or is malformed. On any failure ``dest`` is
-    removed.
+    ``BodyLimitMiddleware``), 400 when the body is not multipart or is malformed, 499 when the client goes away
+    before the body is whole. On any failure ``dest`` is removed.
     """
     ctype, params = parse_options_header(request.headers.get("content-type"))
     if ctype != b"multipart/form-data" or b"boundary" not in params:
@@ -118,7 +130,7 @@ async def receive_multipart(request: Request, dest: Path, max_bytes: int) -> Upl
         receiver.close()
         dest.unlink(missing_ok=True)
         if isinstance(exc, ClientDisconnect):
-            raise InvalidRequest("The client disconnected during the upload.") from None
+            raise ClientClosed("The client disconnected during the upload.") from None
         if isinstance(exc, FormParserError):
             raise InvalidRequest(f"The multipart/form-data body is malformed: {exc}",
                                  code="invalid_multipart") from None

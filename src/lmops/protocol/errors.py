@@ -82,6 +82,17 @@ class Overloaded(RateLimited):
         super().__init__(message, headers={"Retry-After": str(max(1, round(retry_after)))})
 
 
+class ClientClosed(APIError):
+    """The client went away before its answer: nobody reads the response, but the request is recorded (and logged)
+    with nginx's 499 "client closed request", never as the server's failure."""
+
+    status_code = 499
+    error_type = "client_closed_request"
+
+    def __init__(self, message: str = "The client closed the connection before the stream ended.") -> None:
+        super().__init__(message)
+
+
 class UpstreamError(APIError):
     status_code = 502
     error_type = "upstream_error"

@@ -27,7 +27,7 @@ from lmops.protocol import responses as R
 from lmops.protocol.chat import ChatCompletionRequest
 from lmops.protocol.completions import CompletionRequest
 from lmops.protocol.embeddings import EmbeddingRequest
-from lmops.protocol.errors import APIError, InvalidRequest, UpstreamError
+from lmops.protocol.errors import APIError, ClientClosed, InvalidRequest, UpstreamError
 from lmops.routing.router import Routed, Router, Target
 from lmops.serving.context import Guard, RequestContext
 from lmops.serving.disconnect import ClientGone, unless_disconnected
@@ -107,7 +107,7 @@ class InferenceService:
             self._failed(ctx, exc)
             raise
         except ClientGone:
-            self.finish(ctx, _ClientClosed())
+            self.finish(ctx, ClientClosed())
             return Response(status_code=499)
         except Exception as exc:
             raise self._crashed(ctx) from exc
@@ -170,7 +170,7 @@ class InferenceService:
                 ctx.completion_tokens = max(ctx.completion_tokens, delivered)
             if not completed and failure is None:
                 ctx.extra["cancelled"] = True
-                failure = _ClientClosed()
+                failure = ClientClosed()
             self.finish(ctx, failure)
 
     # -- accounting ----------------------------------------------------------------------------
@@ -254,14 +254,6 @@ def _json_response(result: Body, ctx: RequestContext) -> Response:
     if ctx.rate_headers:
         response.raw_headers += ctx.rate_headers  # encoded once, by the guard
     return response
-
-
-class _ClientClosed(APIError):
-    status_code = 499
-    error_type = "client_closed_request"
-
-    def __init__(self) -> None:
-        super().__init__("The client closed the connection before the stream ended.")
 
 
 def _has_output(choice: Body) -> bool:

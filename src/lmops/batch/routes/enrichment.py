@@ -11,6 +11,7 @@ from starlette.responses import Response, StreamingResponse
 
 from lmops.api.bodies import parse_json
 from lmops.api.deps import json_response
+from lmops.api.downloads import attachment
 from lmops.api.openapi_bodies import request_body, schema_of, upload_form
 from lmops.batch import results
 from lmops.batch.service import BatchService
@@ -120,12 +121,12 @@ def enrichment_router(batch: BatchService) -> APIRouter:
         job = await batch.jobs.get(await _team(request), job_id, "enrichment")
         if format == "jsonl":
             return StreamingResponse(results.jsonl(batch.core.db, job.id), media_type="application/x-ndjson",
-                                     headers={"content-disposition": f'attachment; filename="{job.id}.jsonl"'})
+                                     headers={"content-disposition": attachment(f"{job.id}.jsonl")})
         if format == "csv":
             found = batch.registry.get(job.workflow, job.team_id)
             steps = found[0].step_names if found else []
             return StreamingResponse(results.csv_rows(batch.core.db, job.id, steps), media_type="text/csv",
-                                     headers={"content-disposition": f'attachment; filename="{job.id}.csv"'})
+                                     headers={"content-disposition": attachment(f"{job.id}.csv")})
         if format != "json":
             raise InvalidRequest("format must be json, jsonl or csv.", param="format")
         entries, more = await results.page(batch.core.db, job.id, after, max(1, min(limit, 1000)))

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
 from lmops.api.deps import json_response
+from lmops.api.downloads import attachment
 from lmops.api.openapi_bodies import request_body, upload_form
 from lmops.batch.files import UPLOAD_PURPOSES
 from lmops.batch.service import BatchService
@@ -46,7 +47,7 @@ def files_router(batch: BatchService) -> APIRouter:
         row = await store.get(await _team(request), file_id)
         return StreamingResponse(store.chunks(row), media_type="application/octet-stream",
                                  headers={"content-length": str(row.bytes),
-                                          "content-disposition": f'attachment; filename="{row.filename}"'})
+                                          "content-disposition": attachment(row.filename)})
 
     @router.delete("/files/{file_id}")
     async def delete_file(request: Request, file_id: str) -> Response:
