@@ -42,6 +42,8 @@ class Behaviour:
     served: tuple[str, ...] | None = None  # the model names served (first: the base model); None: any
     answer: Any = None  # if set: the JSON every completion (or stream event) is, whatever its shape
     usage: dict[str, Any] | None = None  # if set: the usage every completion reports (a stream: its usage chunk)
+    slots: int | None = None  # if set: at most this many requests are in their ``delay`` at once (an engine's
+    # batch is full: the rest wait for a slot), so that throughput is the engine's, whatever the callers do
 
 
 class FakeOpenAI:
@@ -52,6 +54,7 @@ class FakeOpenAI:
         self.requests = 0
         self.cancelled_streams = 0
         self.models_seen: Counter[str] = Counter()  # model names asked for (completions, embeddings)
+        self._slots: asyncio.Semaphore | None = None  # made on first use, on the server's event loop
 
     async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         if scope["type"] == "lifespan":
@@ -72,7 +75,12 @@ class FakeOpenAI:
         if b.hang:
             await asyncio.sleep(3600)
         if b.delay:
-            await asyncio.sleep(b.delay)
+            if b.slots:
+                self._slots = self._slots or asyncio.Semaphore(b.slots)
+                async with self._slots:
+                    await asyncio.sleep(b.delay)
+            else:
+                await asyncio.sleep(b.delay)
         if b.fail:
             await _json(send, 500, {"error": {"message": "fake upstream failure", "type": "server_error",
                                               "param": None, "code": None}})
