@@ -131,3 +131,17 @@ async def test_a_runaway_computation_is_killed_and_the_next_call_gets_a_fresh_wo
     finally:
         await tool.close()
     assert tool.worker.pid is None
+
+
+async def test_the_worker_gets_no_secrets(monkeypatch):
+    monkeypatch.setenv("OPENWEATHER_API_KEY", "secret-value")
+    tool = MathTool(MathToolConfig())
+    try:
+        await answer(tool, "evaluate", "1+1")
+        environ = Path(f"/proc/{tool.worker.pid}/environ")
+        if not environ.exists():
+            pytest.skip("no /proc here")
+        names = {item.split(b"=", 1)[0] for item in environ.read_bytes().split(b"\0") if item}
+        assert names <= {b"PATH", b"PYTHONPATH"}
+    finally:
+        await tool.close()

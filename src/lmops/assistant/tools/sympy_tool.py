@@ -116,9 +116,10 @@ class SympyWorker:
         if self._process is not None and self._process.returncode is None:
             return self._process
         self._process = None
-        env = dict(os.environ)
         package_root = str(Path(__file__).resolve().parents[3])  # the directory holding lmops/
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        # The worker gets no secrets: only what Python needs to find lmops and SymPy.
+        env = {"PATH": os.environ.get("PATH", ""),
+               "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
         process = await asyncio.create_subprocess_exec(
             *self._command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env)
         self.started += 1
