@@ -3,9 +3,9 @@ accepted only if every node is allowed. Plain Python, no SymPy: the gateway chec
 process computes it, and the worker process checks it again before it builds the SymPy objects.
 
 Allowed: integer and decimal numbers; the names x, y, z (symbols), pi, E (or e), I; + - * / and ** (``^`` means
-power too, as in maths: it is read as ``**``); unary + and -; calls of the functions in ``FUNCTIONS``, by name, with positional
-arguments. Everything else (attributes, subscripts, strings, comparisons, lambdas, keywords, any other name) is
-refused. Bounds: length, node count, nesting depth, and the size of powers of numbers: an exponent above
+power too, as in maths: it is read as ``**``); unary + and -; calls of the functions in ``FUNCTIONS``, by name,
+with positional arguments. Everything else (attributes, subscripts, strings, comparisons, lambdas, keywords, any
+other name) is refused. Bounds: length, node count, nesting depth, and the size of powers of numbers: an exponent above
 ``MAX_EXPONENT``, or a power of numbers with more than ``MAX_DIGITS`` digits, is refused before anything is
 computed (``9**9**9**9`` in microseconds).
 """
