@@ -289,6 +289,13 @@ class WikipediaToolConfig(_Strict):
     def _url(cls, v: str) -> str:
         return _tool_url(v)
 
+    @field_validator("api_path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/") or _breaks_header(v) or "?" in v:
+            raise ValueError(f"api_path is a path below base_url, starting with '/': {v!r}")
+        return v
+
 
 class MathToolConfig(_Strict):
     """The assistant's math tool: SymPy in a child process, on a restricted expression grammar."""

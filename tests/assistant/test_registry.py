@@ -139,6 +139,8 @@ def test_config_defaults_and_validation():
     assert (tools.math.timeout, tools.math.max_chars) == (5.0, 2000)
     with pytest.raises(ValueError, match="http:// or https://"):
         ToolsConfig.model_validate({"weather": {"base_url": "ftp://x"}})
+    with pytest.raises(ValueError, match="starting with '/'"):
+        ToolsConfig.model_validate({"wikipedia": {"api_path": "api.php"}})
     with pytest.raises(ValueError, match="Extra inputs are not permitted"):
         ToolsConfig.model_validate({"math": {"timeot": 1}})
 
