@@ -145,3 +145,15 @@ async def test_the_worker_gets_no_secrets(monkeypatch):
         assert names <= {b"PATH", b"PYTHONPATH"}
     finally:
         await tool.close()
+
+
+async def test_the_start_is_not_timed_and_concurrent_calls_take_turns():
+    import asyncio
+
+    tool = MathTool(MathToolConfig(timeout=0.2))  # importing SymPy takes longer than that
+    try:
+        answers = await asyncio.gather(*(answer(tool, "evaluate", f"{n}**2") for n in range(1, 6)))
+        assert answers == ["1", "4", "9", "16", "25"]
+        assert tool.worker.started == 1
+    finally:
+        await tool.close()
