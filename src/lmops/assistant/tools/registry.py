@@ -27,6 +27,9 @@ from lmops.assistant.tools.base import (
     openai_tools,
     validate_arguments,
 )
+from lmops.assistant.tools.sympy_tool import MathTool
+from lmops.assistant.tools.weather import WeatherTool
+from lmops.assistant.tools.wikipedia import WikipediaTool
 from lmops.config import ToolsConfig
 
 log = logging.getLogger("lmops.assistant")
@@ -40,10 +43,6 @@ class ToolRegistry:
     @classmethod
     def from_config(cls, config: ToolsConfig) -> "ToolRegistry":
         """The built-in tools that ``config`` enables, then those of installed plugins (if ``entry_points``)."""
-        from lmops.assistant.tools.sympy_tool import MathTool
-        from lmops.assistant.tools.weather import WeatherTool
-        from lmops.assistant.tools.wikipedia import WikipediaTool
-
         registry = cls()
         if config.weather.enabled:
             registry.register(WeatherTool(config.weather))

@@ -21,18 +21,18 @@ SOURCE = "OpenWeather"
 class WeatherTool(Tool):
     name = "weather"
     description = "Current weather (temperature, conditions, humidity, wind) in a city, from OpenWeather."
-    parameters: dict[str, Any] = {
-        "type": "object",
-        "properties": {
-            "city": {"type": "string", "minLength": 1, "maxLength": 100,
-                     "description": "the city, optionally with a country code: 'Paris' or 'Paris,FR'"},
-        },
-        "required": ["city"],
-        "additionalProperties": False,
-    }
 
     def __init__(self, config: WeatherToolConfig | None = None):
         self.config = config or WeatherToolConfig()
+        self.parameters: dict[str, Any] = {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "minLength": 1, "maxLength": 100,
+                         "description": "the city, optionally with a country code: 'Paris' or 'Paris,FR'"},
+            },
+            "required": ["city"],
+            "additionalProperties": False,
+        }
         self._client = JSONClient(SOURCE, self.config.base_url, self.config.timeout)
 
     async def run(self, args: dict[str, Any]) -> ToolResult:

@@ -21,18 +21,18 @@ class WikipediaTool(Tool):
     name = "wikipedia"
     description = ("Look a subject up in the encyclopedia (Wikipedia): the introduction of the best matching "
                    "article. For facts about people, places, things, history, science.")
-    parameters: dict[str, Any] = {
-        "type": "object",
-        "properties": {
-            "query": {"type": "string", "minLength": 1, "maxLength": 300,
-                      "description": "what to look up, e.g. 'Eiffel Tower'"},
-        },
-        "required": ["query"],
-        "additionalProperties": False,
-    }
 
     def __init__(self, config: WikipediaToolConfig | None = None):
         self.config = config or WikipediaToolConfig()
+        self.parameters: dict[str, Any] = {
+            "type": "object",
+            "properties": {
+                "query": {"type": "string", "minLength": 1, "maxLength": 300,
+                          "description": "what to look up, e.g. 'Eiffel Tower'"},
+            },
+            "required": ["query"],
+            "additionalProperties": False,
+        }
         self._client = JSONClient(self.config.name, self.config.base_url, self.config.timeout)
 
     async def run(self, args: dict[str, Any]) -> ToolResult:
