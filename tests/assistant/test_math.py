@@ -157,3 +157,44 @@ async def test_the_start_is_not_timed_and_concurrent_calls_take_turns():
         assert tool.worker.started == 1
     finally:
         await tool.close()
+
+
+def test_the_worker_ends_when_the_gateway_is_killed(tmp_path: Path):
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "gateway.py"
+    script.write_text(
+        "import asyncio\n"
+        "from lmops.assistant.tools.sympy_tool import MathTool\n"
+        "from lmops.config import MathToolConfig\n"
+        "async def main():\n"
+        "    tool = MathTool(MathToolConfig(timeout=600))\n"
+        "    await tool.run({'operation': 'evaluate', 'expression': '1'})\n"
+        "    print(tool.worker.pid, flush=True)\n"
+        "    await tool.run({'operation': 'simplify', 'expression': '(x+y+z+1)**40 - (x-y)**40'})\n"
+        "asyncio.run(main())\n")
+    gateway = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")})
+    try:
+        assert gateway.stdout is not None
+        worker = int(gateway.stdout.readline())
+        time.sleep(0.5)  # the worker is computing
+        gateway.send_signal(signal.SIGKILL)
+        gateway.wait(10)
+        deadline = time.monotonic() + 10
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(worker)
+    finally:
+        gateway.kill()
+        gateway.wait(10)
+
+
+def _alive(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "\nState:\tZ" not in status.read_text()
+    except FileNotFoundError:
+        return False

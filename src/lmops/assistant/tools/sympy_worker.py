@@ -5,7 +5,8 @@ expression again with the same grammar (``expression.parse``), builds the SymPy 
 ``sympify``, which evaluates text with ``eval``), refusing powers and factorials of numbers that would be too large
 once their operands are known, computes, and writes one JSON line: ``{"ok": true, "text": ...}`` or
 ``{"ok": false, "error": ..., "arguments": bool}``. It runs with its address space limited to ``--memory-mb``; the
-gateway kills it when a computation outlasts the tool's timeout and starts another.
+gateway kills it when a computation outlasts the tool's timeout and starts another; it ends itself when the
+gateway's process ends.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import sys
+import threading
+import time
 from typing import Any
 
 from lmops.assistant.tools.expression import (
@@ -38,6 +42,7 @@ def main() -> None:
 
         limit = options.memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    _exit_with_parent()
     sys.set_int_max_str_digits(0)  # answers are cut to MAX_TEXT characters instead
     import sympy  # noqa: F401 - loaded before the first request, not during it
 
@@ -54,6 +59,20 @@ def main() -> None:
             answer = {"ok": False, "error": f"SymPy could not do it: {type(exc).__name__}: {str(exc)[:300]}",
                       "arguments": False}
         _send(answer)
+
+
+def _exit_with_parent() -> None:
+    """End this process within a second of the gateway's end, even in the middle of a computation (a gateway that
+    exits normally kills its worker; one killed outright cannot)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _send(message: dict[str, Any]) -> None:
