@@ -66,6 +66,8 @@ async def test_code_is_refused_and_never_run(tool, tmp_path: Path):
     assert "no keyword arguments" in await refused(tool, "sin(x=1)")
     assert "sin is a function" in await refused(tool, "sin + 1")
     assert "not valid syntax" in await refused(tool, "2x")
+    assert "can only be solved: use the operation solve, not simplify" in await refused(tool, "x = 1", "simplify")
+    assert "can only be solved: use the operation solve, not evaluate" in await refused(tool, "x == 1")
     assert "not valid syntax" in await refused(tool, "import os")
     assert tool.worker.started == before  # refused before any process saw them
 
@@ -98,6 +100,9 @@ async def test_long_and_deep_expressions_are_refused(tool):
 def test_the_grammar_alone():
     parse("log(x, 2) + gcd(12, 18) - abs(-3) * exp(I*pi)")
     assert split_equation("x**2 == 4") == ("x**2 ", " 4")
+    assert split_equation("x = 4") == ("x ", " 4")
+    assert split_equation("sin(x=1)") == ("sin(x=1)", None)  # refused by parse, as a keyword argument
+    assert split_equation("x <= 1") == ("x <= 1", None)  # refused by parse, as a comparison
     with pytest.raises(ExpressionError, match="exactly one '='"):
         split_equation("x = 1 = 2")
     with pytest.raises(ExpressionError, match="takes 1 or 2 arguments"):

@@ -13,7 +13,6 @@ computed (``9**9**9**9`` in microseconds).
 from __future__ import annotations
 
 import ast
-import re
 from dataclasses import dataclass
 
 SYMBOLS = ("x", "y", "z")
@@ -31,7 +30,6 @@ MAX_EXPONENT = 10_000
 MAX_DIGITS = 100_000  # of a power of numbers (2**10000 has 3,011)
 MAX_FACTORIAL = 10_000
 _EXACT_DIGITS = 60  # exact values of integer constants are followed up to this size
-_EQUALS = re.compile(r"(?<![<>=!])=(?!=)|==")
 
 
 class ExpressionError(ValueError):
@@ -48,13 +46,28 @@ class _Size:
 
 
 def split_equation(text: str) -> tuple[str, str | None]:
-    """``"lhs = rhs"`` (or ``==``) -> (lhs, rhs); an expression without ``=`` -> (text, None)."""
-    parts = _EQUALS.split(text)
-    if len(parts) == 1:
+    """``"lhs = rhs"`` (or ``==``) -> (lhs, rhs); an expression without ``=`` outside brackets -> (text, None)."""
+    depth = 0
+    cuts: list[tuple[int, int]] = []
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif char == "=" and depth == 0 and (i == 0 or text[i - 1] not in "<>!="):
+            width = 2 if text[i + 1 : i + 2] == "=" else 1
+            cuts.append((i, i + width))
+            i += width
+            continue
+        i += 1
+    if not cuts:
         return text, None
-    if len(parts) > 2:
+    if len(cuts) > 1:
         raise ExpressionError("an equation has exactly one '='")
-    return parts[0], parts[1]
+    start, end = cuts[0]
+    return text[:start], text[end:]
 
 
 def parse(text: str, max_chars: int = MAX_CHARS) -> ast.expr:

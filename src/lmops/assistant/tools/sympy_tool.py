@@ -53,7 +53,9 @@ class MathTool(Tool):
             raise ToolArgumentsError(f"the expression is too long ({len(text)} characters, at most "
                                      f"{self.config.max_chars})")
         try:
-            lhs, rhs = split_equation(text) if operation == "solve" else (text, None)
+            lhs, rhs = split_equation(text)
+            if rhs is not None and operation != "solve":
+                raise ExpressionError(f"an equation ('=') can only be solved: use the operation solve, not {operation}")
             parse(lhs, self.config.max_chars)
             if rhs is not None:
                 parse(rhs, self.config.max_chars)
