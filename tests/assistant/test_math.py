@@ -3,6 +3,7 @@ killed when a computation outlasts the timeout."""
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import AsyncIterator
@@ -46,6 +47,10 @@ async def test_evaluate_simplify_solve(tool):
     assert await answer(tool, "solve", "2*y + 6") == "solutions for y: [-3]"
     assert await answer(tool, "solve", "x + y", variable="y") == "solutions for y: [-x]"
     assert (await answer(tool, "evaluate", "factorial(3000)")).endswith("E+9130 (9131 digits)")  # not 9,131 digits
+    start = time.monotonic()
+    huge = await answer(tool, "evaluate", "*".join(["factorial(10000)"] * 3))  # counted, never written out
+    digits = int(math.log10(math.factorial(10000)) * 3) + 1
+    assert huge.endswith(f"E+{digits - 1} ({digits} digits)") and time.monotonic() - start < 3
 
 
 async def test_code_is_refused_and_never_run(tool, tmp_path: Path):
@@ -73,7 +78,8 @@ async def test_code_is_refused_and_never_run(tool, tmp_path: Path):
 
 
 @pytest.mark.parametrize("expression", ["9**9**9**9", "9^9^9^9", "(x+1)**100000", "10**(10**4 * 10**4)",
-                                        "(10**5000)**5000", "2**-99999", "factorial(100000)"])
+                                        "(10**5000)**5000", "2**-99999", "factorial(100000)",
+                                        "*".join(["10**10000"] * 20)])
 async def test_towers_and_huge_numbers_are_refused_at_once(tool, expression):
     start = time.perf_counter()
     message = await refused(tool, expression)

@@ -172,6 +172,8 @@ def _binop(op: ast.operator, left: _Size, right: _Size) -> _Size:
         digits = left.digits + right.digits
         value = left.value * right.value if (isinstance(op, ast.Mult) and left.value is not None
                                              and right.value is not None) else None
+    if digits > MAX_DIGITS:
+        raise ExpressionError(f"the numbers are too large (about {digits} digits, at most {MAX_DIGITS})")
     return _Size(digits, value if value is not None and len(str(abs(value))) <= _EXACT_DIGITS else None)
 
 

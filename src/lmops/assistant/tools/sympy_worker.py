@@ -115,12 +115,17 @@ def _evaluated(expr: Any) -> str:
 def _number_text(expr: Any) -> str:
     import sympy
 
-    text = str(expr)
-    if len(text) <= MAX_TEXT:
-        return text
     if isinstance(expr, sympy.Integer):
-        return f"{sympy.Float(expr, 15)} ({len(str(abs(int(expr))))} digits)"
-    return _cut(text)
+        digits = _digits(int(expr))
+        return str(expr) if digits <= MAX_TEXT else f"{sympy.Float(expr, 15)} ({digits} digits)"
+    return _cut(str(expr))
+
+
+def _digits(n: int) -> int:
+    """The decimal digits of ``n``, without writing it out (which takes quadratic time)."""
+    n = abs(n)
+    estimate = max(int(n.bit_length() * 0.30102999566398), 1)  # digits - 1 or digits
+    return estimate + 1 if n >= 10**estimate else estimate
 
 
 def _cut(text: str) -> str:
