@@ -6,8 +6,8 @@ Allowed: integer and decimal numbers; the names x, y, z (symbols), pi, E (or e),
 power too, as in maths: it is read as ``**``); unary + and -; calls of the functions in ``FUNCTIONS``, by name,
 with positional arguments. Everything else (attributes, subscripts, strings, comparisons, lambdas, keywords, any
 other name) is refused. Bounds: length, node count, nesting depth, and the size of powers of numbers: an exponent above
-``MAX_EXPONENT``, or a power of numbers with more than ``MAX_DIGITS`` digits, is refused before anything is
-computed (``9**9**9**9`` in microseconds).
+``MAX_EXPONENT``, or a power or product of numbers with more than ``MAX_DIGITS`` digits, is refused before anything
+is computed (``9**9**9**9`` in microseconds).
 """
 
 from __future__ import annotations
