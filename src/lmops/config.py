@@ -261,6 +261,78 @@ class BatchConfig(_Strict):
     default_model: str | None = Field(default=None, description="model for workflow steps that name none")
 
 
+class WeatherToolConfig(_Strict):
+    """The assistant's weather tool: OpenWeather's current weather API (``/data/2.5/weather``)."""
+
+    enabled: bool = True
+    base_url: str = Field(default="https://api.openweathermap.org", description="OpenWeather (or compatible) server")
+    api_key_env: str = Field(default="OPENWEATHER_API_KEY", min_length=1,
+                             description="environment variable holding the OpenWeather API key (read at each call)")
+    timeout: float = Field(default=10.0, gt=0, description="seconds a whole request may take")
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _tool_url(v)
+
+
+class WikipediaToolConfig(_Strict):
+    """The assistant's encyclopedia tool: any MediaWiki's search and TextExtracts APIs."""
+
+    enabled: bool = True
+    base_url: str = Field(default="https://en.wikipedia.org", description="the wiki's address")
+    api_path: str = Field(default="/w/api.php", description="where the wiki's api.php is, below base_url")
+    name: str = Field(default="Wikipedia", min_length=1, description="how answers name their source")
+    timeout: float = Field(default=10.0, gt=0, description="seconds each of the two requests may take")
+    max_chars: int = Field(default=1500, ge=100, description="an article's introduction is cut to this length")
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _tool_url(v)
+
+    @field_validator("api_path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/") or _breaks_header(v) or "?" in v:
+            raise ValueError(f"api_path is a path below base_url, starting with '/': {v!r}")
+        return v
+
+
+class MathToolConfig(_Strict):
+    """The assistant's math tool: SymPy in a child process, on a restricted expression grammar."""
+
+    enabled: bool = True
+    timeout: float = Field(default=5.0, gt=0, description="seconds one computation may take (then the worker "
+                           "process is killed and a fresh one started for the next)")
+    max_chars: int = Field(default=2000, ge=10, le=100_000, description="longest expression accepted")
+    max_memory_mb: int = Field(default=1024, ge=256, description="address space of the worker process (MiB)")
+
+
+class ToolsConfig(_Strict):
+    weather: WeatherToolConfig = Field(default_factory=WeatherToolConfig)
+    wikipedia: WikipediaToolConfig = Field(default_factory=WikipediaToolConfig)
+    math: MathToolConfig = Field(default_factory=MathToolConfig)
+    entry_points: bool = Field(default=True, description="also load the tools of installed plugins (entry point "
+                               "group lmops.tools)")
+    plugins: dict[str, dict[str, Any]] = Field(default_factory=dict,
+                                               description="settings of plugin tools, by entry point name")
+
+
+class AssistantConfig(_Strict):
+    """The multi-service assistant (issue 23). So far: its tools."""
+
+    tools: ToolsConfig = Field(default_factory=ToolsConfig)
+
+
+def _tool_url(v: str) -> str:
+    if not v.startswith(("http://", "https://")):
+        raise ValueError(f"URL must start with http:// or https://: {v!r}")
+    if _breaks_header(v):
+        raise ValueError(f"URL contains a line break (CR or LF) or NUL: {v!r}")
+    return v.rstrip("/")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LMOPS_", env_nested_delimiter="__", extra="forbid")
 
@@ -272,6 +344,7 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(default=None, description="Redis for limit counters shared by replicas")
     models: list[ModelConfig] = Field(default_factory=list)
     batch: BatchConfig = Field(default_factory=BatchConfig)
+    assistant: AssistantConfig = Field(default_factory=AssistantConfig)
     config: str | None = Field(default=None, description="path of the YAML file these settings came from")
 
     @classmethod
