@@ -14,6 +14,7 @@ import openai
 import pytest
 
 from lmops.app import create_app
+from lmops.images.signing import signing_key
 from lmops.testing.fake_images import FakeImages, ImageBehaviour, png
 from lmops.testing.fake_openai import FakeOpenAI
 from lmops.testing.server import ServerThread
@@ -67,6 +68,7 @@ def test_b64_json_answers_the_backends_png_and_lmops_keeps_a_copy(start, tmp_pat
                     "style": "vivid", "user": "u1", "background": "opaque", "response_format": "b64_json"}
     stored = list((tmp_path / "data" / "images").glob("img_*.png"))
     assert [p.read_bytes() for p in stored] == [image]
+    assert stored[0].stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "data" / "images" / f"{stored[0].stem}.json").exists()  # its sidecar
 
 
@@ -201,6 +203,8 @@ def test_models_of_the_wrong_kind_are_a_400_and_unknown_ones_a_404(start):
     assert _error(caught.value)["code"] == "unsupported_model_capability"
     with pytest.raises(openai.BadRequestError):
         gw.client.embeddings.create(model="painter", input="hi")
+    with pytest.raises(openai.BadRequestError):
+        gw.client.completions.create(model="painter", prompt="hi")
     with pytest.raises(openai.NotFoundError) as missing:
         gw.client.images.generate(model="nope", prompt="x")
     assert _error(missing.value)["code"] == "model_not_found"
@@ -221,3 +225,20 @@ def test_bad_requests_are_a_400_naming_the_field(start, body, param):
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"]["param"] == param
     assert gw.fake.requests == []
+
+
+def test_gateways_sharing_the_secret_and_directory_serve_each_others_urls(start, monkeypatch):
+    monkeypatch.setenv("LMOPS_SECRET", "s" * 32)
+    first, second = start(), start()
+    assert first.app.state.services.images.signer._key == signing_key(b"s" * 32)  # noqa: SLF001
+    url = first.client.images.generate(model="painter", prompt="x").data[0].url or ""
+    resp = httpx.get(url.replace(first.srv.url, second.srv.url))
+    assert resp.status_code == 200 and resp.content == first.fake.images[0]
+
+
+def test_without_a_secret_each_process_signs_with_its_own_key(start, monkeypatch):
+    monkeypatch.delenv("LMOPS_SECRET", raising=False)
+    first, second = start(), start()
+    url = first.client.images.generate(model="painter", prompt="x").data[0].url or ""
+    assert httpx.get(url).status_code == 200
+    assert httpx.get(url.replace(first.srv.url, second.srv.url)).status_code == 403

@@ -7,13 +7,18 @@ import httpx
 import openai
 import pytest
 
+from lmops.images.signing import signing_key
 from lmops.testing.fake_images import FakeImages
 
 from .helpers import ledger_rows
 
 
+SECRET = "an-image-test-secret-0123456789"
+
+
 @pytest.fixture
-def image_gateway(start_gateway, serve, upstream, tmp_path):
+def image_gateway(start_gateway, serve, upstream, tmp_path, monkeypatch):
+    monkeypatch.setenv("LMOPS_SECRET", SECRET)
     images = serve(FakeImages())
     srv_up, _ = upstream
     url = f"sqlite+aiosqlite:///{tmp_path / 'access.db'}"
@@ -32,6 +37,7 @@ def test_images_are_billed_per_image_and_their_urls_need_no_key(image_gateway):
     with pytest.raises(openai.AuthenticationError):
         gw.client("lmops-nokey000-xxxxxxxxxxxxxxxxxxxxxxxx").images.generate(model="painter", prompt="x")
     got = gw.client(key).images.generate(model="painter", prompt="two", n=2)
+    assert gw.services.images.signer._key == signing_key(SECRET.encode())  # noqa: SLF001 - access's secret
     assert all(httpx.get(d.url or "").status_code == 200 for d in got.data)  # no key sent
     rows = ledger_rows(url, wait_for=1)
     images = [r for r in rows if r["endpoint"] == "images.generations"]
