@@ -17,6 +17,14 @@ _SIGNED = {"parameters": [
      "description": "HMAC-SHA256 of the image id and expires, hex"}]}
 
 
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_IMAGE: dict[int | str, dict[str, object]] = {
+    200: {"description": "the image", "content": {t: _BINARY for t in ("image/png", "image/jpeg", "image/webp",
+                                                                       "image/gif")}},
+    403: {"description": "the signature is missing, forged or expired (OpenAI error envelope)"},
+    404: {"description": "the image is no longer stored"}}
+
+
 def images_router(images: ImagesService) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["images"])
 
@@ -26,7 +34,7 @@ def images_router(images: ImagesService) -> APIRouter:
         req = await parse_tracked(request, ImageGenerationRequest, ctx)
         return await images.generate(req, request, ctx)
 
-    @router.get("/images/files/{image_id}", openapi_extra=_SIGNED)
+    @router.get("/images/files/{image_id}", openapi_extra=_SIGNED, response_class=Response, responses=_IMAGE)
     async def image_file(request: Request, image_id: str) -> Response:
         """A generated image; no API key: the URL's signature is the permission, until it expires."""
         query = request.query_params
