@@ -4,6 +4,7 @@ backend (lmops.testing.fake_images): both response formats, signed URLs served w
 from __future__ import annotations
 
 import base64
+import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -167,13 +168,14 @@ def test_an_image_the_backend_answers_as_a_url_is_downloaded_and_stored(start):
     (ImageBehaviour(answer={"created": 1, "data": [{"url": "http://127.0.0.1:9/none.png"}]}), 502),
     (ImageBehaviour(answer=[1, 2]), 502),
 ])
-def test_a_failing_or_malformed_backend_is_a_502_envelope(start, behaviour, status):
+def test_a_failing_or_malformed_backend_is_a_502_envelope(start, behaviour, status, tmp_path):
     gw = start(behaviour)
     with pytest.raises(openai.APIStatusError) as caught:
         gw.client.images.generate(model="painter", prompt="x")
     assert caught.value.status_code == status
     error = _error(caught.value)
     assert error["type"] == "upstream_error" and error["message"]
+    assert _records(tmp_path) == [("images.generations", "painter", status)]
 
 
 def test_an_image_larger_than_max_image_bytes_is_a_502(start):
@@ -242,3 +244,24 @@ def test_without_a_secret_each_process_signs_with_its_own_key(start, monkeypatch
     url = first.client.images.generate(model="painter", prompt="x").data[0].url or ""
     assert httpx.get(url).status_code == 200
     assert httpx.get(url.replace(first.srv.url, second.srv.url)).status_code == 403
+
+
+def test_images_that_cannot_be_stored_are_a_500_envelope_with_a_record(start, tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    gw = start(images={"data_dir": str(blocker)})
+    with pytest.raises(openai.InternalServerError) as caught:
+        gw.client.images.generate(model="painter", prompt="x")
+    assert _error(caught.value)["code"] == "internal_error" and len(gw.fake.requests) == 1
+    assert _records(tmp_path) == [("images.generations", "painter", 500)]
+
+
+def _records(tmp_path) -> list[tuple[str, str, int]]:
+    """The request records written so far (they are batched: wait for them a little)."""
+    deadline = time.monotonic() + 5
+    while True:
+        with sqlite3.connect(tmp_path / "lmops.db") as db:
+            rows = db.execute("SELECT endpoint, model, status FROM request_records ORDER BY id").fetchall()
+        if rows or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)
