@@ -39,6 +39,7 @@ def _body(spec: dict, path: str, method: str = "post") -> dict:
     ("/v1/chat/completions", {"model", "messages"}),
     ("/v1/completions", {"model", "prompt"}),
     ("/v1/embeddings", {"model", "input"}),
+    ("/v1/images/generations", {"model", "prompt"}),
     ("/v1/batches", {"input_file_id", "endpoint"}),
     ("/admin/teams", {"name"}),
 ])

@@ -98,6 +98,9 @@ class ModelConfig(_Strict):
     threads: int | None = Field(default=None, ge=1, description="embedded: llama.cpp threads (default: half the cores)")
     adapters: list[AdapterConfig] = Field(default_factory=list,
                                           description="openai: LoRA adapters the replicas serve, as '<model>:<name>'")
+    kind: Literal["text", "image"] = Field(default="text", description="what the model makes: text (chat, "
+                                           "completions, embeddings) or image (/v1/images/generations; openai "
+                                           "engines only)")
 
     @field_validator("replicas")
     @classmethod
@@ -139,6 +142,9 @@ class ModelConfig(_Strict):
             raise ValueError("an openai engine needs at least one replica URL")
         if self.engine is not EngineKind.openai and self.replicas:
             raise ValueError(f"replicas are only for openai engines, not {self.engine.value}")
+        if self.kind == "image" and self.engine is not EngineKind.openai:
+            raise ValueError(f"an image model is served by an openai engine (an OpenAI-compatible image backend), "
+                             f"not {self.engine.value}")
         if self.api_key_env is not None and self.api_key_env not in os.environ:
             raise ValueError(f"environment variable {self.api_key_env} (api_key_env) is not set")
         return self
@@ -161,6 +167,16 @@ class ServerConfig(_Strict):
                                     description='origins whose pages may call the API ("*": any); none by default')
     log_level: str = "info"
     log_json: bool = True
+    public_url: str | None = Field(default=None, description="the URL clients reach lmops at, e.g. "
+                                   "https://llm.example.com (signed image URLs start with it); default: the "
+                                   "request's own base URL")
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, v: str | None) -> str | None:
+        if v is not None and (not v.startswith(("http://", "https://")) or _breaks_header(v)):
+            raise ValueError(f"public_url must be an http:// or https:// URL on one line: {v!r}")
+        return v.rstrip("/") if v is not None else None
 
 
 class HealthConfig(_Strict):
@@ -203,6 +219,7 @@ class PriceConfig(_Strict):
     gpu_hour_usd: float | None = Field(default=None, ge=0, description="self-hosted: what the GPU(s) cost per hour")
     input_tokens_per_second: float | None = Field(default=None, gt=0, description="self-hosted: measured prefill rate")
     output_tokens_per_second: float | None = Field(default=None, gt=0, description="self-hosted: measured decode rate")
+    image: float | None = Field(default=None, ge=0, description="$ per generated image (image models)")
 
     @model_validator(mode="after")
     def _given_or_derivable(self) -> "PriceConfig":
@@ -333,6 +350,17 @@ def _tool_url(v: str) -> str:
     return v.rstrip("/")
 
 
+class ImagesConfig(_Strict):
+    """Generated images: stored by lmops as files, answered as base64 or as signed URLs that lmops serves."""
+
+    data_dir: str | None = Field(default=None, description="images are written under <data_dir>/images "
+                                 "(default: batch.data_dir); gateways behind one address must share it")
+    url_ttl_seconds: int = Field(default=3600, ge=1, le=7 * 24 * 3600,
+                                 description="seconds a signed image URL stays valid")
+    max_image_bytes: int = Field(default=32 * 1024 * 1024, ge=1024,
+                                 description="largest image a backend may answer (base64 or downloaded from its url)")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LMOPS_", env_nested_delimiter="__", extra="forbid")
 
@@ -345,6 +373,7 @@ class Settings(BaseSettings):
     models: list[ModelConfig] = Field(default_factory=list)
     batch: BatchConfig = Field(default_factory=BatchConfig)
     assistant: AssistantConfig = Field(default_factory=AssistantConfig)
+    images: ImagesConfig = Field(default_factory=ImagesConfig)
     config: str | None = Field(default=None, description="path of the YAML file these settings came from")
 
     @classmethod

@@ -7,6 +7,7 @@ needs; ``capabilities`` lists every one that is enabled, in start order.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
@@ -16,6 +17,7 @@ from lmops.batch.capability import BatchCapability
 from lmops.capability import Capability
 from lmops.config import Settings
 from lmops.core import Core
+from lmops.images.capability import ImagesCapability, SecretSource
 from lmops.serving.context import Guard, OpenGuard
 from lmops.store.database import create_engine
 
@@ -25,6 +27,7 @@ class Services:
     core: Core
     access: AccessCapability | None  # None when access control is off (settings.access.enabled)
     batch: BatchCapability
+    images: ImagesCapability
 
     @classmethod
     def build(cls, settings: Settings, *, guard: Guard | None = None) -> "Services":
@@ -32,7 +35,8 @@ class Services:
         db = create_engine(settings.database_url)
         access = AccessCapability(settings, db) if guard is None and settings.access.enabled else None
         core = Core.build(settings, db, guard or (access.guard if access else OpenGuard()))
-        return cls(core=core, access=access, batch=BatchCapability(core))
+        return cls(core=core, access=access, batch=BatchCapability(core),
+                   images=ImagesCapability(core, server_secret(settings, access)))
 
     @property
     def settings(self) -> Settings:
@@ -54,6 +58,19 @@ class Services:
         for capability in reversed(self.capabilities):
             await capability.stop()
         await self.core.stop()
+
+
+def server_secret(settings: Settings, access: AccessCapability | None) -> SecretSource:
+    """The server secret for capabilities that sign things (image URLs): access control's (loaded when it
+    started, before them), else ``$LMOPS_SECRET`` (``access.secret_env``) if set, else None."""
+
+    async def secret() -> bytes | None:
+        if access is not None:
+            return access.secret
+        value = os.environ.get(settings.access.secret_env)
+        return value.encode() if value else None
+
+    return secret
 
 
 def without_in_process_worker(settings: Settings) -> Settings:

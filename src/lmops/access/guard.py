@@ -145,7 +145,7 @@ class AccessGuard:
         """Release what admission reserved and book the real usage; the cost that the request's record bills."""
         if ctx.principal is None:
             return None  # never authenticated: nothing to bill (batch work carries its job's team, without a key)
-        cost = self.prices.cost(ctx.model, ctx.prompt_tokens, ctx.completion_tokens)
+        cost = self.prices.cost(ctx.model, ctx.prompt_tokens, ctx.completion_tokens, ctx.images)
         if ctx.reservation is not None:
             tokens = ctx.prompt_tokens + ctx.completion_tokens
             self.counters.apply(*ctx.reservation.settle(cost, tokens, self._clock()))
@@ -201,6 +201,8 @@ class AccessGuard:
         A prompt has at most as many tokens as its body has bytes (every token is at least one byte),
         and fits in the context; each of the ``n`` choices is at most ``max_tokens``, else the model's context.
         """
+        if ctx.endpoint == "images.generations":  # priced per image: n of them at most
+            return 0, self.prices.cost(ctx.model, 0, 0, ctx.choices)
         context = self.contexts.get(ctx.model or "", 0)
         if ctx.endpoint == "embeddings":
             prompt, output = body_bytes, 0

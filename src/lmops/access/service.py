@@ -58,10 +58,12 @@ class AccessService:
                                  team_grants=self.team_grants,
                                  headers_on_success=cfg.rate_limit_headers == "always")
         self.admin: AdminService | None = None  # ready after start
+        self.secret: bytes | None = None  # the server secret, loaded at start (other capabilities sign with it)
 
     async def start(self, *, bootstrap: bool | None = None, announce: TextIO | None = None) -> None:
         serving = self.settings.access.bootstrap if bootstrap is None else bootstrap
-        hasher = KeyHasher(await load_secret(self.settings, self.store))
+        self.secret = await load_secret(self.settings, self.store)
+        hasher = KeyHasher(self.secret)
         self.guard.hasher = hasher
         self.admin = AdminService(self.store, hasher, self.cache)
         if serving:

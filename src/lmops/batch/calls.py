@@ -27,7 +27,7 @@ from lmops.protocol.embeddings import EmbeddingRequest
 from lmops.protocol.errors import APIError, NoHealthyReplica, Overloaded, RateLimited, from_validation_error
 from lmops.routing.router import Routed
 from lmops.serving.context import Principal, RequestContext
-from lmops.serving.inference import address, upstream_body
+from lmops.serving.inference import address, text_model, upstream_body
 from lmops.serving.usage_check import plausible_usage
 
 if TYPE_CHECKING:
@@ -136,6 +136,7 @@ class ModelCaller:
             target = svc.router.resolve(model)  # "<model>:<adapter>" too
             address(ctx, model, target)
             if endpoint.schema is EmbeddingRequest:
+                text_model(target, model)  # an image model: a 400 (chat and completions: in upstream_body)
                 wire = req.to_wire()  # type: ignore[union-attr]
                 wire["model"] = target.upstream_name
             else:

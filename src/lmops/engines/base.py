@@ -108,6 +108,11 @@ class Engine(ABC):
     async def embeddings(self, body: Body) -> Body:
         raise Unsupported("embeddings")
 
+    async def images(self, body: Body) -> Body:
+        """Generate images (OpenAI ``/images/generations``): every item of the answer's ``data`` holds its image
+        as ``b64_json``, whatever the upstream answered with."""
+        raise Unsupported("image generation")
+
     def queue_depth(self) -> int:
         """Requests waiting inside the engine (embedded engines only)."""
         return 0

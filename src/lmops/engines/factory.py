@@ -13,7 +13,8 @@ def build_engines(model: ModelConfig, settings: Settings) -> list[Engine]:
         return [
             OpenAIHTTPEngine(url, api_key=model.api_key(), timeout=model.timeout, answer_timeout=model.answer_timeout,
                              stream_timeout=model.stream_timeout, connect_timeout=model.connect_timeout,
-                             health_timeout=settings.health.timeout)
+                             health_timeout=settings.health.timeout,
+                             max_image_bytes=settings.images.max_image_bytes)
             for url in model.replicas
         ]
     if model.engine is EngineKind.embedded:

@@ -33,6 +33,7 @@ goes out on it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import math
 import ssl
 import time
@@ -77,13 +78,15 @@ class OpenAIHTTPEngine(Engine):
         max_connections: int = 1000,
         proxy: str | bool = True,
         ssl_context: ssl.SSLContext | None = None,
+        max_image_bytes: int = 32 * 1024 * 1024,
     ):
         """``timeout``: seconds without a byte from the upstream (and to wait for a free connection of the pool), or
         without a complete event in a stream; ``answer_timeout``: for a whole non-streamed answer (default: 5 x
         ``timeout``); ``stream_timeout``: for a whole stream (default: none); ``connect_timeout``: to open a
         connection. ``proxy``: True to take it from the environment, False for none,
         or an http:// proxy URL (used whatever ``NO_PROXY`` says). ``ssl_context``: for https:// upstreams,
-        instead of the system's default verification. ValueError for an unusable URL, proxy or api key."""
+        instead of the system's default verification. ``max_image_bytes``: the largest image an image backend
+        may answer. ValueError for an unusable URL, proxy or api key."""
         self.endpoint = base_url.rstrip("/")
         parts = urlsplit(self.endpoint)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -94,6 +97,7 @@ class OpenAIHTTPEngine(Engine):
                 raise ValueError(f"the api key for {self.endpoint} contains a line break (CR or LF) or NUL: "
                                  "it cannot be sent in a header")
             self._headers["Authorization"] = f"Bearer {api_key}"
+        self._proxy_setting = proxy  # image URLs an upstream answers with may be on other hosts
         self._proxy = proxies.select(proxy, self.endpoint)
         self._via = f" through the proxy {urlsplit(self._proxy).hostname}" if self._proxy else ""
         self._silence = timeout
@@ -103,10 +107,12 @@ class OpenAIHTTPEngine(Engine):
                                                      sock_connect=connect_timeout, sock_read=timeout)
         self._health_timeout = aiohttp.ClientTimeout(total=health_timeout)
         self._max_connections = max_connections
+        self._max_image_bytes = max_image_bytes
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._session: aiohttp.ClientSession | None = None
         self._urls = {path: URL(self.endpoint + path)
-                      for path in ("/models", "/chat/completions", "/completions", "/embeddings")}
+                      for path in ("/models", "/chat/completions", "/completions", "/embeddings",
+                                   "/images/generations")}
 
     async def start(self) -> None:
         if self._session is None:
@@ -149,6 +155,36 @@ class OpenAIHTTPEngine(Engine):
     async def embeddings(self, body: Body) -> Body:
         return await self._post("/embeddings", body, "data")
 
+    async def images(self, body: Body) -> Body:
+        """POST ``/images/generations``; an image answered as a ``url`` is downloaded through this replica's
+        session (http(s) only, at most ``max_image_bytes``) and put in ``b64_json``."""
+        n = body.get("n")
+        images = n if isinstance(n, int) and n > 1 else 1
+        cap = images * (self._max_image_bytes * 4 // 3 + 4096) + 65536  # n images in base64, and their JSON
+        answer = await self._post("/images/generations", body, "data", cap=cap)
+        for item in answer["data"]:
+            if not isinstance(item.get("b64_json"), str):
+                item["b64_json"] = base64.b64encode(await self._download(item.get("url"))).decode("ascii")
+                item.pop("url", None)
+        return answer
+
+    async def _download(self, url: Any) -> bytes:
+        """An image the upstream answered with as a URL: its bytes, at most ``max_image_bytes``."""
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise EngineError(f"{self.endpoint} answered an image with neither b64_json nor an http(s) url")
+        session = self._session
+        if session is None:
+            raise RuntimeError(f"the engine for {self.endpoint} was not started")
+        limit = _Deadline(self._timeout, "the image it answered with")
+        try:
+            async with session.get(URL(url), proxy=proxies.select(self._proxy_setting, url),
+                                   timeout=limit.timeout) as resp:
+                if resp.status >= 400:
+                    raise EngineError(f"{self.endpoint} answered with an image URL that answers {resp.status}")
+                return await _read_capped(resp, self._max_image_bytes, f"an image from {self.endpoint}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._failure(exc, " while sending an image", limit) from exc
+
     async def _send(self, path: str, body: Body, limit: _Deadline) -> aiohttp.ClientResponse:
         """POST ``body``; the response once its headers are in (interim 1xx answers skipped)."""
         session = self._session
@@ -173,11 +209,11 @@ class OpenAIHTTPEngine(Engine):
         return EngineConnectionLost(f"{self.endpoint}{self._via} broke the connection{when} "
                                     f"({type(exc).__name__}: {exc}); the request is not sent again")
 
-    async def _post(self, path: str, body: Body, items: str) -> Body:
+    async def _post(self, path: str, body: Body, items: str, cap: int | None = None) -> Body:
         limit = _Deadline(self._timeout, "its whole answer")
         resp = await self._send(path, body, limit)
         try:
-            content = await resp.read()
+            content = await resp.read() if cap is None else await _read_capped(resp, cap, f"{self.endpoint}'s answer")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._failure(exc, " while answering", limit) from exc
         finally:
@@ -269,6 +305,20 @@ class _Deadline:
 
     def passed(self) -> bool:
         return time.monotonic() - self.started >= self.seconds - 0.01
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, cap: int, what: str) -> bytes:
+    """The whole body of ``resp``; EngineError (502) as soon as it is more than ``cap`` bytes."""
+    if resp.content_length is not None and resp.content_length > cap:
+        raise EngineError(f"{what} is {resp.content_length} bytes, more than the {cap} allowed")
+    parts: list[bytes] = []
+    size = 0
+    async for piece in resp.content.iter_any():
+        size += len(piece)
+        if size > cap:
+            raise EngineError(f"{what} is more than the {cap} bytes allowed")
+        parts.append(piece)
+    return b"".join(parts)
 
 
 async def _drain(content: aiohttp.StreamReader) -> None:

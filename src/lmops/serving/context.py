@@ -47,6 +47,7 @@ class RequestContext:
     ttft: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    images: int = 0  # images generated (billed at the model's price per image)
     status: int = 200
     error: str | None = None
     rate_headers: RawHeaders | None = None  # set by the guard (x-ratelimit-*): added to the response, errors too

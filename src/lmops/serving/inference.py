@@ -18,7 +18,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from lmops.config import EngineKind
+from lmops.config import EngineKind, ModelConfig
 from lmops.engines.base import Body, Chunks, Engine
 from lmops.ids import new_id
 from lmops.observability.logging import request_fields_var
@@ -61,6 +61,7 @@ class InferenceService:
         try:
             await self.guard.admit(http, ctx)
             target = self.router.resolve(req.model)
+            text_model(target, req.model)
             body = req.to_wire()
             body["model"] = target.upstream_name
             routed = Routed()
@@ -283,7 +284,7 @@ def address(ctx: RequestContext, requested: str, target: Target | None) -> None:
 
 def upstream_body(req: ChatCompletionRequest | CompletionRequest, target: Target) -> Body:
     """The request as the upstream should see it: its model (or adapter) name, configured defaults applied."""
-    model = target.config
+    model = text_model(target, req.model)
     body = req.to_wire()
     body["model"] = target.upstream_name
     for key, value in model.defaults.model_dump(exclude_none=True).items():
@@ -294,6 +295,15 @@ def upstream_body(req: ChatCompletionRequest | CompletionRequest, target: Target
             f"max_tokens ({limit}) exceeds the context length of model '{req.model}' ({model.context_length}).",
             param="max_tokens", code="context_length_exceeded")
     return body
+
+
+def text_model(target: Target, requested: str) -> ModelConfig:
+    """The configuration of the model serving ``target``: 400 for an image model (it makes no text)."""
+    model = target.config
+    if model.kind != "text":
+        raise InvalidRequest(f"The model '{requested}' generates images; ask it at /v1/images/generations.",
+                             param="model", code="unsupported_model_capability")
+    return model
 
 
 def _chat_call(engine: Engine, body: Body) -> Any:

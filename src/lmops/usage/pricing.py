@@ -2,7 +2,8 @@
 
 A price is dollars per 1M input and output tokens, given directly or, for a self-hosted
 model, derived from what its GPUs cost per hour and the throughput measured on them:
-``$ per 1M tokens = gpu_hour_usd / (tokens_per_second * 3600) * 1e6``.
+``$ per 1M tokens = gpu_hour_usd / (tokens_per_second * 3600) * 1e6``; an image model's price is
+dollars per generated image.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from lmops.config import PriceConfig
 class Price:
     input_per_1m: float = 0.0
     output_per_1m: float = 0.0
+    per_image: float = 0.0
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.input_per_1m + completion_tokens * self.output_per_1m) / 1e6
+    def cost(self, prompt_tokens: int, completion_tokens: int, images: int = 0) -> float:
+        tokens = (prompt_tokens * self.input_per_1m + completion_tokens * self.output_per_1m) / 1e6
+        return tokens + images * self.per_image if images else tokens
 
     @classmethod
     def from_gpu(cls, gpu_hour_usd: float, output_tokens_per_second: float,
@@ -33,8 +36,9 @@ class Price:
     def from_config(cls, cfg: PriceConfig) -> "Price":
         if cfg.gpu_hour_usd is not None:
             assert cfg.output_tokens_per_second is not None  # checked by PriceConfig
-            return cls.from_gpu(cfg.gpu_hour_usd, cfg.output_tokens_per_second, cfg.input_tokens_per_second)
-        return cls(cfg.input or 0.0, cfg.output or 0.0)
+            tokens = cls.from_gpu(cfg.gpu_hour_usd, cfg.output_tokens_per_second, cfg.input_tokens_per_second)
+            return cls(tokens.input_per_1m, tokens.output_per_1m, cfg.image or 0.0)
+        return cls(cfg.input or 0.0, cfg.output or 0.0, cfg.image or 0.0)
 
 
 class PriceBook:
@@ -47,5 +51,5 @@ class PriceBook:
     def price(self, model: str | None) -> Price:
         return self._prices.get(model or "", self._free)
 
-    def cost(self, model: str | None, prompt_tokens: int, completion_tokens: int) -> float:
-        return self.price(model).cost(prompt_tokens, completion_tokens)
+    def cost(self, model: str | None, prompt_tokens: int, completion_tokens: int, images: int = 0) -> float:
+        return self.price(model).cost(prompt_tokens, completion_tokens, images)
