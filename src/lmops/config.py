@@ -230,6 +230,14 @@ class AccessConfig(_Strict):
                                 "as OpenAI does (six more headers per request: about 4 % fewer requests/s)")
 
 
+class ChatConfig(_Strict):
+    session_hours: float = Field(default=24 * 7, gt=0, description="hours a web sign-in lasts")
+    history_share: float = Field(default=0.75, gt=0, le=1,
+                                 description="share of a model's context that the conversation history may fill "
+                                             "(the rest is left for the answer when no max_tokens is set)")
+    max_import_conversations: int = Field(default=10_000, ge=1, description="conversations one import may hold")
+
+
 class BatchConfig(_Strict):
     """Batch enrichment: files, OpenAI batches, enrichment jobs, the database queue and its workers."""
 
@@ -270,6 +278,7 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(default=None, description="Redis for limit counters shared by replicas")
     models: list[ModelConfig] = Field(default_factory=list)
     batch: BatchConfig = Field(default_factory=BatchConfig)
+    chat: ChatConfig = Field(default_factory=ChatConfig)
     config: str | None = Field(default=None, description="path of the YAML file these settings came from")
 
     @classmethod

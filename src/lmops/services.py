@@ -14,6 +14,8 @@ from dataclasses import dataclass, fields
 from lmops.access.capability import AccessCapability
 from lmops.batch.capability import BatchCapability
 from lmops.capability import Capability
+from lmops.chat.capability import ChatCapability
+from lmops.chat.service import ModelFilter, TeamModels
 from lmops.config import Settings
 from lmops.core import Core
 from lmops.serving.context import Guard, OpenGuard
@@ -25,6 +27,7 @@ class Services:
     core: Core
     access: AccessCapability | None  # None when access control is off (settings.access.enabled)
     batch: BatchCapability
+    chat: ChatCapability
 
     @classmethod
     def build(cls, settings: Settings, *, guard: Guard | None = None) -> "Services":
@@ -32,7 +35,8 @@ class Services:
         db = create_engine(settings.database_url)
         access = AccessCapability(settings, db) if guard is None and settings.access.enabled else None
         core = Core.build(settings, db, guard or (access.guard if access else OpenGuard()))
-        return cls(core=core, access=access, batch=BatchCapability(core))
+        chat = ChatCapability(core, team_models=_team_models(access) if access else None)
+        return cls(core=core, access=access, batch=BatchCapability(core), chat=chat)
 
     @property
     def settings(self) -> Settings:
@@ -54,6 +58,21 @@ class Services:
         for capability in reversed(self.capabilities):
             await capability.stop()
         await self.core.stop()
+
+
+def _team_models(access: AccessCapability) -> TeamModels:
+    """Chat's narrow view of access control: which models a team's rules allow (its signed-in users have no key)."""
+
+    async def allowed(team_id: str) -> ModelFilter:
+        grant = await access.team_grants.get(team_id)
+        limits = grant.team_limits if grant is not None else None
+        return limits.allows if limits is not None else _any_model
+
+    return allowed
+
+
+def _any_model(name: str) -> bool:
+    return True
 
 
 def without_in_process_worker(settings: Settings) -> Settings:
