@@ -51,4 +51,6 @@ class LatestTurns:
             if len(rows) < PAGE or left <= 0:
                 break
             cursor = rows[-1]["seq"]
+        while earlier and earlier[-1]["role"] != "user":  # the window starts with a question (chat templates)
+            earlier.pop()
         return [*head, *reversed(earlier), *new]
