@@ -44,7 +44,8 @@ class Browser:
 
 
 def sse(text: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    events = [orjson.loads(line[6:]) for line in text.split("\n") if line.startswith("data: ") and line != "data: [DONE]"]
+    events = [orjson.loads(line[6:]) for line in text.split("\n")
+              if line.startswith("data: ") and line != "data: [DONE]"]
     assert text.rstrip().endswith("data: [DONE]"), text[-300:]
     return events[:-1], events[-1]
 

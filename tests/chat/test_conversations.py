@@ -230,7 +230,7 @@ def test_leaving_mid_answer_stops_it_too(pair, upstream):
     gw, _, alice, _ = pair
     _, fake = upstream
     fake.behaviour.chunk_delay = 0.3
-    conv = alice.ok("POST", f"/api/chat/conversations", json={})
+    conv = alice.ok("POST", "/api/chat/conversations", json={})
     with alice.http.stream("POST", f"/api/chat/conversations/{conv['id']}/messages", json={"content": "go"},
                            headers={"x-csrf-token": alice.csrf}) as resp:
         for line in resp.iter_lines():

@@ -103,7 +103,8 @@ def chat_router(chat: ChatService) -> APIRouter:
     async def list_conversations(request: Request, limit: int = 50, cursor: str | None = None,
                                  q: str | None = None) -> Response:
         user = await reader(request)
-        return json_response(await chat.store.conversations(user.owner, limit=_limit(limit), cursor=cursor, q=q or None))
+        page = await chat.store.conversations(user.owner, limit=_limit(limit), cursor=cursor, q=q or None)
+        return json_response(page)
 
     @router.post("/conversations", openapi_extra=request_body(ConversationCreate))
     async def create_conversation(request: Request) -> Response:
