@@ -8,21 +8,26 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Request
-from starlette.responses import Response
+import orjson
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response, StreamingResponse
 
 from lmops.api.bodies import parse_json, read_body
 from lmops.api.deps import json_response
 from lmops.api.openapi_bodies import request_body
 from lmops.chat.auth import COOKIE
+from lmops.chat.export import FORMATS, as_csv, as_json, as_markdown, as_xlsx, export_rows
 from lmops.chat.identity import ChatUser
 from lmops.chat.schemas import (ConversationCreate, ConversationPatch, MessageCreate, MessageEdit, PasswordSet,
                                 Regenerate, SignIn)
 from lmops.chat.service import ChatService
-from lmops.protocol.errors import NotFound, PermissionDenied
+from lmops.protocol.errors import InvalidRequest, NotFound, PermissionDenied
 from lmops.serving.sse import EventStreamResponse
 
 MAX_PAGE = 200
+IMPORT_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "description": "a ChatGPT conversations.json or an Open WebUI export: a list of conversations (see docs/chat.md)",
+    "type": "array", "items": {"type": "object"}}}}}}
 
 
 def _limit(limit: int, default: int = 50) -> int:
@@ -162,5 +167,30 @@ def chat_router(chat: ChatService) -> APIRouter:
         user = await writer(request)
         stopped = await chat.stop_answer(user, conversation_id)
         return json_response({"object": "chat.stop", "conversation_id": conversation_id, "stopped": stopped})
+
+    # -- export and import ---------------------------------------------------------------------
+    @router.get("/export")
+    async def export(request: Request, fmt: str = Query("json", alias="format"),
+                     conversation: str | None = None) -> Response:
+        user = await reader(request)
+        if fmt not in FORMATS:
+            raise InvalidRequest(f"Unknown format '{fmt}': one of {', '.join(FORMATS)}.", param="format")
+        if conversation is not None:
+            await chat.store.get(user.owner, conversation)
+        rows = export_rows(chat.store, user.owner, conversation)
+        headers = {"content-disposition": f'attachment; filename="lmops-chat.{fmt}"'}
+        if fmt == "xlsx":
+            return Response(await as_xlsx(rows), media_type=FORMATS[fmt], headers=headers)
+        stream = {"csv": as_csv, "json": as_json, "md": as_markdown}[fmt](rows)
+        return StreamingResponse(stream, media_type=FORMATS[fmt], headers=headers)
+
+    @router.post("/import", openapi_extra=IMPORT_BODY)
+    async def import_conversations(request: Request) -> Response:
+        user = await writer(request)
+        try:
+            data = orjson.loads(await read_body(request))
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+        return json_response(await chat.import_export(user, data), 201)
 
     return router

@@ -12,6 +12,7 @@ from lmops.chat.answer import Answerer, Events, Generation, Save
 from lmops.chat.auth import ChatAuth
 from lmops.chat.history import History, LatestTurns
 from lmops.chat.identity import ChatUser
+from lmops.chat.importer import parse_export
 from lmops.chat.store import ChatStore, NewMessage, Row
 from lmops.config import Settings
 from lmops.protocol.errors import APIError, InvalidRequest, ModelNotFound
@@ -90,6 +91,19 @@ class ChatService:
     async def update(self, user: ChatUser, http: Request, conversation_id: str, fields: dict[str, Any]) -> Row:
         await self.check_model(user, http, fields.get("model"))
         return await self.store.update(user.owner, conversation_id, fields)
+
+    async def import_export(self, user: ChatUser, data: Any) -> dict[str, Any]:
+        """Store the conversations of a ChatGPT or Open WebUI export as the user's."""
+        found = parse_export(data, self.config.max_import_conversations)
+        ids, count = [], 0
+        for conv in found:
+            row = await self.store.create(user.owner, user.principal.team_id, {"title": conv.title},
+                                          created_at=conv.created_at)
+            await self.store.add(row["id"], conv.messages)
+            ids.append(row["id"])
+            count += len(conv.messages)
+        return {"object": "chat.import", "sources": sorted({c.source for c in found}), "conversations": ids,
+                "messages": count}
 
     # -- answers -------------------------------------------------------------------------------
     async def send(self, user: ChatUser, http: Request, conversation_id: str, content: str,
