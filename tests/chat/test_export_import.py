@@ -53,8 +53,8 @@ def openwebui_export() -> list[dict]:
     history = {
         "m1": {"id": "m1", "parentId": None, "childrenIds": ["m2"], "role": "user", "content": "Hallo",
                "timestamp": int(T0)},
-        "m2": {"id": "m2", "parentId": "m1", "childrenIds": ["m3"], "role": "assistant", "content": "Hi! How can I help?",
-               "model": "llama3:8b", "timestamp": int(T0) + 5},
+        "m2": {"id": "m2", "parentId": "m1", "childrenIds": ["m3"], "role": "assistant",
+               "content": "Hi! How can I help?", "model": "llama3:8b", "timestamp": int(T0) + 5},
         "m3": {"id": "m3", "parentId": "m2", "childrenIds": [], "role": "user", "content": "Nothing.",
                "timestamp": int(T0) + 9},
         "x": {"id": "x", "parentId": "m1", "childrenIds": [], "role": "assistant", "content": "regenerated away",

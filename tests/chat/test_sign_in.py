@@ -31,6 +31,9 @@ def test_sign_in_sets_a_safe_cookie_and_csrf_guards_every_change(chat_gateway):
     cookie = resp.headers["set-cookie"].lower()
     assert "lmops_session=" in cookie and "httponly" in cookie and "samesite=lax" in cookie and "path=/" in cookie
     assert "secure" not in cookie  # plain http here; https requests get Secure
+    behind_tls = anon.post("/api/chat/session", json={"username": user["name"], "password": PASSWORD},
+                           headers={"x-forwarded-proto": "https"})
+    assert "; secure" in behind_tls.headers["set-cookie"].lower()
     body = resp.json()
     assert body["user"]["id"] == user["id"] and body["user"]["team_id"] == team["id"] and body["csrf_token"]
 
@@ -94,3 +97,22 @@ def test_laptop_mode_has_one_local_user_who_signs_in_without_a_password(serve, s
     _, final = browser.ask(conv["id"], "hi")
     assert final["status"] == "complete"
     assert [m["role"] for m in final["messages"]] == ["user", "assistant"]
+
+
+def test_lmops_users_set_password_lets_the_user_sign_in(chat_gateway, database_url, monkeypatch):
+    from typer.testing import CliRunner
+
+    from lmops.cli import app as cli
+
+    gw = chat_gateway
+    team = gw.team()
+    user = gw.ok("POST", "/users", json={"name": "carol", "team": team["id"]})
+    monkeypatch.setenv("LMOPS_DATABASE_URL", database_url)
+    result = CliRunner().invoke(cli, ["users", "set-password", "carol", "--password-stdin"], input="s3cret-words\n")
+    assert result.exit_code == 0, result.output
+    assert "Password set for carol" in result.output
+    assert sign_in(gw.url, "carol", "s3cret-words").user["id"] == user["id"]
+    short = CliRunner().invoke(cli, ["users", "set-password", "carol", "--password-stdin"], input="short\n")
+    assert short.exit_code == 1
+    unknown = CliRunner().invoke(cli, ["users", "set-password", "nobody", "--password-stdin"], input="long enough\n")
+    assert unknown.exit_code == 1 and "No user" in unknown.output

@@ -38,6 +38,13 @@ def _stream(events: AsyncIterator[bytes]) -> Response:
     return EventStreamResponse(events)  # the middleware adds x-request-id
 
 
+def _https(request: Request) -> bool:
+    """Whether the browser talks https: to lmops itself, or to a proxy in front that says so. Trusting the header
+    only ever adds the Secure flag, which a client that lies about it loses its own session to."""
+    forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    return request.url.scheme == "https" or forwarded == "https"
+
+
 def _fields(body: ConversationCreate) -> dict[str, object]:
     """The fields a body sets (params as a plain dict without unset values)."""
     fields: dict[str, object] = {name: getattr(body, name) for name in body.model_fields_set}
@@ -65,7 +72,7 @@ def chat_router(chat: ChatService) -> APIRouter:
                                   "csrf_token": signed.csrf_token,
                                   "expires_at": int(signed.expires_at.timestamp())}, 201)
         response.set_cookie(COOKIE, signed.token, max_age=int(auth.session_hours * 3600), path="/",
-                            secure=request.url.scheme == "https", httponly=True, samesite="lax")
+                            secure=_https(request), httponly=True, samesite="lax")
         return response
 
     @router.get("/session")
@@ -80,7 +87,7 @@ def chat_router(chat: ChatService) -> APIRouter:
         await writer(request)
         await auth.sign_out(request)
         response = json_response({"object": "chat.session", "deleted": True})
-        response.delete_cookie(COOKIE, path="/", secure=request.url.scheme == "https", httponly=True, samesite="lax")
+        response.delete_cookie(COOKIE, path="/", secure=_https(request), httponly=True, samesite="lax")
         return response
 
     @router.put("/users/{user}/password", openapi_extra=request_body(PasswordSet))
