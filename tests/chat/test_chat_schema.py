@@ -34,3 +34,21 @@ def test_chat_tables_match_their_models_and_downgrade(database_url):
         engine.dispose()
     command.downgrade(alembic_config(database_url), "0006_crash_safe_batches")
     upgrade(database_url)
+
+
+def test_a_page_of_messages_is_a_range_of_the_index(tmp_path):
+    """SQLite's plan for a page: a search of (conversation_id, seq), no scan of the table and no sort."""
+    import sqlite3
+
+    from sqlalchemy.dialects import sqlite
+
+    from lmops.chat.store import page_query
+
+    url = f"sqlite:///{tmp_path / 'plan.db'}"
+    upgrade(url)
+    sql = str(page_query("conv_x", 500, 51).compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
+    with sqlite3.connect(tmp_path / "plan.db") as conn:
+        plan = " / ".join(row[-1] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
+    assert "SEARCH chat_messages USING INDEX ix_chat_messages_conversation_id_seq (conversation_id=? AND seq<?)" \
+        in plan, plan
+    assert "TEMP B-TREE" not in plan and "SCAN" not in plan, plan

@@ -7,6 +7,7 @@ import asyncio
 import threading
 import time
 
+import httpx
 import orjson
 import pytest
 
@@ -14,7 +15,7 @@ from lmops.chat.store import ChatStore, NewMessage
 from lmops.store.database import create_engine
 from lmops.testing.fake_openai import FakeOpenAI, receive_body
 
-from access.helpers import ledger_rows
+from access.helpers import clear_of_minute_boundary, ledger_rows
 
 from .conftest import make_user, sign_in, sse
 
@@ -273,3 +274,40 @@ def test_regenerate_replaces_the_last_answer_and_edit_drops_what_followed(pair):
     assert [m["content"] for m in stored] == ["uno", reply["content"]]
     not_user = alice.send("POST", f"{path}/messages/{reply['id']}/edit", json={"content": "x"})
     assert not_user.status_code == 400
+
+
+def test_a_key_is_billed_as_the_key_and_a_stream_cut_short_is_kept_as_an_error(chat_gateway, upstream,
+                                                                                database_url):
+    gw = chat_gateway
+    _, fake = upstream
+    team = gw.team()
+    user = make_user(gw, team["id"])
+    key, key_row = gw.key(team["id"], user=user["id"])
+    api = httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {key}"}, timeout=30)
+    conv = api.post("/api/chat/conversations", json={}).json()
+    resp = api.post(f"/api/chat/conversations/{conv['id']}/messages", json={"content": "hi"})
+    _, final = sse(resp.text)
+    assert final["status"] == "complete"
+    [row] = [r for r in ledger_rows(database_url, wait_for=1) if r["endpoint"] == "chat.messages"]
+    assert (row["team_id"], row["user_id"], row["key_id"]) == (team["id"], user["id"], key_row["id"])
+
+    fake.behaviour.truncate_after = 3  # the upstream dies mid-answer
+    resp = api.post(f"/api/chat/conversations/{conv['id']}/messages", json={"content": "again"})
+    chunks, final = sse(resp.text)
+    errors = [c for c in chunks if "error" in c]
+    assert len(errors) == 1 and errors[0]["error"]["type"]
+    answer = final["messages"][-1]
+    assert final["status"] == answer["status"] == "error" and answer["content"] == "The quick brown"
+
+
+def test_a_refused_call_stores_nothing(chat_gateway):
+    gw = chat_gateway
+    team = gw.team(rpm=1)
+    browser = sign_in(gw.url, make_user(gw, team["id"])["name"])
+    conv = browser.ok("POST", "/api/chat/conversations", json={})
+    clear_of_minute_boundary()
+    browser.ask(conv["id"], "first")
+    refused = browser.send("POST", f"/api/chat/conversations/{conv['id']}/messages", json={"content": "second"})
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+    stored = browser.get(f"/api/chat/conversations/{conv['id']}/messages").json()["data"]
+    assert [m["content"] for m in stored][0] == "first" and len(stored) == 2

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, insert, or_, select, update
+from sqlalchemy import Select, and_, delete, exists, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lmops.chat.accounts import utc
@@ -69,6 +69,15 @@ def _parse_cursor(cursor: str) -> tuple[datetime, str]:
 
 def _like(q: str) -> str:
     return "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def page_query(conversation_id: str, before: int | None, limit: int) -> Select[Any]:
+    """The latest ``limit`` messages (before seq ``before``), newest first: a range of the (conversation_id, seq)
+    index, read backwards."""
+    query = select(Message.__table__).where(Message.conversation_id == conversation_id)
+    if before is not None:
+        query = query.where(Message.seq < before)
+    return query.order_by(Message.seq.desc()).limit(limit)
 
 
 class ChatStore:
@@ -139,12 +148,8 @@ class ChatStore:
     # -- messages ------------------------------------------------------------------------------
     async def page(self, conversation_id: str, *, before: int | None, limit: int) -> Row:
         """The ``limit`` messages before ``seq`` ``before`` (the latest without it), oldest first."""
-        query = select(Message.__table__).where(Message.conversation_id == conversation_id)
-        if before is not None:
-            query = query.where(Message.seq < before)
-        query = query.order_by(Message.seq.desc()).limit(limit + 1)
         async with self.db.connect() as conn:
-            rows = (await conn.execute(query)).all()
+            rows = (await conn.execute(page_query(conversation_id, before, limit + 1))).all()
         more = len(rows) > limit
         data = [message_dict(r) for r in reversed(rows[:limit])]
         return {"object": "list", "data": data, "has_more": more,
@@ -152,11 +157,8 @@ class ChatStore:
 
     async def latest(self, conversation_id: str, limit: int, before: int | None = None) -> list[Row]:
         """Up to ``limit`` messages, newest first (the history window reads these page by page)."""
-        query = select(Message.__table__).where(Message.conversation_id == conversation_id)
-        if before is not None:
-            query = query.where(Message.seq < before)
         async with self.db.connect() as conn:
-            rows = (await conn.execute(query.order_by(Message.seq.desc()).limit(limit))).all()
+            rows = (await conn.execute(page_query(conversation_id, before, limit))).all()
         return [message_dict(r) for r in rows]
 
     async def message(self, conversation_id: str, message_id: str) -> Row:
