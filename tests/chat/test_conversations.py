@@ -184,6 +184,8 @@ def test_paging_a_thousand_messages_reads_one_page(pair, database_url):
         seen = [m["seq"] for m in page["data"]] + seen
         before = page["next_before"]
     assert seen == list(range(1, 1001))
+    assert alice.get(path, params={"limit": 1, "before": 10**12}).json()["data"][0]["seq"] == 1000
+    assert alice.get(path, params={"before": -5}).json()["data"] == []
     started = time.perf_counter()
     for _ in range(10):
         assert len(alice.get(path, params={"limit": 50, "before": 500}).json()["data"]) == 50
@@ -311,3 +313,25 @@ def test_a_refused_call_stores_nothing(chat_gateway):
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
     stored = browser.get(f"/api/chat/conversations/{conv['id']}/messages").json()["data"]
     assert [m["content"] for m in stored][0] == "first" and len(stored) == 2
+
+
+def test_deleting_a_conversation_stops_its_answer_first(pair, upstream):
+    gw, _, alice, _ = pair
+    _, fake = upstream
+    fake.behaviour.chunk_delay = 0.3
+    conv = alice.ok("POST", "/api/chat/conversations", json={})
+    path = f"/api/chat/conversations/{conv['id']}"
+    result: dict = {}
+
+    def ask() -> None:
+        result["resp"] = alice.send("POST", f"{path}/messages", json={"content": "go"}, timeout=30)
+
+    thread = threading.Thread(target=ask)
+    thread.start()
+    time.sleep(0.8)
+    assert alice.send("DELETE", path).status_code == 200
+    thread.join(10)
+    _, final = sse(result["resp"].text)
+    assert final["status"] == "stopped"
+    assert alice.get(path).status_code == 404
+    assert alice.get("/api/chat/conversations").json()["data"] == []

@@ -113,7 +113,7 @@ def _chatgpt(item: dict[str, Any]) -> Imported:
         if role not in ROLES or not text.strip() or metadata.get("is_visually_hidden_from_conversation"):
             continue
         model = metadata.get("model_slug")
-        conv.messages.append(NewMessage(role, text, model=model if isinstance(model, str) else None,
+        conv.messages.append(NewMessage(role, text, model=model[:200] if isinstance(model, str) else None,
                                         created_at=_time(msg.get("create_time"))))
     return conv
 
@@ -139,6 +139,6 @@ def _openwebui(item: dict[str, Any]) -> Imported:
         if role not in ROLES or not text.strip():
             continue
         model = m.get("model")
-        conv.messages.append(NewMessage(role, text, model=model if isinstance(model, str) else None,
+        conv.messages.append(NewMessage(role, text, model=model[:200] if isinstance(model, str) else None,
                                         created_at=_time(m.get("timestamp"))))
     return conv

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from functools import cached_property
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -28,7 +29,11 @@ def password_problem(password: str) -> str | None:
 class Passwords:
     def __init__(self) -> None:
         self.hasher = PasswordHasher()
-        self._dummy = self.hasher.hash(secrets.token_hex(16))
+
+    @cached_property
+    def _dummy(self) -> str:
+        """Made at the first sign-in, not at start: a hash costs tens of milliseconds and 64 MiB."""
+        return self.hasher.hash(secrets.token_hex(16))
 
     def hash(self, password: str) -> str:
         return self.hasher.hash(password)

@@ -25,6 +25,7 @@ from lmops.protocol.errors import InvalidRequest, NotFound, PermissionDenied
 from lmops.serving.sse import EventStreamResponse
 
 MAX_PAGE = 200
+MAX_SEQ = 2**31 - 1
 IMPORT_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
     "description": "a ChatGPT conversations.json or an Open WebUI export: a list of conversations (see docs/chat.md)",
     "type": "array", "items": {"type": "object"}}}}}}
@@ -139,7 +140,7 @@ def chat_router(chat: ChatService) -> APIRouter:
     @router.delete("/conversations/{conversation_id}")
     async def delete_conversation(conversation_id: str, request: Request) -> Response:
         user = await writer(request)
-        await chat.store.delete(user.owner, conversation_id)
+        await chat.delete(user, conversation_id)
         return json_response({"id": conversation_id, "object": "chat.conversation", "deleted": True})
 
     # -- messages ------------------------------------------------------------------------------
@@ -148,6 +149,8 @@ def chat_router(chat: ChatService) -> APIRouter:
                             limit: int = 50) -> Response:
         user = await reader(request)
         await chat.store.get(user.owner, conversation_id)
+        if before is not None:
+            before = max(0, min(before, MAX_SEQ))  # within the column's range (PostgreSQL's integer)
         return json_response(await chat.store.page(conversation_id, before=before, limit=_limit(limit)))
 
     @router.post("/conversations/{conversation_id}/messages", openapi_extra=request_body(MessageCreate))

@@ -105,6 +105,12 @@ class ChatService:
         return {"object": "chat.import", "sources": sorted({c.source for c in found}), "conversations": ids,
                 "messages": count}
 
+    async def delete(self, user: ChatUser, conversation_id: str) -> None:
+        """Delete a conversation with its messages; an answer being generated in it is stopped first."""
+        await self.store.get(user.owner, conversation_id)
+        await self.answers.stop(conversation_id)
+        await self.store.delete(user.owner, conversation_id)
+
     # -- answers -------------------------------------------------------------------------------
     async def send(self, user: ChatUser, http: Request, conversation_id: str, content: str,
                    model: str | None = None) -> Events:
