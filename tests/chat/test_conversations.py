@@ -335,3 +335,19 @@ def test_deleting_a_conversation_stops_its_answer_first(pair, upstream):
     assert final["status"] == "stopped"
     assert alice.get(path).status_code == 404
     assert alice.get("/api/chat/conversations").json()["data"] == []
+
+
+def test_models_include_the_adapters_the_team_may_use(start_gateway, database_url, upstream):
+    srv_up, _ = upstream
+    gw = start_gateway(database_url=database_url, models=[
+        {"name": "fake", "engine": "openai", "replicas": [f"{srv_up.url}/v1"], "adapters": [{"name": "lora"}]},
+        {"name": "other", "engine": "openai", "replicas": [f"{srv_up.url}/v1"]}])
+    team = gw.team(models=["fake*"])
+    browser = sign_in(gw.url, make_user(gw, team["id"])["name"])
+    assert [m["id"] for m in browser.get("/api/chat/models").json()["data"]] == ["fake", "fake:lora"]
+    conv = browser.ok("POST", "/api/chat/conversations", json={"model": "fake:lora"})
+    _, final = browser.ask(conv["id"], "hi")
+    assert final["status"] == "complete" and final["messages"][1]["model"] == "fake:lora"
+    key, _ = gw.key(team["id"], scopes=["inference"])
+    listed = httpx.get(f"{gw.url}/api/chat/models", headers={"authorization": f"Bearer {key}"}).json()["data"]
+    assert [m["id"] for m in listed] == ["fake", "fake:lora"]
