@@ -292,6 +292,7 @@ def test_a_key_is_billed_as_the_key_and_a_stream_cut_short_is_kept_as_an_error(c
     assert final["status"] == "complete"
     [row] = [r for r in ledger_rows(database_url, wait_for=1) if r["endpoint"] == "chat.messages"]
     assert (row["team_id"], row["user_id"], row["key_id"]) == (team["id"], user["id"], key_row["id"])
+    assert row["request_id"] == resp.headers["x-request-id"]  # the record is the HTTP request's
 
     fake.behaviour.truncate_after = 3  # the upstream dies mid-answer
     resp = api.post(f"/api/chat/conversations/{conv['id']}/messages", json={"content": "again"})

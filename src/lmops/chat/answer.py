@@ -29,6 +29,7 @@ from lmops.chat.history import estimate_tokens
 from lmops.chat.identity import ChatUser
 from lmops.engines.base import Body, Chunks, Engine
 from lmops.ids import new_id
+from lmops.observability.logging import request_id_var
 from lmops.protocol.chat import ChatCompletionRequest
 from lmops.protocol.errors import APIError, UpstreamError, from_validation_error
 from lmops.routing.router import Routed
@@ -90,7 +91,7 @@ class Answerer:
         if conversation_id in self.running:
             raise Conflict("An answer is being generated in this conversation: stop it first.")
         svc = self.core
-        ctx = RequestContext(request_id=new_id("chatreq_"), endpoint=ENDPOINT, stream=True,
+        ctx = RequestContext(request_id=request_id_var.get() or new_id("chatreq_"), endpoint=ENDPOINT, stream=True,
                              principal=None if user.via_key else user.principal)
         try:
             target = svc.router.resolve(model)

@@ -32,6 +32,8 @@ async def every_model(team_id: str) -> ModelFilter:
 
 class ChatService:
     def __init__(self, core: "Core", *, team_models: TeamModels | None = None):
+        """``team_models``: access control's view of a team's model rules; None when access control is off
+        (laptop mode: one local user, who signs in without a password)."""
         settings: Settings = core.settings
         self.core = core
         self.config = settings.chat
