@@ -236,6 +236,8 @@ class ChatConfig(_Strict):
                                  description="share of a model's context that the conversation history may fill "
                                              "(the rest is left for the answer when no max_tokens is set)")
     max_import_conversations: int = Field(default=10_000, ge=1, description="conversations one import may hold")
+    sign_in_failures: int = Field(default=10, ge=1, description="failed sign-ins a client address may make ...")
+    sign_in_window: float = Field(default=300.0, gt=0, description="... within this many seconds (then 429)")
 
 
 class BatchConfig(_Strict):

@@ -116,3 +116,15 @@ def test_lmops_users_set_password_lets_the_user_sign_in(chat_gateway, database_u
     assert short.exit_code == 1
     unknown = CliRunner().invoke(cli, ["users", "set-password", "nobody", "--password-stdin"], input="long enough\n")
     assert unknown.exit_code == 1 and "No user" in unknown.output
+
+
+def test_failed_sign_ins_are_throttled_per_address_and_user(start_gateway, database_url):
+    gw = start_gateway(database_url=database_url, chat={"sign_in_failures": 3, "sign_in_window": 60})
+    team = gw.team()
+    user, other = make_user(gw, team["id"]), make_user(gw, team["id"])
+    anon = httpx.Client(base_url=gw.url, timeout=30)
+    for _ in range(3):
+        _error(anon.post("/api/chat/session", json={"username": user["name"], "password": "wrong password"}), 401)
+    refused = anon.post("/api/chat/session", json={"username": user["name"], "password": PASSWORD})
+    assert _error(refused, 429)["code"] == "too_many_sign_ins" and int(refused.headers["retry-after"]) > 0
+    sign_in(gw.url, other["name"])  # another user from the same address is not locked out

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from lmops.chat.accounts import Accounts
 from lmops.chat.identity import ChatUser, local_user, member
 from lmops.chat.passwords import Passwords
+from lmops.chat.throttle import SignInThrottle
 from lmops.protocol.errors import AuthenticationError, PermissionDenied
 from lmops.serving.context import Guard
 
@@ -34,12 +35,14 @@ class SignedIn:
 
 
 class ChatAuth:
-    def __init__(self, guard: Guard, accounts: Accounts, *, access_enabled: bool, session_hours: float):
+    def __init__(self, guard: Guard, accounts: Accounts, *, access_enabled: bool, session_hours: float,
+                 throttle: SignInThrottle):
         self.guard = guard
         self.accounts = accounts
         self.access_enabled = access_enabled
         self.session_hours = session_hours
         self.passwords = Passwords()
+        self.throttle = throttle
 
     async def user(self, request: Request, *, write: bool) -> ChatUser:
         """Who calls; ``write``: a state-changing request, which a session must confirm with its CSRF token."""
@@ -71,11 +74,16 @@ class ChatAuth:
             return None
         return member(account.user_id, account.name, account.team_id, account.role), csrf
 
-    async def sign_in(self, username: str, password: str) -> SignedIn:
+    async def sign_in(self, username: str, password: str, address: str) -> SignedIn:
+        """Check the password and open a session. Failures are throttled per client address and user name: behind
+        a proxy every client has the proxy's address, and one client's failures must not lock out every user."""
         if self.access_enabled:
+            attempt = f"{address}|{username.lower()}"
+            self.throttle.check(attempt)
             account = await self.accounts.user(username)
             stored = await self.accounts.password_hash(account.user_id) if account else None
             if not await self.passwords.verify(stored, password) or account is None:
+                self.throttle.failed(attempt)
                 raise AuthenticationError(BAD_CREDENTIALS, code="invalid_credentials")
             user = member(account.user_id, account.name, account.team_id, account.role)
         else:

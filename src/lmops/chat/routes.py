@@ -68,7 +68,7 @@ def chat_router(chat: ChatService) -> APIRouter:
     @router.post("/session", openapi_extra=request_body(SignIn))
     async def sign_in(request: Request) -> Response:
         body = await parse_json(request, SignIn)
-        signed = await auth.sign_in(body.username, body.password)
+        signed = await auth.sign_in(body.username, body.password, request.client.host if request.client else "-")
         response = json_response({"object": "chat.session", "user": signed.user.as_dict(),
                                   "csrf_token": signed.csrf_token,
                                   "expires_at": int(signed.expires_at.timestamp())}, 201)

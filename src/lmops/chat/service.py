@@ -14,6 +14,7 @@ from lmops.chat.history import History, LatestTurns
 from lmops.chat.identity import ChatUser
 from lmops.chat.importer import parse_export
 from lmops.chat.store import ChatStore, NewMessage, Row
+from lmops.chat.throttle import SignInThrottle
 from lmops.config import Settings
 from lmops.protocol.errors import APIError, InvalidRequest, ModelNotFound
 
@@ -40,7 +41,8 @@ class ChatService:
         self.store = ChatStore(core.db)
         self.accounts = Accounts(core.db)
         self.auth = ChatAuth(core.guard, self.accounts, access_enabled=team_models is not None,
-                             session_hours=self.config.session_hours)
+                             session_hours=self.config.session_hours,
+                             throttle=SignInThrottle(self.config.sign_in_failures, self.config.sign_in_window))
         self.team_models = team_models or every_model
         self.history: History = LatestTurns(self.store)  # the seam for a summarising memory
         self.answers = Answerer(core)
