@@ -27,8 +27,9 @@ def password_problem(password: str) -> str | None:
 
 
 class Passwords:
-    def __init__(self) -> None:
+    def __init__(self, parallel: int = 4) -> None:
         self.hasher = PasswordHasher()
+        self._slots = asyncio.Semaphore(parallel)  # each verification holds 64 MiB: a burst waits, not swaps
 
     @cached_property
     def _dummy(self) -> str:
@@ -40,7 +41,8 @@ class Passwords:
 
     async def verify(self, stored: str | None, password: str) -> bool:
         """Whether ``password`` matches ``stored``; ``None`` (no such user or no password) verifies a dummy hash."""
-        return await asyncio.to_thread(self._verify, stored, password[:MAX_LENGTH])
+        async with self._slots:
+            return await asyncio.to_thread(self._verify, stored, password[:MAX_LENGTH])
 
     def _verify(self, stored: str | None, password: str) -> bool:
         try:
