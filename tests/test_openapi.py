@@ -42,6 +42,7 @@ def _body(spec: dict, path: str, method: str = "post") -> dict:
     ("/v1/images/generations", {"model", "prompt"}),
     ("/v1/batches", {"input_file_id", "endpoint"}),
     ("/admin/teams", {"name"}),
+    ("/api/chat/conversations/{conversation_id}/messages", {"content"}),
 ])
 def test_json_bodies_are_documented_with_their_required_fields(spec, path, required):
     schema = _body(spec, path)["application/json"]["schema"]

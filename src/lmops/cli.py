@@ -13,6 +13,7 @@ from rich.table import Table
 
 from lmops.access import cli as access_cli
 from lmops.batch import cli as batch_cli
+from lmops.chat import cli as chat_cli
 from lmops.cli_support import ConfigOpt
 from lmops.cli_support import load_settings_or_exit as _settings
 
@@ -24,6 +25,8 @@ app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 for name, commands in (*access_cli.COMMANDS, *batch_cli.COMMANDS):  # each capability's command groups
     app.add_typer(commands, name=name)
+for name, command in chat_cli.USER_COMMANDS:  # chat's web passwords belong with the users
+    access_cli.users_app.command(name)(command)
 
 
 def _console(stderr: bool = False) -> Console:

@@ -249,6 +249,16 @@ class AccessConfig(_Strict):
                                 "as OpenAI does (six more headers per request: about 4 % fewer requests/s)")
 
 
+class ChatConfig(_Strict):
+    session_hours: float = Field(default=24 * 7, gt=0, description="hours a web sign-in lasts")
+    history_share: float = Field(default=0.75, gt=0, le=1,
+                                 description="share of a model's context that the conversation history may fill "
+                                             "(the rest is left for the answer when no max_tokens is set)")
+    max_import_conversations: int = Field(default=10_000, ge=1, description="conversations one import may hold")
+    sign_in_failures: int = Field(default=10, ge=1, description="failed sign-ins a client address may make ...")
+    sign_in_window: float = Field(default=300.0, gt=0, description="... within this many seconds (then 429)")
+
+
 class BatchConfig(_Strict):
     """Batch enrichment: files, OpenAI batches, enrichment jobs, the database queue and its workers."""
 
@@ -374,6 +384,7 @@ class Settings(BaseSettings):
     batch: BatchConfig = Field(default_factory=BatchConfig)
     assistant: AssistantConfig = Field(default_factory=AssistantConfig)
     images: ImagesConfig = Field(default_factory=ImagesConfig)
+    chat: ChatConfig = Field(default_factory=ChatConfig)
     config: str | None = Field(default=None, description="path of the YAML file these settings came from")
 
     @classmethod

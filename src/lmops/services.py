@@ -15,6 +15,8 @@ from dataclasses import dataclass, fields
 from lmops.access.capability import AccessCapability
 from lmops.batch.capability import BatchCapability
 from lmops.capability import Capability
+from lmops.chat.capability import ChatCapability
+from lmops.chat.service import ModelFilter, TeamModels
 from lmops.config import Settings
 from lmops.core import Core
 from lmops.images.capability import ImagesCapability, SecretSource
@@ -28,6 +30,7 @@ class Services:
     access: AccessCapability | None  # None when access control is off (settings.access.enabled)
     batch: BatchCapability
     images: ImagesCapability
+    chat: ChatCapability
 
     @classmethod
     def build(cls, settings: Settings, *, guard: Guard | None = None) -> "Services":
@@ -35,8 +38,9 @@ class Services:
         db = create_engine(settings.database_url)
         access = AccessCapability(settings, db) if guard is None and settings.access.enabled else None
         core = Core.build(settings, db, guard or (access.guard if access else OpenGuard()))
+        chat = ChatCapability(core, team_models=_team_models(access) if access else None)
         return cls(core=core, access=access, batch=BatchCapability(core),
-                   images=ImagesCapability(core, server_secret(settings, access)))
+                   images=ImagesCapability(core, server_secret(settings, access)), chat=chat)
 
     @property
     def settings(self) -> Settings:
@@ -71,6 +75,21 @@ def server_secret(settings: Settings, access: AccessCapability | None) -> Secret
         return value.encode() if value else None
 
     return secret
+
+
+def _team_models(access: AccessCapability) -> TeamModels:
+    """Chat's narrow view of access control: which models a team's rules allow (its signed-in users have no key)."""
+
+    async def allowed(team_id: str) -> ModelFilter:
+        grant = await access.team_grants.get(team_id)
+        limits = grant.team_limits if grant is not None else None
+        return limits.allows if limits is not None else _any_model
+
+    return allowed
+
+
+def _any_model(name: str) -> bool:
+    return True
 
 
 def without_in_process_worker(settings: Settings) -> Settings:

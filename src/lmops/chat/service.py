@@ -1,0 +1,195 @@
+"""The chat capability's logic: conversations of a user, answers streamed into them, export and import."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+
+from lmops.chat.accounts import Accounts
+from lmops.chat.answer import Answerer, Events, Generation, Save
+from lmops.chat.auth import ChatAuth
+from lmops.chat.history import History, LatestTurns
+from lmops.chat.identity import ChatUser
+from lmops.chat.importer import parse_export
+from lmops.chat.store import ChatStore, NewMessage, Row
+from lmops.chat.throttle import SignInThrottle
+from lmops.config import Settings
+from lmops.protocol.errors import APIError, InvalidRequest, ModelNotFound
+
+if TYPE_CHECKING:
+    from lmops.core import Core
+
+ModelFilter = Callable[[str], bool]
+TeamModels = Callable[[str], Awaitable[ModelFilter]]  # team id -> which public model names its rules allow
+DEFAULT_TITLE = "New chat"
+TITLE_LENGTH = 80
+
+
+async def every_model(team_id: str) -> ModelFilter:
+    return lambda name: True
+
+
+class ChatService:
+    def __init__(self, core: "Core", *, team_models: TeamModels | None = None):
+        """``team_models``: access control's view of a team's model rules; None when access control is off
+        (laptop mode: one local user, who signs in without a password)."""
+        settings: Settings = core.settings
+        self.core = core
+        self.config = settings.chat
+        self.store = ChatStore(core.db)
+        self.accounts = Accounts(core.db)
+        self.auth = ChatAuth(core.guard, self.accounts, access_enabled=team_models is not None,
+                             session_hours=self.config.session_hours,
+                             throttle=SignInThrottle(self.config.sign_in_failures, self.config.sign_in_window))
+        self.team_models = team_models or every_model
+        self.history: History = LatestTurns(self.store)  # the seam for a summarising memory
+        self.answers = Answerer(core)
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        for conversation_id in list(self.answers.running):
+            await self.answers.stop(conversation_id, wait=2.0)
+
+    # -- models --------------------------------------------------------------------------------
+    async def allowed(self, user: ChatUser, http: Request) -> ModelFilter:
+        if user.via_key:
+            return await self.core.guard.allowed_models(http)
+        return await self.team_models(user.principal.team_id)
+
+    async def models(self, user: ChatUser, http: Request) -> list[dict[str, Any]]:
+        return self.core.model_cards(await self.allowed(user, http))
+
+    async def check_model(self, user: ChatUser, http: Request, model: str | None) -> None:
+        """A model the user may use (an unknown or forbidden one is a 404 alike)."""
+        if model is not None:
+            self.core.model_card(model, await self.allowed(user, http))
+
+    async def _model(self, user: ChatUser, http: Request, asked: str | None, conversation: Row) -> str:
+        model = asked or conversation["model"]
+        if model is None:
+            allowed = await self.allowed(user, http)
+            names = [t.name for t in self.core.router.targets if allowed(t.name)]
+            if not names:
+                raise ModelNotFound("(none)")
+            model = names[0]
+        await self.check_model(user, http, model)
+        return model
+
+    def _budget(self, model: str, params: dict[str, Any]) -> int:
+        """Tokens the history may fill: the context less what the answer may take."""
+        config = self.core.router.resolve(model).config
+        answer = params.get("max_tokens") or config.defaults.max_tokens
+        if answer is None:
+            answer = int(config.context_length * (1 - self.config.history_share))
+        return max(0, config.context_length - answer)
+
+    # -- conversations -------------------------------------------------------------------------
+    async def create(self, user: ChatUser, http: Request, fields: dict[str, Any]) -> Row:
+        await self.check_model(user, http, fields.get("model"))
+        return await self.store.create(user.owner, user.principal.team_id, fields)
+
+    async def update(self, user: ChatUser, http: Request, conversation_id: str, fields: dict[str, Any]) -> Row:
+        await self.check_model(user, http, fields.get("model"))
+        return await self.store.update(user.owner, conversation_id, fields)
+
+    async def import_export(self, user: ChatUser, data: Any) -> dict[str, Any]:
+        """Store the conversations of a ChatGPT or Open WebUI export as the user's."""
+        found = parse_export(data, self.config.max_import_conversations)
+        ids, count = [], 0
+        for conv in found:
+            row = await self.store.create(user.owner, user.principal.team_id, {"title": conv.title},
+                                          created_at=conv.created_at)
+            await self.store.add(row["id"], conv.messages)
+            ids.append(row["id"])
+            count += len(conv.messages)
+        return {"object": "chat.import", "sources": sorted({c.source for c in found}), "conversations": ids,
+                "messages": count}
+
+    async def delete(self, user: ChatUser, conversation_id: str) -> None:
+        """Delete a conversation with its messages; an answer being generated in it is stopped first."""
+        await self.store.get(user.owner, conversation_id)
+        await self.answers.stop(conversation_id)
+        await self.store.delete(user.owner, conversation_id)
+
+    # -- answers -------------------------------------------------------------------------------
+    async def send(self, user: ChatUser, http: Request, conversation_id: str, content: str,
+                   model: str | None = None) -> Events:
+        """Store the user's message and stream the answer."""
+        conv = await self.store.get(user.owner, conversation_id)
+        chosen = await self._model(user, http, model, conv)
+        params = conv["params"]
+        new = [{"role": "user", "content": content}]
+        messages = await self.history.window(conversation_id, conv["system_prompt"], new, self._budget(chosen, params))
+        generation = await self.answers.open(user, http, conversation_id, chosen, params, messages)
+        try:
+            if conv["title"] == DEFAULT_TITLE:
+                await self.store.update(user.owner, conversation_id, {"title": content[:TITLE_LENGTH].strip()})
+            asked = await self.store.add(conversation_id, [NewMessage("user", content)])
+        except Exception as exc:
+            await self._abandon(conversation_id, generation, exc)
+            raise
+        return self.answers.events(conversation_id, generation, self._saver(conversation_id, chosen, params, asked))
+
+    async def regenerate(self, user: ChatUser, http: Request, conversation_id: str, model: str | None) -> Events:
+        """Replace the answer to the last user message with a new one."""
+        conv = await self.store.get(user.owner, conversation_id)
+        last = next((m for m in await self.store.latest(conversation_id, 100) if m["role"] == "user"), None)
+        if last is None:
+            raise InvalidRequest("There is no question to answer again in this conversation.",
+                                 code="nothing_to_regenerate")
+        chosen = await self._model(user, http, model, conv)
+        params = conv["params"]
+        messages = await self.history.window(conversation_id, conv["system_prompt"],
+                                             [{"role": "user", "content": last["content"]}],
+                                             self._budget(chosen, params), before=last["seq"])
+        generation = await self.answers.open(user, http, conversation_id, chosen, params, messages)
+        try:
+            await self.store.truncate_after(conversation_id, last["seq"])
+        except Exception as exc:
+            await self._abandon(conversation_id, generation, exc)
+            raise
+        return self.answers.events(conversation_id, generation, self._saver(conversation_id, chosen, params, []))
+
+    async def edit(self, user: ChatUser, http: Request, conversation_id: str, message_id: str, content: str) -> Events:
+        """Change a user message, drop every message after it, and stream a new answer."""
+        conv = await self.store.get(user.owner, conversation_id)
+        message = await self.store.message(conversation_id, message_id)
+        if message["role"] != "user":
+            raise InvalidRequest("Only a user message can be edited and sent again.", param="message_id")
+        chosen = await self._model(user, http, None, conv)
+        params = conv["params"]
+        messages = await self.history.window(conversation_id, conv["system_prompt"],
+                                             [{"role": "user", "content": content}],
+                                             self._budget(chosen, params), before=message["seq"])
+        generation = await self.answers.open(user, http, conversation_id, chosen, params, messages)
+        try:
+            edited = await self.store.edit(conversation_id, message["seq"], content)
+        except Exception as exc:
+            await self._abandon(conversation_id, generation, exc)
+            raise
+        return self.answers.events(conversation_id, generation,
+                                   self._saver(conversation_id, chosen, params, [edited]))
+
+    async def stop_answer(self, user: ChatUser, conversation_id: str) -> bool:
+        await self.store.get(user.owner, conversation_id)
+        return await self.answers.stop(conversation_id)
+
+    async def _abandon(self, conversation_id: str, generation: Generation, exc: Exception) -> None:
+        error = exc if isinstance(exc, APIError) else APIError("The question could not be stored.")
+        await self.answers.abandon(conversation_id, generation, error)
+
+    def _saver(self, conversation_id: str, model: str, params: dict[str, Any], asked: list[Row]) -> Save:
+        async def save(text: str, status: str, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+            [answer] = await self.store.add(conversation_id, [NewMessage(
+                "assistant", text, model=model, params=params, prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens, status=status)])
+            return {"object": "chat.answer", "status": status, "conversation_id": conversation_id,
+                    "messages": [*asked, answer],
+                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                              "total_tokens": prompt_tokens + completion_tokens}}
+
+        return save
