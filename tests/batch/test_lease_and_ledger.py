@@ -94,10 +94,11 @@ async def test_an_item_that_kills_every_worker_is_dead_lettered(batch_settings, 
 
 
 async def test_batch_calls_are_billed_with_their_results_not_through_the_writer(batch_settings, db_url, fake):
-    svc = Services.build(batch_settings(db_url))
+    svc = Services.build(batch_settings(db_url, worker_in_process=False))
     await svc.start()
     try:
         job = await _job(svc, 5, workflow="copywriting")  # several levels: checkpoints bill their steps
+        svc.batch.start_worker()
         await _until_finished(svc, job.id)
         records = await _records(svc)
         assert len(records) == fake.engine.requests > 5 and {r.status for r in records} == {200}

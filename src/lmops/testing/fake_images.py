@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from lmops.testing.fake_openai import receive_body
+from lmops.testing.fake_openai import receive_body, serve_lifespan
 
 COLOURS = [(220, 40, 40), (40, 160, 60), (40, 80, 220), (240, 200, 30)]
 
@@ -61,13 +61,8 @@ class FakeImages:
 
     async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                if msg["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif msg["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await serve_lifespan(receive, send)
+            return
         path = scope["path"]
         body = await receive_body(receive)
         if path.endswith("/models"):

@@ -58,13 +58,8 @@ class FakeOpenAI:
 
     async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                if msg["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif msg["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await serve_lifespan(receive, send)
+            return
         path = scope["path"]
         body = await receive_body(receive)
         b = self.behaviour
@@ -182,6 +177,17 @@ class FakeOpenAI:
             raise
         finally:
             watcher.cancel()
+
+
+async def serve_lifespan(receive, send) -> None:  # type: ignore[no-untyped-def]
+    """Answer an ASGI lifespan scope (startup and shutdown have nothing to do in a bare fake app)."""
+    while True:
+        msg = await receive()
+        if msg["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif msg["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 async def receive_body(receive) -> bytes:  # type: ignore[no-untyped-def]

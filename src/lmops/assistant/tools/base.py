@@ -83,6 +83,14 @@ def check_tool(tool: Tool) -> None:
         raise ValueError(f"tool {name!r}: parameters are not a valid JSON schema: {exc.message}") from None
 
 
+def one_string_parameter(name: str, max_length: int, description: str) -> dict[str, Any]:
+    """The JSON schema of arguments that are one required, non-empty string (a city, a search query)."""
+    return {"type": "object",
+            "properties": {name: {"type": "string", "minLength": 1, "maxLength": max_length,
+                                  "description": description}},
+            "required": [name], "additionalProperties": False}
+
+
 def function_spec(name: str, description: str, parameters: dict[str, Any]) -> dict[str, Any]:
     return {"type": "function", "function": {"name": name, "description": description, "parameters": parameters}}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from lmops.assistant.tools.base import Tool, ToolError, ToolResult
+from lmops.assistant.tools.base import Tool, ToolError, ToolResult, one_string_parameter
 from lmops.assistant.tools.http_client import JSONClient
 from lmops.config import WeatherToolConfig
 
@@ -24,15 +24,8 @@ class WeatherTool(Tool):
 
     def __init__(self, config: WeatherToolConfig | None = None):
         self.config = config or WeatherToolConfig()
-        self.parameters: dict[str, Any] = {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string", "minLength": 1, "maxLength": 100,
-                         "description": "the city, optionally with a country code: 'Paris' or 'Paris,FR'"},
-            },
-            "required": ["city"],
-            "additionalProperties": False,
-        }
+        self.parameters: dict[str, Any] = one_string_parameter(
+            "city", 100, "the city, optionally with a country code: 'Paris' or 'Paris,FR'")
         self._client = JSONClient(SOURCE, self.config.base_url, self.config.timeout)
 
     async def run(self, args: dict[str, Any]) -> ToolResult:

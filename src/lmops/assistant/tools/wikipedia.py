@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from lmops.assistant.tools.base import Tool, ToolError, ToolResult
+from lmops.assistant.tools.base import Tool, ToolError, ToolResult, one_string_parameter
 from lmops.assistant.tools.http_client import Answer, JSONClient
 from lmops.config import WikipediaToolConfig
 
@@ -24,15 +24,8 @@ class WikipediaTool(Tool):
 
     def __init__(self, config: WikipediaToolConfig | None = None):
         self.config = config or WikipediaToolConfig()
-        self.parameters: dict[str, Any] = {
-            "type": "object",
-            "properties": {
-                "query": {"type": "string", "minLength": 1, "maxLength": 300,
-                          "description": "what to look up, e.g. 'Eiffel Tower'"},
-            },
-            "required": ["query"],
-            "additionalProperties": False,
-        }
+        self.parameters: dict[str, Any] = one_string_parameter(
+            "query", 300, "what to look up, e.g. 'Eiffel Tower'")
         self._client = JSONClient(self.config.name, self.config.base_url, self.config.timeout)
 
     async def run(self, args: dict[str, Any]) -> ToolResult:
