@@ -55,6 +55,15 @@ UNNEST_RESULTS = text(
     f"INSERT INTO batch_results ({', '.join(RESULT_COLUMNS)}) "
     f"SELECT * FROM unnest({', '.join(f'CAST(:{c} AS {t}[])' for c, t in RESULT_TYPES.items())}) "
     f"ON CONFLICT (item_id, step) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in RESULT_UPDATED)}")
+# The request records (usage ledger rows) of the settled items' calls, the same way: one statement per settle.
+RECORD_TYPES = {"id": "text", "request_id": "text", "created_at": "timestamptz", "endpoint": "text", "model": "text",
+                "adapter": "text", "replica": "text", "stream": "boolean", "prompt_tokens": "int",
+                "completion_tokens": "int", "latency_ms": "float8", "ttft_ms": "float8", "status": "int",
+                "error": "text", "team_id": "text", "user_id": "text", "key_id": "text", "cost_usd": "float8",
+                "day": "date"}
+UNNEST_RECORDS = text(
+    f"INSERT INTO request_records ({', '.join(RECORD_TYPES)}) "
+    f"SELECT * FROM unnest({', '.join(f'CAST(:{c} AS {t}[])' for c, t in RECORD_TYPES.items())})")
 
 
 @dataclass(slots=True)
@@ -181,8 +190,7 @@ class Queue:
             if (await conn.execute(self._owns, {"id": item.id, "token": item.token})).first() is None:
                 return False
             await conn.execute(self._checkpoint, rows)
-            if records:
-                await conn.execute(insert(RECORDS), records)
+            await self._bill(conn, records)
         return True
 
     async def checkpoints(self, item_id: int) -> list[Any]:
@@ -224,9 +232,7 @@ class Queue:
                             error=orjson.dumps(o.error).decode()).returning(ITEMS.c.id))
                 if res.first():
                     retried.append(o)
-            records = [r for o in (*owned, *retried) for r in o.records]
-            if records:
-                await conn.execute(insert(RECORDS), records)
+            await self._bill(conn, [r for o in (*owned, *retried) for r in o.records])
             rows = [r for o in owned for r in o.results]
             if rows:
                 if self._pg:
@@ -235,6 +241,15 @@ class Queue:
                 else:
                     await conn.execute(self._results, rows)
             return await self._count(conn, owned, now)
+
+    async def _bill(self, conn: Any, records: list[dict[str, Any]]) -> None:
+        """Write the request records of calls whose item this transaction settles (or checkpoints)."""
+        if not records:
+            return
+        if self._pg:
+            await conn.execute(UNNEST_RECORDS, {c: [r[c] for r in records] for c in RECORD_TYPES})
+        else:
+            await conn.execute(insert(RECORDS), records)
 
     async def _count(self, conn: Any, owned: list[Outcome], now: float) -> list[JobProgress]:
         per_job: dict[str, list[int]] = {}
