@@ -46,12 +46,14 @@ def rig(serve, settings_factory, monkeypatch):
     """``rig(function_answers, weather_url=None, **assistant)``: the gateway with the assistant in front of them."""
 
     def start(answers: list[Script], weather_url: str | None = None, writer: list[Script] | None = None,
-              **assistant: Any) -> Rig:
+              tools_off: bool = False, **assistant: Any) -> Rig:
         fn, wr = ScriptedChat(answers), ScriptedChat(writer or [from_tool_result])
         fn_srv, wr_srv = serve(fn), serve(wr)
         tools: dict[str, Any] = {"entry_points": False, "wikipedia": {"enabled": False},
                                  "weather": {"api_key_env": KEY_ENV, "timeout": 5,
                                              "base_url": weather_url or "http://127.0.0.1:9"}}
+        if tools_off:
+            tools.update(weather={"enabled": False}, math={"enabled": False})
         settings = settings_factory(
             [{"name": "fn", "engine": "openai", "replicas": [f"{fn_srv.url}/v1"]},
              {"name": "writer", "engine": "openai", "replicas": [f"{wr_srv.url}/v1"]}],
@@ -121,6 +123,8 @@ def test_calling_none_answers_with_the_default_model(rig):
                {"role": "assistant", "content": "It is 12.\n\n" + SOURCE + "SymPy\n![cat](http://x/cat.png)"}]
     resp = ask(r, "thanks!", history, temperature=0.5, max_tokens=50)
     assert resp.choices[0].message.content == "I know this one."
+    [asked] = r.fn.bodies
+    assert asked["messages"][1:] == [{"role": "user", "content": "thanks!"}]  # the latest question only
     [answered] = r.writer.bodies
     assert answered["messages"] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "It is 12."},
                                     {"role": "user", "content": "thanks!"}]
@@ -194,3 +198,18 @@ def test_bad_requests_are_400_envelopes(rig):
     resp = httpx.post(f"{r.url}/v1/chat/completions", json={"model": "assistant", "messages": []}, timeout=10)
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "messages"
     assert r.fn.bodies == []
+
+
+def test_without_tools_the_default_model_answers_alone(rig):
+    r = rig([Answer(call="math", arguments=[MATH])], tools_off=True)
+    chunks = list(ask(r, "what is 2**10", stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "I know this one."
+    assert r.fn.bodies == [] and len(r.writer.bodies) == 1
+
+
+def test_a_broken_function_model_stream_leaves_the_answer_to_the_default_model(rig):
+    """The function model's stream breaks off mid-call (no [DONE]): the default model answers."""
+    r = rig([Answer(call="math", arguments=pieces(MATH), cut_after=3)])
+    resp = ask(r, "what is 2**10")
+    assert resp.choices[0].message.content == "I know this one."
+    assert len(r.fn.bodies) == 1 and len(r.writer.bodies) == 1

@@ -7,7 +7,8 @@ type and name, each following one a piece of the arguments, then ``finish_reason
 chunk (when ``stream_options.include_usage`` is set) and ``[DONE]``. A request without ``stream`` gets the same
 answer whole. ``answers`` are used in turn (the last one again when they run out); an answer may be a function
 of the request body. ``bodies`` keeps each request's body, ``started`` / ``ended`` the times its answer began and
-ended (or was cut off: ``cancelled`` counts streams the client closed before their end).
+ended (or was cut off: ``cancelled`` counts streams the client closed before their end). ``cut_after`` ends a
+stream early without ``[DONE]``, as a crashed upstream does.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Answer:
     arguments: list[str] = field(default_factory=list)
     delay: float = 0.0  # seconds between chunks
     usage: tuple[int, int] = (11, 5)  # prompt, completion tokens reported
+    cut_after: int | None = None  # end the stream after this many events, without [DONE] (a broken upstream)
 
 
 Script = Answer | Callable[[dict[str, Any]], Answer]
@@ -107,7 +109,9 @@ class ScriptedChat:
         gone = asyncio.Event()
         watcher = asyncio.ensure_future(_watch(receive, gone))
         try:
-            for event in events:
+            for i, event in enumerate(events):
+                if answer.cut_after is not None and i >= answer.cut_after:
+                    break
                 if gone.is_set():
                     self.cancelled += 1
                     return
