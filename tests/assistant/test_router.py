@@ -213,3 +213,12 @@ def test_a_broken_function_model_stream_leaves_the_answer_to_the_default_model(r
     resp = ask(r, "what is 2**10")
     assert resp.choices[0].message.content == "I know this one."
     assert len(r.fn.bodies) == 1 and len(r.writer.bodies) == 1
+
+
+def test_the_chat_api_does_not_offer_the_assistant_yet(rig):
+    r = rig([Answer(call="none")])
+    with httpx.Client(base_url=r.url, timeout=10) as http:
+        csrf = http.post("/api/chat/session", json={"username": "", "password": ""}).json()["csrf_token"]
+        assert [m["id"] for m in http.get("/api/chat/models").json()["data"]] == ["fn", "writer"]
+        resp = http.post("/api/chat/conversations", json={"model": "assistant"}, headers={"x-csrf-token": csrf})
+        assert resp.status_code == 404 and resp.json()["error"]["code"] == "model_not_found"
