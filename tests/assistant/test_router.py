@@ -222,3 +222,17 @@ def test_the_chat_api_does_not_offer_the_assistant_yet(rig):
         assert [m["id"] for m in http.get("/api/chat/models").json()["data"]] == ["fn", "writer"]
         resp = http.post("/api/chat/conversations", json={"model": "assistant"}, headers={"x-csrf-token": csrf})
         assert resp.status_code == 404 and resp.json()["error"]["code"] == "model_not_found"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_leaves_stops_the_function_model(rig, stream):
+    r = rig([Answer(call="math", arguments=pieces(MATH, 1), delay=0.1)])  # 50 chunks, 5 s
+    client = r.client.with_options(timeout=0.5)
+    with pytest.raises(openai.APITimeoutError):
+        ask(Rig(r.url, r.fn, r.writer, client), "what is 2**10", stream=stream)
+    deadline = time.monotonic() + 3
+    while r.fn.cancelled == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert r.fn.cancelled == 1 and r.fn.ended[0] - r.fn.started[0] < 2
+    time.sleep(0.3)
+    assert r.writer.bodies == []

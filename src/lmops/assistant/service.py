@@ -15,6 +15,7 @@ billed like a ``/v1`` call; the client's usage is their sum.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -32,8 +33,9 @@ from lmops.config import AssistantConfig
 from lmops.engines.base import Body
 from lmops.observability.logging import request_fields_var
 from lmops.protocol.chat import ChatCompletionRequest
-from lmops.protocol.errors import APIError, InvalidRequest, UpstreamError
+from lmops.protocol.errors import APIError, ClientClosed, InvalidRequest, UpstreamError
 from lmops.serving.context import RequestContext
+from lmops.serving.disconnect import ClientGone, unless_disconnected
 from lmops.serving.inference import Admit, InferenceService
 from lmops.serving.sse import EventStreamResponse
 
@@ -82,7 +84,10 @@ class Assistant:
 
         usage = Usage()
         messages = [m.model_dump(exclude_none=True) for m in req.messages]
-        plan = await self.plan(messages, ctx, admit, usage)
+        try:  # a client that leaves stops the function model and the tool (the answer's stream stops by itself)
+            plan = await unless_disconnected(http, self.plan(messages, ctx, admit, usage))
+        except ClientGone:
+            return Response(status_code=499)
         reply = Reply(self.name, req.wants_usage_chunk())
         headers = [(b"x-request-id", ctx.request_id.encode("latin-1"))]
         if plan.reply is not None:
@@ -105,7 +110,11 @@ class Assistant:
         if req.stream:
             return EventStreamResponse(reply.relay(batches, plan.source, usage, done),
                                        [*headers, *(answer.rate_headers or ())])
-        return json_response(await reply.collect(batches, plan.source, usage, done), answer.rate_headers)
+        try:
+            completion = await unless_disconnected(http, reply.collect(batches, plan.source, usage, done))
+        except ClientGone:
+            return Response(status_code=499)
+        return json_response(completion, answer.rate_headers)
 
     async def plan(self, messages: list[dict[str, Any]], ctx: RequestContext, admit: Admit, usage: Usage) -> Plan:
         """Ask the function model (again after bad arguments) and run the tool it calls."""
@@ -145,6 +154,9 @@ class Assistant:
             decision = await decide(batches, self.detect_tokens)
         except APIError as exc:
             failure = exc
+        except asyncio.CancelledError:
+            failure = ClientClosed()
+            raise
         except Exception as exc:  # noqa: BLE001 - a broken stream: the default model answers instead
             log.exception("the function model's stream failed")
             failure = UpstreamError(f"The stream failed: {type(exc).__name__}")

@@ -7,6 +7,7 @@ settled cost for every request, whatever its outcome.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -116,6 +117,9 @@ class InferenceService:
                 ctx.replica = routed.replica
         except APIError as exc:
             self._failed(ctx, exc)
+            raise
+        except asyncio.CancelledError:  # the caller's client went away: settle what admission held
+            self.finish(ctx, ClientClosed())
             raise
 
     # -- shared generation path ----------------------------------------------------------------
