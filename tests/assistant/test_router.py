@@ -236,3 +236,13 @@ def test_a_client_that_leaves_stops_the_function_model(rig, stream):
     assert r.fn.cancelled == 1 and r.fn.ended[0] - r.fn.started[0] < 2
     time.sleep(0.3)
     assert r.writer.bodies == []
+
+
+def test_a_default_model_stream_that_breaks_ends_with_an_error_event(rig):
+    r = rig([Answer(call="none")], writer=[Answer(text=pieces("It is a long answer.", 2), cut_after=3)])
+    seen: list[str] = []
+    with pytest.raises(openai.APIError) as info:
+        for chunk in ask(r, "hi", stream=True):
+            seen += [c.delta.content or "" for c in chunk.choices]
+    assert "".join(seen) == "It is "
+    assert info.value.body["type"] == "upstream_error" and "without [DONE]" in info.value.message
