@@ -246,3 +246,19 @@ def test_a_default_model_stream_that_breaks_ends_with_an_error_event(rig):
             seen += [c.delta.content or "" for c in chunk.choices]
     assert "".join(seen) == "It is "
     assert info.value.body["type"] == "upstream_error" and "without [DONE]" in info.value.message
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_leaves_during_the_answer_stops_the_default_model(rig, stream):
+    r = rig([Answer(call="none")], writer=[Answer(text=["w "] * 50, delay=0.1)])
+    if stream:
+        with ask(r, "hi", stream=True) as chunks:
+            next(iter(chunks))
+            time.sleep(0.3)  # the reader stops here, the connection closes
+    else:
+        with pytest.raises(openai.APITimeoutError):
+            ask(Rig(r.url, r.fn, r.writer, r.client.with_options(timeout=0.8)), "hi")
+    deadline = time.monotonic() + 3
+    while r.writer.cancelled == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert r.writer.cancelled == 1 and r.writer.ended[0] - r.writer.started[0] < 2.5
