@@ -80,3 +80,18 @@ def test_the_conversation_goes_on_after_a_call(client):
                 {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"celsius": 21, "sky": "clear"})}]
     answer = client.chat.completions.create(model="smollm2", messages=messages, tools=[WEATHER], max_tokens=20)
     assert answer.choices[0].message.content and answer.choices[0].finish_reason in ("stop", "length")
+
+
+def test_long_length_bounds_are_left_to_the_caller(client):
+    """llama.cpp cannot repeat a grammar rule ~1,500 times: a maxLength of 2,000 (the math tool's expression) is
+    left out of the grammar instead of refusing the request; shorter bounds still hold."""
+    tool = {"type": "function", "function": {
+        "name": "math", "description": "Compute an expression",
+        "parameters": {"type": "object", "properties": {"expression": {"type": "string", "maxLength": 2000},
+                                                        "unit": {"type": "string", "maxLength": 3}},
+                       "required": ["expression", "unit"]}}}
+    resp = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "2**10 in cm?"}],
+                                          tools=[tool], tool_choice="required", max_tokens=60, seed=2)
+    (call,) = resp.choices[0].message.tool_calls
+    arguments = _arguments_fit(call, tool)
+    assert len(arguments["unit"]) <= 3

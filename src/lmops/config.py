@@ -347,9 +347,23 @@ class ToolsConfig(_Strict):
 
 
 class AssistantConfig(_Strict):
-    """The multi-service assistant (issue 23). So far: its tools."""
+    """The multi-service assistant (issue 23): a virtual model that asks a function model which tool (if any) answers
+    the latest question, runs it, and has the default model phrase the answer. It is served when both
+    ``function_model`` and ``default_model`` are set."""
 
+    name: str = Field(default="assistant", min_length=1, description="the model name clients ask for")
+    function_model: str | None = Field(default=None, description="the model that chooses a tool (it must support "
+                                       "tool calls; the embedded model does, through a forced tool_choice)")
+    default_model: str | None = Field(default=None, description="the model that writes the answers")
+    reasks: int = Field(default=2, ge=0, le=10, description="times the function model is asked again after "
+                        "arguments that do not fit its tool")
+    detect_tokens: int = Field(default=8, ge=1, le=1024, description="streamed tokens of the function model's "
+                               "answer read at most, without a tool call starting, before the default model answers")
     tools: ToolsConfig = Field(default_factory=ToolsConfig)
+
+    @property
+    def enabled(self) -> bool:
+        return self.function_model is not None and self.default_model is not None
 
 
 def _tool_url(v: str) -> str:
@@ -433,6 +447,16 @@ class Settings(BaseSettings):
         public = names | {f"{m.name}:{a.name}" for m in self.models for a in m.adapters}  # what requests may name
         if self.batch.default_model is not None and self.batch.default_model not in public:
             found.append((("batch", "default_model"), f"no model is called {self.batch.default_model!r} ({declared})"))
+        assistant = self.assistant
+        for field_name in ("function_model", "default_model"):
+            value = getattr(assistant, field_name)
+            if value is not None and value not in public:
+                found.append((("assistant", field_name), f"no model is called {value!r} ({declared})"))
+        if (assistant.function_model is None) != (assistant.default_model is None):
+            missing = "default_model" if assistant.default_model is None else "function_model"
+            found.append((("assistant", missing), "the assistant needs both function_model and default_model"))
+        if assistant.enabled and assistant.name in public:
+            found.append((("assistant", "name"), f"{assistant.name!r} is already a model's name"))
         return found
 
     def model(self, name: str) -> ModelConfig | None:

@@ -25,6 +25,7 @@ from lmops.routing.replicas import Deployment, Replica
 from lmops.routing.router import Router, Target
 from lmops.serving.context import Guard
 from lmops.serving.inference import InferenceService
+from lmops.serving.virtual import ChatHandler
 from lmops.store.database import upgrade_async
 from lmops.usage.batch_writer import BatchWriter
 from lmops.usage.records import RECORDS
@@ -79,16 +80,32 @@ class Core:
         await self.db.dispose()
 
     # -- small helpers the routers share -------------------------------------------------------
-    def model_cards(self, allowed: Callable[[str], bool] | None = None) -> list[dict[str, Any]]:
-        """Cards of every public name (adapters as ``model:adapter``), those ``allowed`` accepts when given."""
-        return [_card(t) for t in self.router.targets if allowed is None or allowed(t.name)]
+    def model_cards(self, allowed: Callable[[str], bool] | None = None, *,
+                    virtual: bool = False) -> list[dict[str, Any]]:
+        """Cards of every public name (adapters as ``model:adapter``), those ``allowed`` accepts when given;
+        ``virtual``: then the virtual models (the assistant) whose every inner model is allowed."""
+        cards = [_card(t) for t in self.router.targets if allowed is None or allowed(t.name)]
+        if virtual:
+            cards += [model_card(name) for name, handler in self.inference.virtual.items()
+                      if _may_use(handler, allowed)]
+        return cards
 
-    def model_card(self, name: str, allowed: Callable[[str], bool] | None = None) -> dict[str, Any]:
+    def model_card(self, name: str, allowed: Callable[[str], bool] | None = None, *,
+                   virtual: bool = False) -> dict[str, Any]:
         """The card of ``name``; 404 when unknown or not ``allowed`` (a hidden model is not revealed)."""
+        handler = self.inference.virtual.get(name) if virtual else None
+        if handler is not None:
+            if not _may_use(handler, allowed):
+                raise ModelNotFound(name)
+            return model_card(name)
         target = self.router.find(name)
         if target is None or (allowed is not None and not allowed(name)):
             raise ModelNotFound(name)
         return _card(target)
+
+
+def _may_use(handler: ChatHandler, allowed: Callable[[str], bool] | None) -> bool:
+    return allowed is None or all(allowed(m) for m in handler.models)
 
 
 def _card(target: Target) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 
 from lmops.access.capability import AccessCapability
+from lmops.assistant.capability import AssistantCapability
 from lmops.batch.capability import BatchCapability
 from lmops.capability import Capability
 from lmops.chat.capability import ChatCapability
@@ -31,6 +32,7 @@ class Services:
     batch: BatchCapability
     images: ImagesCapability
     chat: ChatCapability
+    assistant: AssistantCapability | None  # None unless assistant.function_model and default_model are set
 
     @classmethod
     def build(cls, settings: Settings, *, guard: Guard | None = None) -> "Services":
@@ -39,8 +41,9 @@ class Services:
         access = AccessCapability(settings, db) if guard is None and settings.access.enabled else None
         core = Core.build(settings, db, guard or (access.guard if access else OpenGuard()))
         chat = ChatCapability(core, team_models=_team_models(access) if access else None)
+        assistant = AssistantCapability(core) if settings.assistant.enabled else None
         return cls(core=core, access=access, batch=BatchCapability(core),
-                   images=ImagesCapability(core, server_secret(settings, access)), chat=chat)
+                   images=ImagesCapability(core, server_secret(settings, access)), chat=chat, assistant=assistant)
 
     @property
     def settings(self) -> Settings:

@@ -40,17 +40,18 @@ async def embeddings(request: Request) -> Response:
 
 @router.get("/models")
 async def list_models(request: Request) -> Response:
-    """The models (and adapters) the caller's key may use: its team's and its own model rules."""
+    """The models (and adapters) the caller's key may use: its team's and its own model rules; and the assistant
+    when it may use both the assistant's models."""
     svc = core(request)
     allowed = await svc.guard.allowed_models(request)
-    return json_response({"object": "list", "data": svc.model_cards(allowed)})
+    return json_response({"object": "list", "data": svc.model_cards(allowed, virtual=True)})
 
 
 @router.get("/models/{model:path}")
 async def get_model(model: str, request: Request) -> Response:
     svc = core(request)
     allowed = await svc.guard.allowed_models(request)
-    return json_response(svc.model_card(model, allowed))  # 404 for a model the key may not use
+    return json_response(svc.model_card(model, allowed, virtual=True))  # 404 for a model the key may not use
 
 
 # Served by api/direct.py from the middleware stack, skipping FastAPI's router per request: keep these endpoints

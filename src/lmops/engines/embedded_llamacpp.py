@@ -516,18 +516,35 @@ def _grammar(response_format: dict[str, Any] | None, vocab: Any) -> Any:
     return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
 
 
+GRAMMAR_MAX_REPEAT = 1000  # llama.cpp refuses a grammar repeating a rule about 1,500 times or more
+
+
 def _schema_grammar(schema: dict[str, Any], vocab: Any, what: str) -> Any:
-    """A llama.cpp grammar for a JSON schema; one it cannot build or parse is the client's 400, naming ``what``."""
+    """A llama.cpp grammar for a JSON schema; one it cannot build or parse is the client's 400, naming ``what``.
+
+    Length bounds above ``GRAMMAR_MAX_REPEAT`` (``maxLength``, ``maxItems``: a tool's 2,000-character expression)
+    are left out of the grammar, which cannot repeat a rule that often; ``max_tokens`` bounds the output anyway.
+    """
     from llama_cpp import LlamaGrammar
 
     try:
-        grammar = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+        grammar = LlamaGrammar.from_json_schema(json.dumps(_bounded(schema)), verbose=False)
     except Exception as exc:  # noqa: BLE001 - tell the client what is wrong with its schema
         raise EngineRejected(f"{what} is not usable: {exc}", status=400) from exc
     if not _compiles(grammar, vocab):
         raise EngineRejected(f"{what} is not usable: llama.cpp cannot parse the grammar it converts to (an empty "
                              "anyOf or enum allows no value at all)", status=400)
     return grammar
+
+
+def _bounded(schema: Any) -> Any:
+    """``schema`` without ``maxLength`` or ``maxItems`` above ``GRAMMAR_MAX_REPEAT`` (a copy, at any depth)."""
+    if isinstance(schema, list):
+        return [_bounded(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    return {key: _bounded(value) for key, value in schema.items()
+            if not (key in ("maxLength", "maxItems") and isinstance(value, int) and value > GRAMMAR_MAX_REPEAT)}
 
 
 def _compiles(grammar: Any, vocab: Any) -> bool:

@@ -7,14 +7,16 @@ settled cost for every request, whatever its outcome.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -27,18 +29,21 @@ from lmops.protocol import responses as R
 from lmops.protocol.chat import ChatCompletionRequest
 from lmops.protocol.completions import CompletionRequest
 from lmops.protocol.embeddings import EmbeddingRequest
-from lmops.protocol.errors import APIError, ClientClosed, InvalidRequest, UpstreamError
+from lmops.protocol.errors import APIError, ClientClosed, InvalidRequest, UpstreamError, from_validation_error
 from lmops.routing.router import Routed, Router, Target
 from lmops.serving.context import Guard, RequestContext
 from lmops.serving.disconnect import ClientGone, unless_disconnected
 from lmops.serving.sse import EventStreamResponse
 from lmops.serving.usage_check import plausible_usage
+from lmops.serving.virtual import ChatHandler
 from lmops.usage.batch_writer import BatchWriter
 
 log = logging.getLogger("lmops.serving")
 
 JSON = "application/json"
 _DONE = b"data: [DONE]\n\n"
+
+Admit = Callable[[RequestContext], Awaitable[None]]  # admits a call for the caller (the guard), or raises
 
 
 class InferenceService:
@@ -47,9 +52,13 @@ class InferenceService:
         self.metrics = metrics
         self.records = records
         self.guard = guard
+        self.virtual: dict[str, ChatHandler] = {}  # virtual model name -> its handler (filled by the root)
 
     # -- entry points (one per API resource) ---------------------------------------------------
     async def chat(self, req: ChatCompletionRequest, http: Request, ctx: RequestContext) -> Response:
+        handler = self.virtual.get(req.model)
+        if handler is not None:
+            return await handler.chat(req, http, ctx)
         return await self._generate(req, http, ctx, _chat_call, _chat_stream, req.token_limit())
 
     async def completion(self, req: CompletionRequest, http: Request, ctx: RequestContext) -> Response:
@@ -78,6 +87,40 @@ class InferenceService:
             raise self._crashed(ctx) from exc
         self.finish(ctx)
         return _json_response(result, ctx)
+
+    async def open_chat_stream(self, body: Body, ctx: RequestContext, admit: Admit) -> AsyncIterator[Chunks]:
+        """Open a streamed chat completion for a caller inside lmops (a virtual model's handler): the request is
+        validated, gets the model's defaults and context check, is admitted by ``admit`` (the guard, for the
+        caller) and routed (retry before the first byte), as on ``/v1``.
+
+        A refusal or failure here is finished (recorded, settled) and raised. Otherwise the caller reads the
+        chunks (they end with a usage chunk), counts their usage with ``plausible_usage`` and calls ``finish``.
+        """
+        ctx.stream = True
+        try:
+            model = str(body.get("model"))
+            target = self.router.resolve(model)
+            address(ctx, model, target)
+            try:
+                req = ChatCompletionRequest.model_validate({**body, "stream": True})
+            except ValidationError as exc:
+                raise from_validation_error(exc) from None
+            wire = upstream_body(req, target)
+            ctx.max_tokens = wire.get("max_completion_tokens") or wire.get("max_tokens")
+            ctx.choices = req.choices()
+            ctx.body_bytes = len(orjson.dumps(wire))
+            await admit(ctx)
+            routed = Routed()
+            try:
+                return await self.router.stream(model, _chat_stream, wire, routed)
+            finally:
+                ctx.replica = routed.replica
+        except APIError as exc:
+            self._failed(ctx, exc)
+            raise
+        except asyncio.CancelledError:  # the caller's client went away: settle what admission held
+            self.finish(ctx, ClientClosed())
+            raise
 
     # -- shared generation path ----------------------------------------------------------------
     async def _generate(self, req: ChatCompletionRequest | CompletionRequest, http: Request, ctx: RequestContext,
