@@ -151,7 +151,9 @@ def chat_router(chat: ChatService) -> APIRouter:
         await chat.store.get(user.owner, conversation_id)
         if before is not None:
             before = max(0, min(before, MAX_SEQ))  # within the column's range (PostgreSQL's integer)
-        return json_response(await chat.store.page(conversation_id, before=before, limit=_limit(limit)))
+        page = await chat.store.page(conversation_id, before=before, limit=_limit(limit))
+        page["data"] = [chat.markdown.message(m) for m in page["data"]]
+        return json_response(page)
 
     @router.post("/conversations/{conversation_id}/messages", openapi_extra=request_body(MessageCreate))
     async def send_message(conversation_id: str, request: Request) -> Response:
