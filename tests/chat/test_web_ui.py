@@ -16,6 +16,8 @@ import httpx
 import pytest
 
 from conftest import need_service
+
+from .conftest import PASSWORD, make_user
 from lmops.app import create_app
 from lmops.testing.fake_openai import WORDS, Behaviour, FakeOpenAI
 from lmops.testing.server import ServerThread
@@ -46,7 +48,7 @@ def lmops(fake, tmp_path_factory) -> Iterator[ServerThread]:
 
 
 @pytest.fixture
-def upstream(fake) -> Iterator[FakeOpenAI]:
+def fake_upstream(fake) -> Iterator[FakeOpenAI]:
     """The fake upstream, its behaviour reset after each test."""
     _, app = fake
     yield app
@@ -168,8 +170,8 @@ def test_the_page_is_served_with_a_strict_content_security_policy(lmops):
         assert httpx.get(f"{lmops.url}{bad}").status_code == 404, bad
 
 
-def test_sign_in_then_an_answer_streams_token_by_token(ui, upstream):
-    upstream.behaviour.chunk_delay = 0.15
+def test_sign_in_then_an_answer_streams_token_by_token(ui, fake_upstream):
+    fake_upstream.behaviour.chunk_delay = 0.15
     p = ui.page
     assert p.locator("#model option").all_inner_texts() == ["(default model)", "fake", "other"]
     ui.new_chat()
@@ -186,9 +188,9 @@ def test_sign_in_then_an_answer_streams_token_by_token(ui, upstream):
     ui.shot("chat.png")
 
 
-def test_stop_keeps_a_partial_answer_marked_stopped(ui, upstream, lmops):
-    upstream.behaviour.chunk_delay = 0.3
-    upstream.behaviour.words = 60
+def test_stop_keeps_a_partial_answer_marked_stopped(ui, fake_upstream, lmops):
+    fake_upstream.behaviour.chunk_delay = 0.3
+    fake_upstream.behaviour.words = 60
     p = ui.page
     conversation = ui.new_chat()
     ui.send("A long answer please")
@@ -206,7 +208,7 @@ def test_stop_keeps_a_partial_answer_marked_stopped(ui, upstream, lmops):
     assert stored[-1]["status"] == "stopped" and stored[-1]["content"].strip() == text.strip()
 
 
-def test_settings_reach_the_upstream_and_the_model_picker_is_kept(ui, upstream, lmops):
+def test_settings_reach_the_upstream_and_the_model_picker_is_kept(ui, fake_upstream, lmops):
     p = ui.page
     conversation = ui.new_chat()
     p.click("#settings-toggle")
@@ -222,7 +224,7 @@ def test_settings_reach_the_upstream_and_the_model_picker_is_kept(ui, upstream, 
                            .model === 'other'""")
     ui.send("Hello")
     answer = ui.wait_answer(1)
-    sent = upstream.last_body
+    sent = fake_upstream.last_body
     assert sent is not None and sent["model"] == "other"
     assert sent["temperature"] == 0.3 and sent["top_p"] == 0.9 and sent["repetition_penalty"] == 1.1
     assert (sent.get("max_tokens") or sent.get("max_completion_tokens")) == 4
@@ -233,18 +235,18 @@ def test_settings_reach_the_upstream_and_the_model_picker_is_kept(ui, upstream, 
     assert conv["params"] == {"temperature": 0.3, "top_p": 0.9, "repetition_penalty": 1.1, "max_tokens": 4}
 
 
-def test_regenerate_and_edit_and_resend(ui, upstream, lmops):
+def test_regenerate_and_edit_and_resend(ui, fake_upstream, lmops):
     p = ui.page
     conversation = ui.new_chat()
     ui.send("First question")
     ui.wait_answer(1)
     first_id = p.locator("#messages .msg.assistant[data-id]").last.get_attribute("data-id")
-    calls = upstream.requests
+    calls = fake_upstream.requests
     p.click("#messages .msg.assistant .regenerate")
     answer = ui.wait_answer(1)
-    assert upstream.requests == calls + 1
+    assert fake_upstream.requests == calls + 1
     assert answer.get_attribute("data-id") != first_id
-    assert upstream.last_body["messages"][-1] == {"role": "user", "content": "First question"}
+    assert fake_upstream.last_body["messages"][-1] == {"role": "user", "content": "First question"}
     ui.send("Second question")
     ui.wait_answer(2)
     p.locator("#messages .msg.user").first.locator(".edit").click()
@@ -253,14 +255,14 @@ def test_regenerate_and_edit_and_resend(ui, upstream, lmops):
     ui.wait_answer(1)
     assert p.locator("#messages .msg").count() == 2
     assert p.locator("#messages .msg.user .body").text_content().strip() == "First question, edited"
-    assert upstream.last_body["messages"][-1] == {"role": "user", "content": "First question, edited"}
+    assert fake_upstream.last_body["messages"][-1] == {"role": "user", "content": "First question, edited"}
     with api(lmops) as http:
         stored = http.get(f"/api/chat/conversations/{conversation}/messages").json()["data"]
     assert [m["role"] for m in stored] == ["user", "assistant"]
     assert stored[0]["content"] == "First question, edited"
 
 
-def test_export_xlsx_download_has_the_conversations_rows(ui, upstream, tmp_path):
+def test_export_xlsx_download_has_the_conversations_rows(ui, fake_upstream, tmp_path):
     import openpyxl
 
     p = ui.page
@@ -357,3 +359,32 @@ def test_conversations_new_rename_search_delete_and_import(ui, lmops, tmp_path):
     p.set_input_files("#import-file", str(export))
     p.wait_for_selector("#import-result:has-text('Imported 1 conversation')")
     p.wait_for_selector("#conversations li:has-text('Imported from ChatGPT')")
+
+
+def test_with_access_control_a_user_signs_in_with_the_web_password(chromium, start_gateway, tmp_path):
+    gw = start_gateway(database_url=f"sqlite+aiosqlite:///{tmp_path / 'access.db'}")
+    user = make_user(gw, gw.team()["id"])
+    ui = Page(chromium, gw.url, tmp_path)
+    p = ui.page
+    p.goto(gw.url + "/")
+    p.fill("#username", user["name"])
+    p.fill("#password", "wrong password")
+    p.click("#signin-form button[type=submit]")
+    p.wait_for_selector("#signin-error:has-text('Incorrect username or password')")
+    assert p.locator("#app").is_hidden()
+    p.fill("#password", PASSWORD)
+    p.click("#signin-form button[type=submit]")
+    p.wait_for_selector("body[data-ready]")
+    assert p.locator("#who").text_content() == f"Signed in as {user['name']}"
+    assert p.locator("#model option").all_inner_texts() == ["(default model)", "fake", "other"]
+    ui.new_chat()
+    ui.send("Hello")
+    assert ui.wait_answer(1).locator(".body").text_content().strip() == FULL
+    p.reload()  # the session cookie keeps the user signed in
+    p.wait_for_selector("body[data-ready]")
+    p.click("#sign-out")
+    p.wait_for_selector("#signin-form", state="visible")
+    p.reload()
+    p.wait_for_selector("#signin-form", state="visible")
+    ui.problems = [x for x in ui.problems if "status of 401" not in x]  # the wrong password's answer
+    ui.close()
