@@ -184,7 +184,9 @@ def test_sign_in_then_an_answer_streams_token_by_token(ui, fake_upstream):
     assert answer.locator(".body").text_content().strip() == FULL
     question = p.locator("#messages .msg.user").last
     assert question.locator(".body strong").text_content() == "foxes"  # the server's HTML swapped in
-    assert p.locator("#conversations li.current").text_content() == "Tell me about **foxes**"
+    p.wait_for_function("() => document.querySelector('#conversations li.current')?.textContent"
+                        " === 'Tell me about **foxes**'")  # the first question names the chat
+    assert p.input_value("#title") == "Tell me about **foxes**"
     ui.shot("chat.png")
 
 
@@ -331,6 +333,7 @@ def test_hostile_markdown_renders_inert(ui, lmops):
     assert hrefs == [["https://example.com", "noopener noreferrer"]]
     assert "<script>alert(1)</script>" in (p.locator("#messages .msg.assistant .body").first.text_content() or "")
     assert p.locator("#messages .msg.assistant pre code").text_content() == "print(1)\n"
+    ui.shot("markdown.png")
 
 
 def test_conversations_new_rename_search_delete_and_import(ui, lmops, tmp_path):
