@@ -6,7 +6,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from lmops.chat.markdown import Renderer
+from lmops.chat.markdown import MAX_MARKDOWN, Renderer
 
 from .conftest import make_user, sign_in
 
@@ -52,6 +52,13 @@ def test_markdown_tables_code_lists_and_links():
     assert r.html("[site](https://example.com)") == (
         '<p><a href="https://example.com" rel="noopener noreferrer">site</a></p>\n')
     assert "style" not in r.html("| a |\n|:-:|\n| 1 |")  # the UI's CSP refuses inline styles
+
+
+def test_a_very_long_text_is_shown_as_escaped_plain_text():
+    text = "**a** <script>x</script> " * (MAX_MARKDOWN // 20)
+    html = Renderer().html(text)
+    assert html.startswith("<pre>**a** &lt;script&gt;x&lt;/script&gt;") and "<strong>" not in html
+    assert Elements(html).found == [("pre", {})]
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -190,7 +191,7 @@ class ChatService:
                 "assistant", text, model=model, params=params, prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens, status=status)])
             return {"object": "chat.answer", "status": status, "conversation_id": conversation_id,
-                    "messages": [self.markdown.message(m) for m in (*asked, answer)],
+                    "messages": await asyncio.to_thread(self.markdown.messages, [*asked, answer]),
                     "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                               "total_tokens": prompt_tokens + completion_tokens}}
 

@@ -17,8 +17,11 @@ from lmops.protocol.errors import NotFound
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
-TYPES = {"js": "text/javascript; charset=utf-8", "css": "text/css; charset=utf-8"}
 ASSET = re.compile(r"^[a-z][a-z0-9_-]*\.(js|css)$")
+
+
+def _media_type(suffix: str) -> str:
+    return "text/javascript; charset=utf-8" if suffix == "js" else "text/css; charset=utf-8"
 
 
 def _headers() -> dict[str, str]:
@@ -46,6 +49,6 @@ def web_router() -> APIRouter:
             body = _read(name)
         except (FileNotFoundError, IsADirectoryError):
             raise NotFound(f"No file '{name}'.") from None
-        return Response(body, media_type=TYPES[match.group(1)], headers=_headers())
+        return Response(body, media_type=_media_type(match.group(1)), headers=_headers())
 
     return router

@@ -155,6 +155,12 @@ class ChatApp {
     this.nextBefore = page.next_before;
     this.refreshActions();
     box.scrollTop = box.scrollHeight;
+    this.fillView();
+  }
+
+  fillView() {  // a page that does not fill the view leaves nothing to scroll: load older at once
+    const box = $("messages");
+    if (this.nextBefore !== null && box.scrollHeight <= box.clientHeight) this.loadOlder();
   }
 
   showConversation(conv) {
@@ -279,6 +285,7 @@ class ChatApp {
       note.remove();
       this.loadingOlder = false;
     }
+    this.fillView();
   }
 
   setStreaming(on) {
