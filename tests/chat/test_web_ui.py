@@ -6,6 +6,7 @@ mode, in front of the fake upstream. Chromium missing: skipped locally, a failur
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -285,6 +286,14 @@ def test_export_xlsx_download_has_the_conversations_rows(ui, fake_upstream, tmp_
     with p.expect_download() as info:
         p.click("#sidebar a.export[data-format=csv]")
     assert info.value.suggested_filename == "lmops-chat.csv"
+    with p.expect_download() as info:
+        p.click("header a.export[data-format=json]")
+    rows = json.loads(Path(info.value.path()).read_text())
+    assert [(r["role"], r["text"]) for r in rows] == [("user", "Export me"), ("assistant", FULL)]
+    with p.expect_download() as info:
+        p.click("header a.export[data-format=md]")
+    markdown = Path(info.value.path()).read_text()
+    assert markdown.startswith("# Export me") and FULL in markdown
     p.click("#settings-toggle")
     ui.shot("export.png")
 
