@@ -6,6 +6,7 @@ A signed-in browser sends its session cookie, and on every state-changing reques
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import orjson
@@ -151,7 +152,9 @@ def chat_router(chat: ChatService) -> APIRouter:
         await chat.store.get(user.owner, conversation_id)
         if before is not None:
             before = max(0, min(before, MAX_SEQ))  # within the column's range (PostgreSQL's integer)
-        return json_response(await chat.store.page(conversation_id, before=before, limit=_limit(limit)))
+        page = await chat.store.page(conversation_id, before=before, limit=_limit(limit))
+        page["data"] = await asyncio.to_thread(chat.markdown.messages, page["data"])  # CPU work, off the loop
+        return json_response(page)
 
     @router.post("/conversations/{conversation_id}/messages", openapi_extra=request_body(MessageCreate))
     async def send_message(conversation_id: str, request: Request) -> Response:

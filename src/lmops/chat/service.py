@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ from lmops.chat.auth import ChatAuth
 from lmops.chat.history import History, LatestTurns
 from lmops.chat.identity import ChatUser
 from lmops.chat.importer import parse_export
+from lmops.chat.markdown import Renderer
 from lmops.chat.store import ChatStore, NewMessage, Row
 from lmops.chat.throttle import SignInThrottle
 from lmops.config import Settings
@@ -46,6 +48,7 @@ class ChatService:
         self.team_models = team_models or every_model
         self.history: History = LatestTurns(self.store)  # the seam for a summarising memory
         self.answers = Answerer(core)
+        self.markdown = Renderer()  # messages as safe HTML for the web UI
 
     async def start(self) -> None:
         return None
@@ -188,7 +191,7 @@ class ChatService:
                 "assistant", text, model=model, params=params, prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens, status=status)])
             return {"object": "chat.answer", "status": status, "conversation_id": conversation_id,
-                    "messages": [*asked, answer],
+                    "messages": await asyncio.to_thread(self.markdown.messages, [*asked, answer]),
                     "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                               "total_tokens": prompt_tokens + completion_tokens}}
 

@@ -8,7 +8,8 @@ tests simulate faults: ``fail`` (answer 500), ``hang`` (never answer), ``delay``
 before answering), ``chunk_delay`` (seconds between stream chunks). ``served`` names the
 models it serves, as a vLLM server started with ``--lora-modules name=path`` serves its base
 model and each adapter by name: any other model is a 404, as vLLM answers it. Answers echo the
-requested model; ``models_seen`` counts the model names requests asked for. ``usage`` replaces the token counts
+requested model; ``models_seen`` counts the model names requests asked for, ``last_body`` is the last request's
+JSON body. ``usage`` replaces the token counts
 answers report (an upstream that miscounts).
 
 Run: ``python -m lmops.testing.fake_openai --port 9000 [--fail|--hang|--delay S]``.
@@ -54,6 +55,7 @@ class FakeOpenAI:
         self.requests = 0
         self.cancelled_streams = 0
         self.models_seen: Counter[str] = Counter()  # model names asked for (completions, embeddings)
+        self.last_body: dict[str, Any] | None = None  # the last completion or embedding request, as sent
         self._slots: asyncio.Semaphore | None = None  # made on first use, on the server's event loop
 
     async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
@@ -88,6 +90,7 @@ class FakeOpenAI:
             return
         model = req.get("model", "fake")
         self.models_seen[model] += 1
+        self.last_body = req
         if b.served is not None and model not in b.served:
             await _json(send, 404, {"error": {"message": f"The model `{model}` does not exist.",
                                               "type": "NotFoundError", "param": None, "code": 404}})
