@@ -66,7 +66,7 @@ class FakeOpenAI:
         body = await receive_body(receive)
         b = self.behaviour
         if (path.endswith("/models") or path == "/health") and not b.fail_health:
-            await _json(send, 200, {"object": "list", "data": _model_cards(b.served)})
+            await send_json(send, 200, {"object": "list", "data": _model_cards(b.served)})
             return
         self.requests += 1
         if b.hang:
@@ -79,20 +79,20 @@ class FakeOpenAI:
             else:
                 await asyncio.sleep(b.delay)
         if b.fail:
-            await _json(send, 500, {"error": {"message": "fake upstream failure", "type": "server_error",
+            await send_json(send, 500, {"error": {"message": "fake upstream failure", "type": "server_error",
                                               "param": None, "code": None}})
             return
         try:
             req = orjson.loads(body) if body else {}
         except orjson.JSONDecodeError:
-            await _json(send, 400, {"error": {"message": "bad json", "type": "invalid_request_error",
+            await send_json(send, 400, {"error": {"message": "bad json", "type": "invalid_request_error",
                                               "param": None, "code": None}})
             return
         model = req.get("model", "fake")
         self.models_seen[model] += 1
         self.last_body = req
         if b.served is not None and model not in b.served:
-            await _json(send, 404, {"error": {"message": f"The model `{model}` does not exist.",
+            await send_json(send, 404, {"error": {"message": f"The model `{model}` does not exist.",
                                               "type": "NotFoundError", "param": None, "code": 404}})
             return
         if b.answer is not None:  # an upstream that speaks broken OpenAI
@@ -102,20 +102,20 @@ class FakeOpenAI:
                 await send({"type": "http.response.body",
                             "body": b"data: " + orjson.dumps(b.answer) + b"\n\ndata: [DONE]\n\n"})
             else:
-                await _json(send, 200, b.answer)
+                await send_json(send, 200, b.answer)
             return
         words = WORDS[: b.words] if b.words <= len(WORDS) else (WORDS * (b.words // len(WORDS) + 1))[: b.words]
         if path.endswith("/embeddings"):
             inputs = req.get("input")
             n = len(inputs) if isinstance(inputs, list) else 1
-            await _json(send, 200, {"object": "list", "model": model,
+            await send_json(send, 200, {"object": "list", "model": model,
                                     "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
                                              for i in range(n)],
                                     "usage": {"prompt_tokens": 3 * n, "total_tokens": 3 * n}})
             return
         chat = path.endswith("/chat/completions")
         if not chat and not path.endswith("/completions"):
-            await _json(send, 404, {"error": {"message": "not found", "type": "invalid_request_error",
+            await send_json(send, 404, {"error": {"message": "not found", "type": "invalid_request_error",
                                               "param": None, "code": None}})
             return
         # A completion's list of prompts gets n choices each, as vLLM answers it; all the same words here.
@@ -133,7 +133,7 @@ class FakeOpenAI:
                        "logprobs": None} if chat else
                       {"index": 0, "text": text, "finish_reason": finish, "logprobs": None})
             choices = [choice] if n == 1 else [{**choice, "index": i} for i in range(n)]
-            await _json(send, 200, {"id": rid, "object": "chat.completion" if chat else "text_completion",
+            await send_json(send, 200, {"id": rid, "object": "chat.completion" if chat else "text_completion",
                                     "created": created, "model": model, "choices": choices, "usage": usage})
             return
         await send({"type": "http.response.start", "status": 200,
@@ -141,7 +141,7 @@ class FakeOpenAI:
         obj = "chat.completion.chunk" if chat else "text_completion"
         include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
         gone = asyncio.Event()
-        watcher = asyncio.ensure_future(_watch_disconnect(receive, gone))
+        watcher = asyncio.ensure_future(watch_disconnect(receive, gone))
         try:
             for i, word in enumerate(words + [None]):
                 if gone.is_set():  # the client went away: stop generating, as vLLM does
@@ -212,13 +212,15 @@ def _model_cards(served: tuple[str, ...] | None) -> list[dict]:
              "parent": None if name == base else base} for name in served]
 
 
-async def _watch_disconnect(receive, gone: asyncio.Event) -> None:  # type: ignore[no-untyped-def]
+async def watch_disconnect(receive, gone: asyncio.Event) -> None:  # type: ignore[no-untyped-def]
+    """Set ``gone`` when the client disconnects (what a streaming engine watches to stop generating)."""
     while (await receive())["type"] != "http.disconnect":
         pass
     gone.set()
 
 
-async def _json(send, status: int, payload: Any) -> None:  # type: ignore[no-untyped-def]
+async def send_json(send, status: int, payload: Any) -> None:  # type: ignore[no-untyped-def]
+    """Answer with ``payload`` as JSON (with its content-length)."""
     body = orjson.dumps(payload)
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from lmops.testing.fake_openai import receive_body
+from lmops.testing.fake_openai import receive_body, send_json, watch_disconnect
 
 
 @dataclass
@@ -62,7 +62,7 @@ class ScriptedChat:
                     return
         raw = await receive_body(receive)
         if not scope["path"].endswith("/chat/completions"):
-            await _json(send, 200, {"object": "list", "data": [
+            await send_json(send, 200, {"object": "list", "data": [
                 {"id": "scripted", "object": "model", "created": 0, "owned_by": "scripted"}]})
             return
         body = orjson.loads(raw)
@@ -80,7 +80,7 @@ class ScriptedChat:
                 message["tool_calls"] = [{"id": call_id, "type": "function", "function": {
                     "name": answer.call, "arguments": "".join(answer.arguments)}}]
             self.ended.append(time.monotonic())
-            await _json(send, 200, {"id": rid, "object": "chat.completion", "created": created, "model": model,
+            await send_json(send, 200, {"id": rid, "object": "chat.completion", "created": created, "model": model,
                                     "choices": [{"index": 0, "message": message, "logprobs": None,
                                                  "finish_reason": "tool_calls" if answer.call else "stop"}],
                                     "usage": usage})
@@ -107,7 +107,7 @@ class ScriptedChat:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream")]})
         gone = asyncio.Event()
-        watcher = asyncio.ensure_future(_watch(receive, gone))
+        watcher = asyncio.ensure_future(watch_disconnect(receive, gone))
         try:
             for i, event in enumerate(events):
                 if answer.cut_after is not None and i >= answer.cut_after:
@@ -125,16 +125,3 @@ class ScriptedChat:
         finally:
             self.ended.append(time.monotonic())
             watcher.cancel()
-
-
-async def _watch(receive, gone: asyncio.Event) -> None:  # type: ignore[no-untyped-def]
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    gone.set()
-
-
-async def _json(send, status: int, payload: Any) -> None:  # type: ignore[no-untyped-def]
-    body = orjson.dumps(payload)
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
