@@ -50,6 +50,12 @@ def need_service(name: str, reason: str) -> None:
     pytest.skip(f"{name} not available: {reason}")
 
 
+@pytest.fixture(scope="session")
+def require_service():
+    """``need_service`` for test modules: ``conftest`` is not importable by name from every test folder."""
+    return need_service
+
+
 @pytest.fixture
 def settings_factory(tmp_path: Path):
     def factory(models: list[dict[str, Any]] | None = None, **overrides: Any) -> Settings:

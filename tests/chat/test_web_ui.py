@@ -16,7 +16,6 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import need_service
 
 from .conftest import PASSWORD, make_user
 from lmops.app import create_app
@@ -57,13 +56,13 @@ def fake_upstream(fake) -> Iterator[FakeOpenAI]:
 
 
 @pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
+def chromium(require_service) -> Iterator[Any]:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError as exc:
-        need_service("Playwright", f"pip install playwright: {exc}")
+        require_service("Playwright", f"pip install playwright: {exc}")
     if not os.path.exists(CHROMIUM):
-        need_service("Chromium", f"{CHROMIUM} is missing: apt-get install chromium")
+        require_service("Chromium", f"{CHROMIUM} is missing: apt-get install chromium")
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
                                      args=["--headless", "--no-sandbox", "--disable-gpu"])
