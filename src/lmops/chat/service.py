@@ -129,9 +129,8 @@ class ChatService:
         messages = await self.history.window(conversation_id, conv["system_prompt"], new, self._budget(chosen, params))
         generation = await self.answers.open(user, http, conversation_id, chosen, params, messages)
         try:
-            if conv["title"] == DEFAULT_TITLE:
-                await self.store.update(user.owner, conversation_id, {"title": content[:TITLE_LENGTH].strip()})
-            asked = await self.store.add(conversation_id, [NewMessage("user", content)])
+            title = (content[:TITLE_LENGTH].strip() or None) if conv["title"] == DEFAULT_TITLE else None
+            asked = await self.store.add(conversation_id, [NewMessage("user", content)], title=title)
         except Exception as exc:
             await self._abandon(conversation_id, generation, exc)
             raise

@@ -169,8 +169,9 @@ class ChatStore:
             raise NotFound(f"No message '{message_id}' in this conversation.", param="message_id")
         return message_dict(row)
 
-    async def add(self, conversation_id: str, messages: list[NewMessage]) -> list[Row]:
-        """Append messages (numbered after the last one) and touch the conversation, in one transaction."""
+    async def add(self, conversation_id: str, messages: list[NewMessage], *, title: str | None = None) -> list[Row]:
+        """Append messages (numbered after the last one) and touch the conversation (and set its ``title``), in one
+        transaction."""
         stamp = now()
         async with self.db.begin() as conn:
             last = await conn.scalar(select(func.max(Message.seq)).where(Message.conversation_id == conversation_id))
@@ -182,8 +183,8 @@ class ChatStore:
                              "status": m.status, "created_at": m.created_at or stamp})
             if rows:
                 await conn.execute(insert(Message), rows)
-            await conn.execute(update(Conversation).where(Conversation.id == conversation_id)
-                               .values(updated_at=stamp))
+            touched = {"updated_at": stamp} if title is None else {"updated_at": stamp, "title": title}
+            await conn.execute(update(Conversation).where(Conversation.id == conversation_id).values(**touched))
         return [message_dict(_Obj(r)) for r in rows]
 
     async def truncate_after(self, conversation_id: str, seq: int) -> None:
