@@ -46,6 +46,7 @@ import orjson
 from yarl import URL
 
 from lmops.engines import proxy as proxies
+from lmops.engines.http_body import read_capped
 from lmops.engines.base import (
     Body,
     Chunks,
@@ -308,17 +309,11 @@ class _Deadline:
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, cap: int, what: str) -> bytes:
-    """The whole body of ``resp``; EngineError (502) as soon as it is more than ``cap`` bytes."""
-    if resp.content_length is not None and resp.content_length > cap:
-        raise EngineError(f"{what} is {resp.content_length} bytes, more than the {cap} allowed")
-    parts: list[bytes] = []
-    size = 0
-    async for piece in resp.content.iter_any():
-        size += len(piece)
-        if size > cap:
-            raise EngineError(f"{what} is more than the {cap} bytes allowed")
-        parts.append(piece)
-    return b"".join(parts)
+    """The whole body of ``resp``; EngineError (502) if it is more than ``cap`` bytes."""
+    body = await read_capped(resp, cap)
+    if body is None:
+        raise EngineError(f"{what} is more than the {cap} bytes allowed")
+    return body
 
 
 async def _drain(content: aiohttp.StreamReader) -> None:

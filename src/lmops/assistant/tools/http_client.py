@@ -14,6 +14,7 @@ import aiohttp
 
 from lmops.assistant.tools.base import ToolError
 from lmops.engines import proxy as proxies
+from lmops.engines.http_body import read_capped
 
 MAX_ANSWER_BYTES = 2 * 1024 * 1024
 USER_AGENT = "lmops-assistant/0.1 (self-hosted LLM platform; https://pypi.org/project/lmops/)"
@@ -51,7 +52,9 @@ class JSONClient:
         try:
             async with session.get(self.base_url + path, params=params, proxy=self._proxy,
                                    allow_redirects=True, max_redirects=3) as resp:
-                body = await _read_limited(resp, MAX_ANSWER_BYTES, self.service)
+                body = await read_capped(resp, MAX_ANSWER_BYTES)
+                if body is None:
+                    raise ToolError(f"{self.service} sent an answer larger than {MAX_ANSWER_BYTES >> 20} MiB")
                 status = resp.status
         except ToolError:
             raise
@@ -76,14 +79,3 @@ class JSONClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-
-async def _read_limited(resp: aiohttp.ClientResponse, limit: int, service: str) -> bytes:
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise ToolError(f"{service} sent an answer larger than {limit // (1024 * 1024)} MiB")
-        parts.append(chunk)
-    return b"".join(parts)
