@@ -1,4 +1,5 @@
-"""The chat tables: conversations, their messages (one row each), web credentials and sign-in sessions.
+"""The chat tables: conversations, their messages (one row each), summaries of older turns, web credentials,
+single sign-on identities and sign-in sessions.
 
 Owners are plain ids (no foreign key): a user of access control, or ``local`` when access control is off.
 Messages are numbered per conversation (``seq``); the unique index on (conversation_id, seq) serves paging.
@@ -69,3 +70,34 @@ class Session(Base):
     csrf_token: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Identity(Base):
+    """A user signed in through single sign-on: the OpenID Connect issuer's subject (``sub``) names the user for
+    good (a user name or e-mail claim may change or be reused)."""
+
+    __tablename__ = "chat_identities"
+
+    issuer: Mapped[str] = mapped_column(String(500), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(255), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(40), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Summary(Base):
+    """A summary of a conversation's messages up to ``through_seq`` (conversation memory): what the model sees in
+    place of them once the conversation outgrows its context."""
+
+    __tablename__ = "chat_summaries"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("chat_conversations.id", ondelete="CASCADE"))
+    through_seq: Mapped[int] = mapped_column(Integer)
+    content: Mapped[str] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(String(200))
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_chat_summaries_conversation_id_through_seq", "conversation_id", "through_seq",
+                            unique=True),)
