@@ -251,6 +251,9 @@ class AccessConfig(_Strict):
 
 class ChatConfig(_Strict):
     session_hours: float = Field(default=24 * 7, gt=0, description="hours a web sign-in lasts")
+    session_cache_seconds: float = Field(default=5.0, ge=0, description="seconds a gateway process caches a "
+                                         "session lookup (a sign-out or password change made elsewhere takes effect "
+                                         "here within this time; 0: every request reads the database)")
     history_share: float = Field(default=0.75, gt=0, le=1,
                                  description="share of a model's context that the conversation history may fill "
                                              "(the rest is left for the answer when no max_tokens is set)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 
 from lmops.app import create_app
@@ -128,3 +130,28 @@ def test_failed_sign_ins_are_throttled_per_address_and_user(start_gateway, datab
     refused = anon.post("/api/chat/session", json={"username": user["name"], "password": PASSWORD})
     assert _error(refused, 429)["code"] == "too_many_sign_ins" and int(refused.headers["retry-after"]) > 0
     sign_in(gw.url, other["name"])  # another user from the same address is not locked out
+
+
+def test_a_session_ended_elsewhere_ends_here_within_the_session_cache_time(start_gateway, database_url, monkeypatch):
+    """Sessions are cached per process for ``chat.session_cache_seconds``: a password set from the CLI (another
+    process) ends the user's sessions here within that time; a sign-out ends its own session at once."""
+    from typer.testing import CliRunner
+
+    from lmops.cli import app as cli
+
+    gw = start_gateway(database_url=database_url, chat={"session_cache_seconds": 1})
+    team = gw.team()
+    user = make_user(gw, team["id"])
+    browser, leaving = sign_in(gw.url, user["name"]), sign_in(gw.url, user["name"])
+    assert leaving.get("/api/chat/conversations").status_code == 200  # cached now
+    assert leaving.send("DELETE", "/api/chat/session").status_code == 200
+    assert leaving.get("/api/chat/conversations").status_code == 401
+    assert browser.get("/api/chat/conversations").status_code == 200
+    monkeypatch.setenv("LMOPS_DATABASE_URL", database_url)
+    result = CliRunner().invoke(cli, ["users", "set-password", user["name"], "--password-stdin"],
+                                input="another password\n")
+    assert result.exit_code == 0, result.output
+    ended = time.monotonic() + 10  # 1 s of cache, and a slow machine
+    while browser.get("/api/chat/conversations").status_code != 401:
+        assert time.monotonic() < ended, "the session outlived the cache time"
+        time.sleep(0.1)

@@ -10,13 +10,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from lmops.access.key_cache import KeyCache
 from lmops.access.keys import KeyHasher
 from lmops.access.rules import ROLES, SCOPES, SUBJECT_TYPES, Limits
-from lmops.access.store import AccessStore, Conflict
+from lmops.access.store import AccessStore, Conflict, KeyGrant
 from lmops.access.tables import ApiKey, Team, User
 from lmops.protocol.errors import APIError, InvalidRequest, NotFound, PermissionDenied
 from lmops.serving.context import Principal
+from lmops.ttl_cache import TtlCache
 
 Row = dict[str, Any]
 
@@ -38,7 +38,7 @@ def require_manager(actor: Principal | None) -> None:
 
 
 class AdminService:
-    def __init__(self, store: AccessStore, hasher: KeyHasher, cache: KeyCache):
+    def __init__(self, store: AccessStore, hasher: KeyHasher, cache: TtlCache[KeyGrant]):
         self.store = store
         self.hasher = hasher
         self.cache = cache

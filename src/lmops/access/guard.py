@@ -12,13 +12,13 @@ from typing import Any
 from starlette.requests import Request
 
 from lmops.access.counters import Admission, Counters, MemoryCounters
-from lmops.access.key_cache import KeyCache
 from lmops.access.keys import KEY_TAG, PREFIX_LENGTH, KeyHasher, bearer_token, key_prefix
 from lmops.access.plan import Meter, Plan, Planner
 from lmops.access.store import KeyGrant
 from lmops.config import ModelConfig
 from lmops.protocol.errors import AuthenticationError, LimitsUnavailable, PermissionDenied, RateLimited
 from lmops.serving.context import Principal, RawHeaders, RequestContext
+from lmops.ttl_cache import TtlCache
 from lmops.usage.pricing import PriceBook
 
 log = logging.getLogger("lmops.access")
@@ -59,9 +59,9 @@ def _allows(grant: KeyGrant, name: str) -> bool:
 class AccessGuard:
     """Implements the Guard protocol; no database round trip per request."""
 
-    def __init__(self, cache: KeyCache, counters: Counters, prices: PriceBook,
+    def __init__(self, cache: TtlCache[KeyGrant], counters: Counters, prices: PriceBook,
                  models: dict[str, ModelConfig], namespace: str, clock: Any = time.time,
-                 team_grants: KeyCache | None = None, headers_on_success: bool = False):
+                 team_grants: TtlCache[KeyGrant] | None = None, headers_on_success: bool = False):
         self.cache = cache
         self.team_grants = team_grants
         self.counters = counters

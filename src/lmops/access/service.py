@@ -13,13 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from lmops.access.admin import AdminService
 from lmops.access.counters import Counters, MemoryCounters, RedisCounters
 from lmops.access.guard import AccessGuard
-from lmops.access.key_cache import KeyCache
 from lmops.access.keys import KeyHasher, key_format_problem, weak_key_problem
 from lmops.access.plan import budget_keys, budget_ttl
 from lmops.access.rules import SCOPES
 from lmops.access.secret import load_secret
 from lmops.access.store import AccessStore, Conflict, KeyGrant
 from lmops.config import Settings
+from lmops.ttl_cache import TtlCache
 from lmops.usage.pricing import PriceBook
 
 log = logging.getLogger("lmops.access")
@@ -50,8 +50,8 @@ class AccessService:
         self.settings = settings
         self.store = AccessStore(db)
         self.counters = counters or (RedisCounters(settings.redis_url) if settings.redis_url else MemoryCounters())
-        self.cache = KeyCache(self._load_grant, cfg.key_cache_ttl)
-        self.team_grants = KeyCache(self._load_team_grant, cfg.key_cache_ttl)  # batch work: team rules only
+        self.cache = TtlCache[KeyGrant](self._load_grant, cfg.key_cache_ttl)
+        self.team_grants = TtlCache[KeyGrant](self._load_team_grant, cfg.key_cache_ttl)  # batch work: team rules only
         self.prices = PriceBook(cfg.prices)
         self.guard = AccessGuard(self.cache, self.counters, self.prices,
                                  {m.name: m for m in settings.models}, cfg.redis_prefix,

@@ -63,11 +63,11 @@ class Accounts:
             await conn.execute(insert(Session).values(token_hash=token_hash(token), user_id=user_id, csrf_token=csrf,
                                                       created_at=now, expires_at=expires_at))
 
-    async def session(self, token: str) -> tuple[str, str, datetime] | None:
-        """(user id, CSRF token, expiry) of a live session."""
+    async def session(self, hashed: str) -> tuple[str, str, datetime] | None:
+        """(user id, CSRF token, expiry) of a live session, found by its token's hash (``token_hash``)."""
         async with self.db.connect() as conn:
             row = (await conn.execute(select(Session.user_id, Session.csrf_token, Session.expires_at)
-                                      .where(Session.token_hash == token_hash(token)))).first()
+                                      .where(Session.token_hash == hashed))).first()
         if row is None or utc(row.expires_at) <= datetime.now(timezone.utc):
             return None
         return row.user_id, row.csrf_token, utc(row.expires_at)

@@ -7,6 +7,7 @@ session of that user, and any Authorization header is the local user too (as ``/
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import secrets
 from dataclasses import dataclass
@@ -14,12 +15,13 @@ from datetime import datetime, timedelta, timezone
 
 from starlette.requests import Request
 
-from lmops.chat.accounts import Accounts
+from lmops.chat.accounts import Accounts, token_hash
 from lmops.chat.identity import ChatUser, local_user, member
 from lmops.chat.passwords import Passwords
 from lmops.chat.throttle import SignInThrottle
 from lmops.protocol.errors import AuthenticationError, PermissionDenied
 from lmops.serving.context import Guard
+from lmops.ttl_cache import TtlCache
 
 COOKIE = "lmops_session"
 CSRF_HEADER = "x-csrf-token"
@@ -36,13 +38,14 @@ class SignedIn:
 
 class ChatAuth:
     def __init__(self, guard: Guard, accounts: Accounts, *, access_enabled: bool, session_hours: float,
-                 throttle: SignInThrottle):
+                 throttle: SignInThrottle, session_cache_seconds: float):
         self.guard = guard
         self.accounts = accounts
         self.access_enabled = access_enabled
         self.session_hours = session_hours
         self.passwords = Passwords()
         self.throttle = throttle
+        self.sessions: TtlCache[tuple[ChatUser, str]] = TtlCache(self._load_session, session_cache_seconds)
 
     async def user(self, request: Request, *, write: bool) -> ChatUser:
         """Who calls; ``write``: a state-changing request, which a session must confirm with its CSRF token."""
@@ -61,9 +64,13 @@ class ChatAuth:
         return user
 
     async def session(self, request: Request) -> tuple[ChatUser, str] | None:
-        """The signed-in user of the request's session cookie and the session's CSRF token."""
+        """The signed-in user of the request's session cookie and the session's CSRF token (cached for
+        ``session_cache_seconds``: a session ended in another process ends here within that time)."""
         token = request.cookies.get(COOKIE)
-        found = await self.accounts.session(token) if token else None
+        return await self.sessions.get(token_hash(token)) if token else None
+
+    async def _load_session(self, hashed: str) -> tuple[ChatUser, str] | None:
+        found = await self.accounts.session(hashed)
         if found is None:
             return None
         user_id, csrf, _ = found
@@ -93,7 +100,14 @@ class ChatAuth:
         await self.accounts.open_session(token, user.owner, csrf, expires)
         return SignedIn(user, token, csrf, expires)
 
+    async def set_password(self, user_id: str, password: str) -> None:
+        """Set a user's web password; the user's sessions end (in this process at once)."""
+        hashed = await asyncio.to_thread(self.passwords.hash, password)  # tens of ms: off the event loop
+        await self.accounts.set_password_hash(user_id, hashed)
+        self.sessions.invalidate()
+
     async def sign_out(self, request: Request) -> None:
         token = request.cookies.get(COOKIE)
         if token:
             await self.accounts.close_session(token)
+            self.sessions.invalidate(token_hash(token))

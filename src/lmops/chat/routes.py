@@ -104,7 +104,7 @@ def chat_router(chat: ChatService) -> APIRouter:
         account = await chat.accounts.user(user)
         if account is None or (actor.role != "admin" and actor.team_id != account.team_id):
             raise NotFound(f"No user '{user}'.", param="user")  # a team admin sees only the team's users
-        await chat.accounts.set_password_hash(account.user_id, auth.passwords.hash(body.password))
+        await auth.set_password(account.user_id, body.password)
         return json_response({"object": "chat.password", "user": account.user_id, "updated": True})
 
     # -- models and conversations --------------------------------------------------------------

@@ -44,7 +44,8 @@ class ChatService:
         self.accounts = Accounts(core.db)
         self.auth = ChatAuth(core.guard, self.accounts, access_enabled=team_models is not None,
                              session_hours=self.config.session_hours,
-                             throttle=SignInThrottle(self.config.sign_in_failures, self.config.sign_in_window))
+                             throttle=SignInThrottle(self.config.sign_in_failures, self.config.sign_in_window),
+                             session_cache_seconds=self.config.session_cache_seconds)
         self.team_models = team_models or every_model
         self.history: History = LatestTurns(self.store)  # the seam for a summarising memory
         self.answers = Answerer(core)
