@@ -129,12 +129,10 @@ class ChatService:
         new = [{"role": "user", "content": content}]
         messages = await self.history.window(conversation_id, conv["system_prompt"], new, self._budget(chosen, params))
         generation = await self.answers.open(user, http, conversation_id, chosen, params, messages)
-        try:
-            title = (content[:TITLE_LENGTH].strip() or None) if conv["title"] == DEFAULT_TITLE else None
-            asked = await self.store.add(conversation_id, [NewMessage("user", content)], title=title)
-        except Exception as exc:
-            await self._abandon(conversation_id, generation, exc)
-            raise
+        title = (content[:TITLE_LENGTH].strip() or None) if conv["title"] == DEFAULT_TITLE else None
+        # stored while the first tokens stream (a write is the slowest step before them); the answer is stored
+        # after it, and if it could not be stored the stream ends with an error event
+        asked = asyncio.ensure_future(self.store.add(conversation_id, [NewMessage("user", content)], title=title))
         return self.answers.events(conversation_id, generation, self._saver(conversation_id, chosen, params, asked))
 
     async def regenerate(self, user: ChatUser, http: Request, conversation_id: str, model: str | None) -> Events:
@@ -185,13 +183,15 @@ class ChatService:
         error = exc if isinstance(exc, APIError) else APIError("The question could not be stored.")
         await self.answers.abandon(conversation_id, generation, error)
 
-    def _saver(self, conversation_id: str, model: str, params: dict[str, Any], asked: list[Row]) -> Save:
+    def _saver(self, conversation_id: str, model: str, params: dict[str, Any],
+               asked: list[Row] | Awaitable[list[Row]]) -> Save:
         async def save(text: str, status: str, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+            question = asked if isinstance(asked, list) else await asked  # its failure fails the save
             [answer] = await self.store.add(conversation_id, [NewMessage(
                 "assistant", text, model=model, params=params, prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens, status=status)])
             return {"object": "chat.answer", "status": status, "conversation_id": conversation_id,
-                    "messages": await asyncio.to_thread(self.markdown.messages, [*asked, answer]),
+                    "messages": await asyncio.to_thread(self.markdown.messages, [*question, answer]),
                     "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                               "total_tokens": prompt_tokens + completion_tokens}}
 
