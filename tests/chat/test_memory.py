@@ -144,6 +144,20 @@ def test_a_failed_summary_falls_back_to_the_latest_turns(start_gateway, database
     assert failed["model"] == "notes" and failed["status"] >= 500 and failed["user_id"] == browser.user["id"]
 
 
+def test_a_summary_model_the_team_may_not_use_is_refused_and_the_answer_given(start_gateway, database_url, serve):
+    up = Upstream()
+    url = serve(up).url
+    gw = gateway_with(start_gateway, database_url, url, {"strategy": "summary", "summary_model": "notes"},
+                      [{"name": "notes", "engine": "openai", "replicas": [f"{url}/v1"]}])
+    browser = sign_in(gw.url, make_user(gw, gw.team(models=["fake"])["id"])["name"])
+    conv = browser.ok("POST", "/api/chat/conversations", json={"params": {"max_tokens": MAX_TOKENS}})
+    for i in range(5):
+        _, final = browser.ask(conv["id"], question(i))
+    assert final["status"] == "complete" and final["summary"] is None
+    assert up.summaries == 0 and len(up.bodies) == 5  # the summary call never reached the upstream
+    assert contents(up.bodies[-1])[0] == question(1)
+
+
 def test_the_window_strategy_makes_no_summary(start_gateway, database_url, serve):
     up = Upstream()
     gw = gateway_with(start_gateway, database_url, serve(up).url, {"strategy": "window"})
