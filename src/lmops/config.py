@@ -68,7 +68,7 @@ class AdapterConfig(_Strict):
 
 
 class MemoryConfig(_Strict):
-    """What the web chat sends a model of a conversation that outgrows its context (docs/chat.md, History)."""
+    """What the web chat sends a model of a conversation that outgrows its context (docs/chat.md, Memory)."""
 
     strategy: Literal["window", "summary"] = Field(default="window", description="window: the latest turns that "
                                                     "fit; summary: a running summary of the older turns, then the "

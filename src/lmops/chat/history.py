@@ -8,7 +8,7 @@ strategy (``chat/memory.py``) sends a summary of the older turns before such a w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from lmops.chat.store import ChatStore, Row
 
@@ -35,20 +35,14 @@ class Fit:
     left_out: bool  # whether older usable messages (in the range read) did not fit
 
 
-class History(Protocol):
-    async def window(self, conversation_id: str, system_prompt: str | None, new: list[dict[str, Any]],
-                     budget: int, before: int | None = None) -> list[dict[str, Any]]:
-        """The messages to send: the system prompt, earlier messages (those before seq ``before`` when given) that
-        fit ``budget`` tokens with it and with ``new``, then ``new``."""
-        ...
-
-
 class LatestTurns:
     def __init__(self, store: ChatStore):
         self.store = store
 
     async def window(self, conversation_id: str, system_prompt: str | None, new: list[dict[str, Any]],
                      budget: int, before: int | None = None) -> list[dict[str, Any]]:
+        """The messages to send: the system prompt, earlier messages (those before seq ``before`` when given) that
+        fit ``budget`` tokens with it and with ``new``, then ``new``."""
         head = [{"role": "system", "content": system_prompt}] if system_prompt else []
         left = budget - sum(estimate_tokens(m["content"]) for m in (*head, *new))
         fit = await self.fit(conversation_id, left, before)

@@ -25,7 +25,7 @@ from starlette.requests import Request
 
 from lmops.assistant.calls import Usage, settle
 from lmops.chat.answer import admission, call_context
-from lmops.chat.history import PAGE, LatestTurns, as_message, estimate_tokens, usable
+from lmops.chat.history import PAGE, Fit, LatestTurns, as_message, estimate_tokens, usable
 from lmops.chat.identity import ChatUser
 from lmops.chat.store import ChatStore, Row
 from lmops.config import MemoryConfig
@@ -96,7 +96,7 @@ class ConversationMemory:
         shown = [summary_message(summary)] if summary else []
         return Window([*head, *shown, *(as_message(r) for r in fit.rows), *new], summary)
 
-    async def _fit(self, conversation_id: str, summary: Row | None, left: int, before: int | None) -> Any:
+    async def _fit(self, conversation_id: str, summary: Row | None, left: int, before: int | None) -> Fit:
         """The latest turns after ``summary`` that fit ``left`` tokens with it."""
         if summary is None:
             return await self.turns.fit(conversation_id, left, before)
