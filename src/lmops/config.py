@@ -67,6 +67,19 @@ class AdapterConfig(_Strict):
         return self.upstream_model or self.name
 
 
+class MemoryConfig(_Strict):
+    """What the web chat sends a model of a conversation that outgrows its context (docs/chat.md, Memory)."""
+
+    strategy: Literal["window", "summary"] = Field(default="window", description="window: the latest turns that "
+                                                    "fit; summary: a running summary of the older turns, then the "
+                                                    "latest turns")
+    summary_model: str | None = Field(default=None, description="summary: the model that writes the summaries "
+                                      "(default: this model)")
+    keep_share: float = Field(default=0.5, gt=0, lt=1, description="summary: share of the history's budget that "
+                              "the latest turns keep word for word when a summary is made (the rest is the "
+                              "summary's)")
+
+
 def _breaks_header(value: str) -> bool:
     """True when ``value`` cannot go into an HTTP header line as it is (CR, LF or NUL in it)."""
     return "\r" in value or "\n" in value or "\0" in value
@@ -101,6 +114,8 @@ class ModelConfig(_Strict):
     kind: Literal["text", "image"] = Field(default="text", description="what the model makes: text (chat, "
                                            "completions, embeddings) or image (/v1/images/generations; openai "
                                            "engines only)")
+    memory: MemoryConfig = Field(default_factory=MemoryConfig, description="chat: conversations longer than the "
+                                 "context")
 
     @field_validator("replicas")
     @classmethod
@@ -434,7 +449,7 @@ class Settings(BaseSettings):
                                      f"model '{m.name}:{a.name}'")
         return self
 
-    def unknown_models(self) -> list[tuple[tuple[str, ...], str]]:
+    def unknown_models(self) -> list[tuple[tuple[str | int, ...], str]]:
         """(location, message) of each setting that names a model no entry of ``models`` declares.
 
         A price under a misspelt name would bill the real model at zero (its budgets would never trip); a
@@ -442,7 +457,7 @@ class Settings(BaseSettings):
         """
         names = {m.name for m in self.models}
         declared = f"declared: {', '.join(sorted(names)) or 'none'}"
-        found: list[tuple[tuple[str, ...], str]] = [
+        found: list[tuple[tuple[str | int, ...], str]] = [
             (("access", "prices", name), f"no model is called {name!r} ({declared}; an adapter is billed at "
              "its model's price)") for name in sorted(set(self.access.prices) - names)]
         found += [(("batch", "model_concurrency", name), f"no model is called {name!r} ({declared})")
@@ -460,6 +475,13 @@ class Settings(BaseSettings):
             found.append((("assistant", missing), "the assistant needs both function_model and default_model"))
         if assistant.enabled and assistant.name in public:
             found.append((("assistant", "name"), f"{assistant.name!r} is already a model's name"))
+        text = {m.name for m in self.models if m.kind == "text"}
+        text |= {f"{m.name}:{a.name}" for m in self.models if m.kind == "text" for a in m.adapters}
+        for i, m in enumerate(self.models):
+            summarizer = m.memory.summary_model
+            if summarizer is not None and summarizer not in text:
+                found.append((("models", i, "memory", "summary_model"), f"no text model is called {summarizer!r} "
+                              f"({declared})"))
         return found
 
     def model(self, name: str) -> ModelConfig | None:
@@ -562,7 +584,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
         settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(source, [_problem(err, node) for err in exc.errors()]) from exc
-    unknown = [ConfigProblem(".".join(loc), message, *_find_mark(node, loc))
+    unknown = [ConfigProblem(".".join(str(p) for p in loc), message, *_find_mark(node, loc))
                for loc, message in settings.unknown_models()]
     if unknown:
         raise ConfigError(source, unknown)

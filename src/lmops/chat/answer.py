@@ -34,7 +34,7 @@ from lmops.protocol.chat import ChatCompletionRequest
 from lmops.protocol.errors import APIError, UpstreamError, from_validation_error
 from lmops.routing.router import Routed
 from lmops.serving.context import RequestContext
-from lmops.serving.inference import address, upstream_body
+from lmops.serving.inference import Admit, address, upstream_body
 from lmops.serving.usage_check import plausible_usage
 
 if TYPE_CHECKING:
@@ -70,6 +70,23 @@ class Generation:
     finished: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+def call_context(user: ChatUser, endpoint: str) -> RequestContext:
+    """A model call made for a chat user: a signed-in user is its principal; a key's is set when it is admitted."""
+    return RequestContext(request_id=request_id_var.get() or new_id("chatreq_"), endpoint=endpoint, stream=True,
+                          principal=None if user.via_key else user.principal)
+
+
+def admission(core: "Core", user: ChatUser, http: Request) -> Admit:
+    """How the user's calls are admitted: a key as on ``/v1``, a signed-in user under the team's rules."""
+    async def admit(ctx: RequestContext) -> None:
+        if user.via_key:
+            await core.guard.admit(http, ctx)
+        else:
+            await core.guard.admit_work(ctx, ctx.body_bytes)
+
+    return admit
+
+
 def _stream(engine: Engine, body: Body) -> AsyncIterator[Chunks]:
     return engine.stream_chat_completion(body)
 
@@ -88,11 +105,9 @@ class Answerer:
     async def open(self, user: ChatUser, http: Request, conversation_id: str, model: str, params: dict[str, Any],
                    messages: list[dict[str, Any]]) -> Generation:
         """Admit the call and open the upstream stream (a failure here is an error answer; nothing is stored)."""
-        if conversation_id in self.running:
-            raise Conflict("An answer is being generated in this conversation: stop it first.")
+        self.check_free(conversation_id)
         svc = self.core
-        ctx = RequestContext(request_id=request_id_var.get() or new_id("chatreq_"), endpoint=ENDPOINT, stream=True,
-                             principal=None if user.via_key else user.principal)
+        ctx = call_context(user, ENDPOINT)
         try:
             target = svc.router.resolve(model)
             address(ctx, model, target)
@@ -104,10 +119,7 @@ class Answerer:
             body = upstream_body(req, target)
             ctx.max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
             ctx.body_bytes = len(orjson.dumps(body))
-            if user.via_key:
-                await svc.guard.admit(http, ctx)
-            else:
-                await svc.guard.admit_work(ctx, ctx.body_bytes)
+            await admission(svc, user, http)(ctx)
             routed = Routed()
             try:
                 chunks = await svc.router.stream(model, _stream, body, routed)
@@ -123,6 +135,11 @@ class Answerer:
             raise Conflict("An answer is being generated in this conversation: stop it first.")
         self.running[conversation_id] = generation
         return generation
+
+    def check_free(self, conversation_id: str) -> None:
+        """Refuse a second answer while one is being generated in the conversation."""
+        if conversation_id in self.running:
+            raise Conflict("An answer is being generated in this conversation: stop it first.")
 
     async def abandon(self, conversation_id: str, generation: Generation, error: APIError) -> None:
         """Close a generation that will not be streamed (storing the question failed)."""

@@ -154,6 +154,7 @@ def chat_router(chat: ChatService) -> APIRouter:
             before = max(0, min(before, MAX_SEQ))  # within the column's range (PostgreSQL's integer)
         page = await chat.store.page(conversation_id, before=before, limit=_limit(limit))
         page["data"] = await asyncio.to_thread(chat.markdown.messages, page["data"])  # CPU work, off the loop
+        page["summary"] = await chat.summary(conversation_id)  # where older turns were summarised, if they were
         return json_response(page)
 
     @router.post("/conversations/{conversation_id}/messages", openapi_extra=request_body(MessageCreate))

@@ -11,10 +11,10 @@ from starlette.requests import Request
 from lmops.chat.accounts import Accounts
 from lmops.chat.answer import Answerer, Events, Generation, Save
 from lmops.chat.auth import ChatAuth
-from lmops.chat.history import History, LatestTurns
 from lmops.chat.identity import ChatUser
 from lmops.chat.importer import parse_export
 from lmops.chat.markdown import Renderer
+from lmops.chat.memory import ConversationMemory, Window, marker
 from lmops.chat.store import ChatStore, NewMessage, Row
 from lmops.chat.throttle import SignInThrottle
 from lmops.config import Settings
@@ -47,7 +47,7 @@ class ChatService:
                              throttle=SignInThrottle(self.config.sign_in_failures, self.config.sign_in_window),
                              session_cache_seconds=self.config.session_cache_seconds)
         self.team_models = team_models or every_model
-        self.history: History = LatestTurns(self.store)  # the seam for a summarising memory
+        self.history = ConversationMemory(core, self.store)  # each model's strategy: latest turns or a summary
         self.answers = Answerer(core)
         self.markdown = Renderer()  # messages as safe HTML for the web UI
 
@@ -126,14 +126,14 @@ class ChatService:
         conv = await self.store.get(user.owner, conversation_id)
         chosen = await self._model(user, http, model, conv)
         params = conv["params"]
-        new = [{"role": "user", "content": content}]
-        messages = await self.history.window(conversation_id, conv["system_prompt"], new, self._budget(chosen, params))
-        generation = await self.answers.open(user, http, conversation_id, chosen, params, messages)
+        window = await self._window(user, http, conv, chosen, content)
+        generation = await self.answers.open(user, http, conversation_id, chosen, params, window.messages)
         title = (content[:TITLE_LENGTH].strip() or None) if conv["title"] == DEFAULT_TITLE else None
         # stored while the first tokens stream (a write is the slowest step before them); the answer is stored
         # after it, and if it could not be stored the stream ends with an error event
         asked = asyncio.ensure_future(self.store.add(conversation_id, [NewMessage("user", content)], title=title))
-        return self.answers.events(conversation_id, generation, self._saver(conversation_id, chosen, params, asked))
+        return self.answers.events(conversation_id, generation,
+                                   self._saver(conversation_id, chosen, params, asked, window))
 
     async def regenerate(self, user: ChatUser, http: Request, conversation_id: str, model: str | None) -> Events:
         """Replace the answer to the last user message with a new one."""
@@ -144,16 +144,15 @@ class ChatService:
                                  code="nothing_to_regenerate")
         chosen = await self._model(user, http, model, conv)
         params = conv["params"]
-        messages = await self.history.window(conversation_id, conv["system_prompt"],
-                                             [{"role": "user", "content": last["content"]}],
-                                             self._budget(chosen, params), before=last["seq"])
-        generation = await self.answers.open(user, http, conversation_id, chosen, params, messages)
+        window = await self._window(user, http, conv, chosen, last["content"], before=last["seq"])
+        generation = await self.answers.open(user, http, conversation_id, chosen, params, window.messages)
         try:
             await self.store.truncate_after(conversation_id, last["seq"])
         except Exception as exc:
             await self._abandon(conversation_id, generation, exc)
             raise
-        return self.answers.events(conversation_id, generation, self._saver(conversation_id, chosen, params, []))
+        return self.answers.events(conversation_id, generation,
+                                   self._saver(conversation_id, chosen, params, [], window))
 
     async def edit(self, user: ChatUser, http: Request, conversation_id: str, message_id: str, content: str) -> Events:
         """Change a user message, drop every message after it, and stream a new answer."""
@@ -163,17 +162,27 @@ class ChatService:
             raise InvalidRequest("Only a user message can be edited and sent again.", param="message_id")
         chosen = await self._model(user, http, None, conv)
         params = conv["params"]
-        messages = await self.history.window(conversation_id, conv["system_prompt"],
-                                             [{"role": "user", "content": content}],
-                                             self._budget(chosen, params), before=message["seq"])
-        generation = await self.answers.open(user, http, conversation_id, chosen, params, messages)
+        window = await self._window(user, http, conv, chosen, content, before=message["seq"])
+        generation = await self.answers.open(user, http, conversation_id, chosen, params, window.messages)
         try:
             edited = await self.store.edit(conversation_id, message["seq"], content)
         except Exception as exc:
             await self._abandon(conversation_id, generation, exc)
             raise
         return self.answers.events(conversation_id, generation,
-                                   self._saver(conversation_id, chosen, params, [edited]))
+                                   self._saver(conversation_id, chosen, params, [edited], window))
+
+    async def _window(self, user: ChatUser, http: Request, conv: Row, model: str, question: str,
+                      before: int | None = None) -> Window:
+        """What the model is sent for ``question`` (a summary call first, when one is due and no answer runs)."""
+        self.answers.check_free(conv["id"])
+        return await self.history.window(user, http, conv["id"], conv["system_prompt"],
+                                         [{"role": "user", "content": question}], model,
+                                         self._budget(model, conv["params"]), before)
+
+    async def summary(self, conversation_id: str) -> Row | None:
+        """Where the older turns of a conversation were last summarised (None: never)."""
+        return marker(await self.store.summary(conversation_id))
 
     async def stop_answer(self, user: ChatUser, conversation_id: str) -> bool:
         await self.store.get(user.owner, conversation_id)
@@ -184,7 +193,7 @@ class ChatService:
         await self.answers.abandon(conversation_id, generation, error)
 
     def _saver(self, conversation_id: str, model: str, params: dict[str, Any],
-               asked: list[Row] | Awaitable[list[Row]]) -> Save:
+               asked: list[Row] | Awaitable[list[Row]], window: Window) -> Save:
         async def save(text: str, status: str, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
             question = asked if isinstance(asked, list) else await asked  # its failure fails the save
             [answer] = await self.store.add(conversation_id, [NewMessage(
@@ -193,6 +202,7 @@ class ChatService:
             return {"object": "chat.answer", "status": status, "conversation_id": conversation_id,
                     "messages": await asyncio.to_thread(self.markdown.messages, [*question, answer]),
                     "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                              "total_tokens": prompt_tokens + completion_tokens}}
+                              "total_tokens": prompt_tokens + completion_tokens},
+                    "summary": marker(window.summary)}
 
         return save

@@ -13,10 +13,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import Select, and_, delete, exists, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lmops.chat.accounts import utc
-from lmops.chat.tables import Conversation, Message
+from lmops.chat.tables import Conversation, Message, Summary
 from lmops.ids import new_id
 from lmops.protocol.errors import InvalidRequest, NotFound
 
@@ -71,13 +72,21 @@ def _like(q: str) -> str:
     return "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-def page_query(conversation_id: str, before: int | None, limit: int) -> Select[Any]:
-    """The latest ``limit`` messages (before seq ``before``), newest first: a range of the (conversation_id, seq)
-    index, read backwards."""
+def page_query(conversation_id: str, before: int | None, limit: int, after: int | None = None) -> Select[Any]:
+    """The latest ``limit`` messages (before seq ``before``, after seq ``after``), newest first: a range of the
+    (conversation_id, seq) index, read backwards."""
     query = select(Message.__table__).where(Message.conversation_id == conversation_id)
     if before is not None:
         query = query.where(Message.seq < before)
+    if after is not None:
+        query = query.where(Message.seq > after)
     return query.order_by(Message.seq.desc()).limit(limit)
+
+
+def summary_dict(row: Any) -> Row:
+    return {"object": "chat.summary", "through_seq": row.through_seq, "content": row.content, "model": row.model,
+            "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens,
+            "created_at": int(utc(row.created_at).timestamp())}
 
 
 class ChatStore:
@@ -137,6 +146,7 @@ class ChatStore:
     async def delete(self, owner: str, conversation_id: str) -> None:
         await self.get(owner, conversation_id)
         async with self.db.begin() as conn:
+            await conn.execute(delete(Summary).where(Summary.conversation_id == conversation_id))
             await conn.execute(delete(Message).where(Message.conversation_id == conversation_id))
             await conn.execute(delete(Conversation).where(Conversation.id == conversation_id))
 
@@ -155,11 +165,50 @@ class ChatStore:
         return {"object": "list", "data": data, "has_more": more,
                 "next_before": data[0]["seq"] if more and data else None}
 
-    async def latest(self, conversation_id: str, limit: int, before: int | None = None) -> list[Row]:
-        """Up to ``limit`` messages, newest first (the history window reads these page by page)."""
+    async def latest(self, conversation_id: str, limit: int, before: int | None = None,
+                     after: int | None = None) -> list[Row]:
+        """Up to ``limit`` messages (between seqs ``after`` and ``before``), newest first (the history window reads
+        these page by page)."""
         async with self.db.connect() as conn:
-            rows = (await conn.execute(page_query(conversation_id, before, limit))).all()
+            rows = (await conn.execute(page_query(conversation_id, before, limit, after))).all()
         return [message_dict(r) for r in rows]
+
+    async def following(self, conversation_id: str, after: int, before: int | None, limit: int) -> list[Row]:
+        """Up to ``limit`` messages after seq ``after`` (and before ``before``), oldest first."""
+        query = select(Message.__table__).where(Message.conversation_id == conversation_id, Message.seq > after)
+        if before is not None:
+            query = query.where(Message.seq < before)
+        async with self.db.connect() as conn:
+            rows = (await conn.execute(query.order_by(Message.seq).limit(limit))).all()
+        return [message_dict(r) for r in rows]
+
+    # -- summaries (conversation memory) -------------------------------------------------------
+    async def summary(self, conversation_id: str, before: int | None = None) -> Row | None:
+        """The latest summary (of messages before seq ``before``): one read of the (conversation_id, through_seq)
+        index."""
+        query = select(Summary.__table__).where(Summary.conversation_id == conversation_id)
+        if before is not None:
+            query = query.where(Summary.through_seq < before)
+        async with self.db.connect() as conn:
+            row = (await conn.execute(query.order_by(Summary.through_seq.desc()).limit(1))).first()
+        return summary_dict(row) if row is not None else None
+
+    async def add_summary(self, conversation_id: str, through_seq: int, content: str, model: str,
+                          prompt_tokens: int | None, completion_tokens: int | None) -> Row:
+        """Store a summary of the messages up to ``through_seq``; one made meanwhile for the same seq (another
+        answer's) is kept instead."""
+        row = {"id": new_id("sum_"), "conversation_id": conversation_id, "through_seq": through_seq,
+               "content": content, "model": model, "prompt_tokens": prompt_tokens,
+               "completion_tokens": completion_tokens, "created_at": now()}
+        try:
+            async with self.db.begin() as conn:
+                await conn.execute(insert(Summary).values(**row))
+        except IntegrityError:
+            found = await self.summary(conversation_id, through_seq + 1)
+            if found is not None and found["through_seq"] == through_seq:
+                return found
+            raise
+        return summary_dict(_Obj(row))
 
     async def message(self, conversation_id: str, message_id: str) -> Row:
         async with self.db.connect() as conn:
@@ -188,13 +237,18 @@ class ChatStore:
         return [message_dict(_Obj(r)) for r in rows]
 
     async def truncate_after(self, conversation_id: str, seq: int) -> None:
-        """Drop every message after ``seq``."""
+        """Drop every message after ``seq``, and the summaries of any of them."""
         async with self.db.begin() as conn:
+            await conn.execute(delete(Summary).where(Summary.conversation_id == conversation_id,
+                                                     Summary.through_seq > seq))
             await conn.execute(delete(Message).where(Message.conversation_id == conversation_id, Message.seq > seq))
 
     async def edit(self, conversation_id: str, seq: int, content: str) -> Row:
-        """Replace a message's text and drop every message after it, in one transaction."""
+        """Replace a message's text and drop every message after it (and the summaries of any of them), in one
+        transaction."""
         async with self.db.begin() as conn:
+            await conn.execute(delete(Summary).where(Summary.conversation_id == conversation_id,
+                                                     Summary.through_seq >= seq))
             await conn.execute(delete(Message).where(Message.conversation_id == conversation_id, Message.seq > seq))
             await conn.execute(update(Message).where(Message.conversation_id == conversation_id, Message.seq == seq)
                                .values(content=content, created_at=now()))

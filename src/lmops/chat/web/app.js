@@ -17,6 +17,7 @@ class ChatApp {
     this.api = new Api();
     this.conversation = null;   // the open conversation
     this.nextBefore = null;     // seq of the oldest message shown, when older ones exist
+    this.summary = null;        // where older turns were summarised: {through_seq, created_at, model, content}
     this.loadingOlder = false;
     this.cursor = null;         // the conversation list's next page
     this.streaming = null;      // {controller, conversationId} while an answer streams
@@ -153,6 +154,7 @@ class ChatApp {
     const box = $("messages");
     box.replaceChildren(...page.data.map((m) => this.messageNode(m)));
     this.nextBefore = page.next_before;
+    this.showSummary(page.summary || null);
     this.refreshActions();
     box.scrollTop = box.scrollHeight;
     this.fillView();
@@ -244,6 +246,24 @@ class ChatApp {
     return node;
   }
 
+  // A divider after the last message the summary covers: the model sees the messages above it only as the summary.
+  showSummary(summary) {
+    this.summary = summary;
+    const box = $("messages");
+    for (const old of box.querySelectorAll(".summary-divider")) old.remove();
+    if (!summary) return;
+    const last = box.querySelector(`.msg[data-seq="${summary.through_seq}"]`);
+    if (!last || !last.nextElementSibling) return;  // not loaded (an older page), or nothing after it yet
+    const divider = el("div", "summary-divider");
+    divider.setAttribute("role", "separator");
+    const when = new Date(summary.created_at * 1000).toLocaleString();
+    divider.title = `Summarised by ${summary.model}, ${when}`;
+    const details = el("details");
+    details.append(el("summary", null, "Earlier messages summarised"), el("p", "summary-text", summary.content));
+    divider.append(details);
+    last.after(divider);
+  }
+
   refreshActions() {
     const box = $("messages");
     for (const b of box.querySelectorAll(".meta button")) b.remove();
@@ -276,6 +296,7 @@ class ChatApp {
       const height = box.scrollHeight;
       note.remove();
       box.prepend(...page.data.map((m) => this.messageNode(m)));
+      this.showSummary(this.summary);
       box.scrollTop += box.scrollHeight - height + note.offsetHeight;  // keep what the reader was looking at
       this.nextBefore = page.next_before;
       this.refreshActions();
@@ -319,6 +340,7 @@ class ChatApp {
         const answerNode = nodes.pop();
         placeholders.forEach((p, i) => { if (nodes[i]) p.replaceWith(nodes[i]); });
         pending.replaceWith(answerNode);
+        if (final.summary) this.showSummary(final.summary);
       } else if (!final) {
         pending.classList.add("stopped");
       }
@@ -378,6 +400,7 @@ class ChatApp {
       const content = area.value;
       if (!content.trim()) return;
       while (node.nextElementSibling) node.nextElementSibling.remove();
+      if (this.summary && this.summary.through_seq >= Number(node.dataset.seq)) this.showSummary(null);  // dropped
       form.remove();
       body.hidden = false;
       body.classList.add("streaming");
