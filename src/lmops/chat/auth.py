@@ -88,6 +88,10 @@ class ChatAuth:
             user = member(account.user_id, account.name, account.team_id, account.role)
         else:
             user = local_user()
+        return await self.open_session(user)
+
+    async def open_session(self, user: ChatUser) -> SignedIn:
+        """A new session of ``user`` (signed in by password or single sign-on)."""
         token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         expires = datetime.now(timezone.utc) + timedelta(hours=self.session_hours)
         await self.accounts.open_session(token, user.owner, csrf, expires)
