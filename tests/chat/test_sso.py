@@ -17,6 +17,7 @@ from lmops.testing.fake_oidc import FakeOidc
 from lmops.testing.server import ServerThread, free_port
 
 from .conftest import Browser, make_user, sign_in
+from .test_web_ui import FULL, Page, chromium  # noqa: F401 (chromium: the browser fixture)
 
 SECRET_ENV = "LMOPS_TEST_SSO_SECRET"
 
@@ -125,6 +126,20 @@ def test_first_sign_in_creates_the_user_in_the_claimed_team_and_later_ones_follo
     assert [u["name"] for u in gw.ok("GET", "/users")["data"]].count("jane") == 1
 
 
+@pytest.mark.parametrize("auth", ["client_secret_post", "public"])
+def test_the_client_authenticates_as_configured(sso_gateway, oidc, auth):
+    _, fake = oidc
+    if auth == "public":
+        fake.client_secret = None
+        gw = sso_gateway(client_secret_env=None)
+    else:
+        gw = sso_gateway(token_auth=auth)
+    gw.team("research")
+    assert signed_in(gw.url).user["name"] == "jane"
+    [form] = fake.token_requests
+    assert form["client_id"] == fake.client_id and form.get("client_secret") == fake.client_secret
+
+
 def test_a_local_user_with_the_same_name_is_not_taken_over(sso_gateway):
     gw = sso_gateway()
     team = gw.team("research")
@@ -195,6 +210,29 @@ def test_a_forged_missing_or_tampered_state_is_refused(sso_gateway, oidc):
     assert http.get(callback).headers["location"] == "/"  # the real browser still signs in
 
 
+def test_the_providers_keys_are_fetched_again_for_an_unknown_key_id(sso_gateway, oidc):
+    _, fake = oidc
+    gw = sso_gateway(jwks_refresh_seconds=0)
+    gw.team("research")
+    signed_in(gw.url)
+    signed_in(gw.url)
+    assert fake.jwks_requests == 1  # cached
+    fake.rotate()
+    signed_in(gw.url)
+    assert fake.jwks_requests == 2
+
+
+def test_the_providers_keys_are_fetched_at_most_once_per_refresh_period(sso_gateway, oidc):
+    _, fake = oidc
+    gw = sso_gateway(jwks_refresh_seconds=3600)
+    gw.team("research")
+    signed_in(gw.url)
+    fake.rotate()
+    refused(gw.url, "invalid_token")
+    refused(gw.url, "invalid_token")
+    assert fake.jwks_requests == 1
+
+
 @pytest.mark.parametrize("switch", ["other_key", "expired", "wrong_nonce", "wrong_audience"])
 def test_a_token_that_does_not_verify_is_refused(sso_gateway, oidc, switch):
     _, fake = oidc
@@ -255,3 +293,28 @@ def test_the_state_cookie_expires_and_the_config_wants_its_secret(monkeypatch):
     with pytest.raises(ValueError, match="LMOPS_NO_SUCH_SECRET"):
         SsoConfig(issuer="https://id.example.org", client_id="x", client_secret_env="LMOPS_NO_SUCH_SECRET")
     assert not SsoConfig(issuer="https://id.example.org").enabled
+
+
+def test_the_sign_in_form_offers_single_sign_on_in_a_browser(chromium, sso_gateway, oidc, tmp_path):  # noqa: F811
+    _, fake = oidc
+    gw = sso_gateway()
+    gw.team("research")
+    ui = Page(chromium, gw.url, tmp_path)
+    p = ui.page
+    p.goto(gw.url + "/")
+    p.wait_for_selector("#sso:has-text('Sign in with Example University')")
+    p.click("#sso")
+    p.wait_for_selector("body[data-ready]")
+    assert p.locator("#who").text_content() == "Signed in as jane"
+    ui.new_chat()
+    ui.send("Hello")
+    assert ui.wait_answer(1).locator(".body").text_content().strip() == FULL
+    p.click("#sign-out")
+    p.wait_for_selector("#signin-form", state="visible")
+
+    fake.deny = True
+    p.click("#sso")
+    p.wait_for_selector("#signin-error:has-text('did not sign you in')")
+    assert p.url == gw.url + "/" and p.locator("#app").is_hidden()  # the code left the address bar
+    ui.shot("sso.png")
+    ui.close()

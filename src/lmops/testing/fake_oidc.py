@@ -3,10 +3,11 @@ approves ``claims``'s user at once (302 back to the redirect URI with a code and
 checks the code, the redirect URI, the client's authentication (client_secret_basic or _post) and the PKCE
 verifier against the S256 challenge, then answers an RS256 ID token (iss, aud, sub, nonce, iat, exp and ``claims``).
 
-Switches for tests: ``other_key`` (sign with a key the JWKS does not list, under the listed kid), ``expired``,
+``rotate()`` makes a new key under a new kid (the JWKS lists only it). Switches for tests: ``other_key`` (sign
+with a key the JWKS does not list, under the listed kid), ``expired``,
 ``wrong_nonce``, ``wrong_audience``, ``token_error`` (the token endpoint answers this OAuth error), ``deny`` (the
 authorization answers ``error=access_denied``). ``authorizations`` keeps each /authorize query, ``token_requests``
-each /token form.
+each /token form, ``jwks_requests`` counts the JWKS fetches.
 """
 
 from __future__ import annotations
@@ -27,9 +28,6 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
-
-KID = "fake-key-1"
-
 
 def _rsa_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -58,8 +56,14 @@ class FakeOidc:
     deny: bool = False
     authorizations: list[dict[str, str]] = field(default_factory=list)
     token_requests: list[dict[str, str]] = field(default_factory=list)
+    jwks_requests: int = 0
     key: rsa.RSAPrivateKey = field(default_factory=_rsa_key)
+    kid: str = "fake-key-1"
     _grants: dict[str, _Grant] = field(default_factory=dict)
+
+    def rotate(self) -> None:
+        self.key = _rsa_key()
+        self.kid = f"fake-key-{int(self.kid.rsplit('-', 1)[1]) + 1}"
 
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/.well-known/openid-configuration", self._discovery),
@@ -79,8 +83,9 @@ class FakeOidc:
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"]})
 
     async def _jwks(self, request: Request) -> Response:
+        self.jwks_requests += 1
         jwk = RSAAlgorithm.to_jwk(self.key.public_key(), as_dict=True)
-        return JSONResponse({"keys": [{**jwk, "kid": KID, "alg": "RS256", "use": "sig"}]})
+        return JSONResponse({"keys": [{**jwk, "kid": self.kid, "alg": "RS256", "use": "sig"}]})
 
     async def _authorize(self, request: Request) -> Response:
         q = dict(request.query_params)
@@ -132,7 +137,7 @@ class FakeOidc:
                   "iat": now - 900 if self.expired else now, "exp": exp,
                   "nonce": "not-the-nonce" if self.wrong_nonce else grant.nonce}
         key = _rsa_key() if self.other_key else self.key
-        return jwt.encode(claims, key, algorithm="RS256", headers={"kid": KID})
+        return jwt.encode(claims, key, algorithm="RS256", headers={"kid": self.kid})
 
 
 def _back(redirect_uri: str, params: dict[str, str]) -> Response:
