@@ -284,7 +284,9 @@ class SsoConfig(_Strict):
         return v.rstrip("/") if v is not None else None
 
     @model_validator(mode="after")
-    def _secret_set(self) -> "SsoConfig":
+    def _complete(self) -> "SsoConfig":
+        if (self.issuer is None) != (self.client_id is None):
+            raise ValueError("single sign-on needs both issuer and client_id (or neither: off)")
         if self.client_secret_env is not None and not os.environ.get(self.client_secret_env):
             raise ValueError(f"environment variable {self.client_secret_env} (client_secret_env) is not set")
         return self

@@ -233,7 +233,15 @@ def test_the_providers_keys_are_fetched_at_most_once_per_refresh_period(sso_gate
     assert fake.jwks_requests == 1
 
 
-@pytest.mark.parametrize("switch", ["other_key", "expired", "wrong_nonce", "wrong_audience"])
+def test_an_es256_provider_works(sso_gateway, oidc):
+    _, fake = oidc
+    fake.algorithm = "ES256"
+    gw = sso_gateway()
+    gw.team("research")
+    assert signed_in(gw.url).user["name"] == "jane"
+
+
+@pytest.mark.parametrize("switch", ["other_key", "hs256", "expired", "wrong_nonce", "wrong_audience"])
 def test_a_token_that_does_not_verify_is_refused(sso_gateway, oidc, switch):
     _, fake = oidc
     gw = sso_gateway()
@@ -292,7 +300,9 @@ def test_the_state_cookie_expires_and_the_config_wants_its_secret(monkeypatch):
     monkeypatch.delenv("LMOPS_NO_SUCH_SECRET", raising=False)
     with pytest.raises(ValueError, match="LMOPS_NO_SUCH_SECRET"):
         SsoConfig(issuer="https://id.example.org", client_id="x", client_secret_env="LMOPS_NO_SUCH_SECRET")
-    assert not SsoConfig(issuer="https://id.example.org").enabled
+    with pytest.raises(ValueError, match="both issuer and client_id"):
+        SsoConfig(issuer="https://id.example.org")
+    assert not SsoConfig().enabled
 
 
 def test_the_sign_in_form_offers_single_sign_on_in_a_browser(chromium, sso_gateway, oidc, tmp_path):  # noqa: F811

@@ -45,7 +45,8 @@ class Provider:
 
 class OidcClient:
     def __init__(self, config: SsoConfig, http: httpx.AsyncClient, clock: Callable[[], float] = time.time):
-        assert config.issuer and config.client_id
+        if not config.issuer or not config.client_id:
+            raise ValueError("an OpenID Connect client needs chat.sso.issuer and client_id")
         self.issuer: str = config.issuer
         self.client_id: str = config.client_id
         self.config = config

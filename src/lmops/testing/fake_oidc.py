@@ -1,10 +1,12 @@
-"""A fake OpenID Connect provider (tests): discovery, a JWKS with the RSA key it generates, ``/authorize`` that
+"""A fake OpenID Connect provider (tests): discovery, a JWKS with the key it generates (RSA for RS256, P-256 for
+ES256: ``algorithm``), ``/authorize`` that
 approves ``claims``'s user at once (302 back to the redirect URI with a code and the state), and ``/token`` that
 checks the code, the redirect URI, the client's authentication (client_secret_basic or _post) and the PKCE
-verifier against the S256 challenge, then answers an RS256 ID token (iss, aud, sub, nonce, iat, exp and ``claims``).
+verifier against the S256 challenge, then answers a signed ID token (iss, aud, sub, nonce, iat, exp and ``claims``).
 
 ``rotate()`` makes a new key under a new kid (the JWKS lists only it). Switches for tests: ``other_key`` (sign
-with a key the JWKS does not list, under the listed kid), ``expired``,
+with a key the JWKS does not list, under the listed kid), ``hs256`` (sign with HS256 keyed by the client secret,
+as some providers can), ``expired``,
 ``wrong_nonce``, ``wrong_audience``, ``token_error`` (the token endpoint answers this OAuth error), ``deny`` (the
 authorization answers ``error=access_denied``). ``authorizations`` keeps each /authorize query, ``token_requests``
 each /token form, ``jwks_requests`` counts the JWKS fetches.
@@ -22,14 +24,19 @@ from typing import Any
 from urllib.parse import unquote, urlencode
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric import rsa
-from jwt.algorithms import RSAAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-def _rsa_key() -> rsa.RSAPrivateKey:
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
+
+def _new_key(algorithm: str) -> PrivateKey:
+    if algorithm == "ES256":
+        return ec.generate_private_key(ec.SECP256R1())
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
@@ -45,10 +52,12 @@ class _Grant:
 @dataclass
 class FakeOidc:
     client_id: str = "lmops"
-    client_secret: str | None = "fake-client-secret"  # None: a public client (no client authentication)
+    client_secret: str | None = "fake-client-secret-0123456789abcdef"  # None: a public client
     claims: dict[str, Any] = field(default_factory=lambda: {
         "sub": "248289761001", "preferred_username": "jane", "email": "jane@example.org", "groups": ["research"]})
+    algorithm: str = "RS256"  # or ES256 (set it before the first token, or rotate())
     other_key: bool = False
+    hs256: bool = False
     expired: bool = False
     wrong_nonce: bool = False
     wrong_audience: bool = False
@@ -57,12 +66,12 @@ class FakeOidc:
     authorizations: list[dict[str, str]] = field(default_factory=list)
     token_requests: list[dict[str, str]] = field(default_factory=list)
     jwks_requests: int = 0
-    key: rsa.RSAPrivateKey = field(default_factory=_rsa_key)
+    key: PrivateKey | None = None  # made on first use
     kid: str = "fake-key-1"
     _grants: dict[str, _Grant] = field(default_factory=dict)
 
     def rotate(self) -> None:
-        self.key = _rsa_key()
+        self.key = _new_key(self.algorithm)
         self.kid = f"fake-key-{int(self.kid.rsplit('-', 1)[1]) + 1}"
 
     def app(self) -> Starlette:
@@ -79,13 +88,21 @@ class FakeOidc:
         return JSONResponse({
             "issuer": iss, "authorization_endpoint": f"{iss}/authorize", "token_endpoint": f"{iss}/token",
             "jwks_uri": f"{iss}/jwks", "response_types_supported": ["code"], "subject_types_supported": ["public"],
-            "id_token_signing_alg_values_supported": ["RS256"], "code_challenge_methods_supported": ["S256"],
+            "id_token_signing_alg_values_supported": [self.algorithm], "code_challenge_methods_supported": ["S256"],
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"]})
 
     async def _jwks(self, request: Request) -> Response:
         self.jwks_requests += 1
-        jwk = RSAAlgorithm.to_jwk(self.key.public_key(), as_dict=True)
-        return JSONResponse({"keys": [{**jwk, "kid": self.kid, "alg": "RS256", "use": "sig"}]})
+        key = self._key()
+        public = key.public_key()
+        jwk = (RSAAlgorithm.to_jwk(public, as_dict=True) if isinstance(public, rsa.RSAPublicKey)
+               else ECAlgorithm.to_jwk(public, as_dict=True))
+        return JSONResponse({"keys": [{**jwk, "kid": self.kid, "alg": self.algorithm, "use": "sig"}]})
+
+    def _key(self) -> PrivateKey:
+        if self.key is None:
+            self.key = _new_key(self.algorithm)
+        return self.key
 
     async def _authorize(self, request: Request) -> Response:
         q = dict(request.query_params)
@@ -136,8 +153,10 @@ class FakeOidc:
         claims = {**grant.claims, "iss": issuer, "aud": "someone-else" if self.wrong_audience else grant.client_id,
                   "iat": now - 900 if self.expired else now, "exp": exp,
                   "nonce": "not-the-nonce" if self.wrong_nonce else grant.nonce}
-        key = _rsa_key() if self.other_key else self.key
-        return jwt.encode(claims, key, algorithm="RS256", headers={"kid": self.kid})
+        if self.hs256:
+            return jwt.encode(claims, self.client_secret or "", algorithm="HS256", headers={"kid": self.kid})
+        key = _new_key(self.algorithm) if self.other_key else self._key()
+        return jwt.encode(claims, key, algorithm=self.algorithm, headers={"kid": self.kid})
 
 
 def _back(redirect_uri: str, params: dict[str, str]) -> Response:
