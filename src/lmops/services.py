@@ -15,12 +15,12 @@ from dataclasses import dataclass, fields
 from lmops.access.capability import AccessCapability
 from lmops.assistant.capability import AssistantCapability
 from lmops.batch.capability import BatchCapability
-from lmops.capability import Capability
+from lmops.capability import Capability, SecretSource
 from lmops.chat.capability import ChatCapability
 from lmops.chat.service import ModelFilter, TeamModels
 from lmops.config import Settings
 from lmops.core import Core
-from lmops.images.capability import ImagesCapability, SecretSource
+from lmops.images.capability import ImagesCapability
 from lmops.serving.context import Guard, OpenGuard
 from lmops.store.database import create_engine
 

@@ -208,6 +208,8 @@ def test_a_forged_missing_or_tampered_state_is_refused(sso_gateway, oidc):
     assert resp.headers["location"] == "/?sso_error=invalid_state"
     assert fake.token_requests == []  # nothing reached the provider
     assert http.get(callback).headers["location"] == "/"  # the real browser still signs in
+    assert "lmops_sso" not in http.cookies  # used up: replaying the answer is refused
+    assert http.get(callback).headers["location"] == "/?sso_error=invalid_state"
 
 
 def test_the_providers_keys_are_fetched_again_for_an_unknown_key_id(sso_gateway, oidc):

@@ -123,7 +123,7 @@ def chat_router(chat: ChatService) -> APIRouter:
         try:
             redirect = await sso.login(chat.core.settings.server.public_url or str(request.base_url))
         except SsoFailure as exc:
-            return RedirectResponse(f"/?sso_error={exc.code}", 302)
+            return RedirectResponse(exc.redirect, 302)
         response = RedirectResponse(redirect.url, 302)
         response.set_cookie(SSO_COOKIE, redirect.cookie, max_age=redirect.max_age, path=SSO_PATH,
                             secure=_https(request), httponly=True, samesite="lax")
@@ -135,8 +135,8 @@ def chat_router(chat: ChatService) -> APIRouter:
         try:
             signed = await sso.callback(dict(request.query_params), request.cookies.get(SSO_COOKIE))
         except SsoFailure as exc:
-            response = RedirectResponse(f"/?sso_error={exc.code}", 302)
-            if exc.code == "invalid_state":  # not this sign-in's answer: the browser's own may still come
+            response = RedirectResponse(exc.redirect, 302)
+            if not exc.ends_sign_in:
                 return response
         else:
             response = RedirectResponse("/", 302)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 
+from lmops.capability import SecretSource
 from lmops.chat.accounts import Accounts
 from lmops.chat.answer import Answerer, Events, Generation, Save
 from lmops.chat.auth import ChatAuth
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 
 ModelFilter = Callable[[str], bool]
 TeamModels = Callable[[str], Awaitable[ModelFilter]]  # team id -> which public model names its rules allow
-SecretSource = Callable[[], Awaitable[bytes | None]]  # the server secret (access control's)
 log = logging.getLogger("lmops.chat")
 DEFAULT_TITLE = "New chat"
 TITLE_LENGTH = 80

@@ -38,6 +38,16 @@ class SsoFailure(Exception):
         super().__init__(ERRORS[code])
         self.code = code
 
+    @property
+    def redirect(self) -> str:
+        """Where the browser goes: the chat page, which explains the code."""
+        return f"/?sso_error={self.code}"
+
+    @property
+    def ends_sign_in(self) -> bool:
+        """False when the answer was not this browser's sign-in's (bad state): its own may still come back."""
+        return self.code != "invalid_state"
+
 
 @dataclass(frozen=True)
 class Redirect:
