@@ -8,10 +8,12 @@ Nothing here imports the root.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import ClassVar, Protocol
 
 from fastapi import APIRouter
+
+SecretSource = Callable[[], Awaitable[bytes | None]]  # the server secret, for what capabilities sign; None: none
 
 
 class Capability(Protocol):

@@ -264,7 +264,58 @@ class AccessConfig(_Strict):
                                 "as OpenAI does (six more headers per request: about 4 % fewer requests/s)")
 
 
+class SsoConfig(_Strict):
+    """Single sign-on to the web chat through an OpenID Connect provider (authorization code flow with PKCE). On
+    when ``issuer`` and ``client_id`` are set, and only with access control on."""
+
+    issuer: str | None = Field(default=None, description="the provider's issuer URL (its discovery document is "
+                               "<issuer>/.well-known/openid-configuration)")
+    client_id: str | None = Field(default=None, description="lmops's client id at the provider")
+    client_secret_env: str | None = Field(default=None, description="environment variable with the client secret "
+                                          "(none: a public client, PKCE only)")
+    token_auth: Literal["client_secret_basic", "client_secret_post"] = Field(
+        default="client_secret_basic", description="how the client secret is sent to the token endpoint")
+    scopes: list[str] = Field(default_factory=list, description="scopes asked for besides openid profile email")
+    username_claim: str = Field(default="preferred_username", min_length=1, description="the claim a new user is "
+                                "named from (then email, then sub; a suffix when the name is taken)")
+    team_claim: str = Field(default="groups", min_length=1, description="the claim naming the user's team: a "
+                            "string or a list (the first value naming a team wins)")
+    team_map: dict[str, str] = Field(default_factory=dict, description="claim value -> team id or name; when set, "
+                                     "only these values count, else a value names a team (id or name) itself")
+    default_team: str | None = Field(default=None, description="team (id or name) of a user whose claim names no "
+                                     "team; none: such a user is refused")
+    button_label: str = Field(default="single sign-on", min_length=1, max_length=100,
+                              description='the sign-in form shows "Sign in with <label>"')
+    state_seconds: int = Field(default=600, ge=30, le=3600, description="seconds a sign-in at the provider may take")
+    jwks_refresh_seconds: float = Field(default=60.0, ge=0, description="at most one fetch of the provider's keys "
+                                        "this often when a token names an unknown key")
+    timeout: float = Field(default=10.0, gt=0, description="seconds a request to the provider may take")
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, v: str | None) -> str | None:
+        if v is not None and (not v.startswith(("http://", "https://")) or _breaks_header(v)):
+            raise ValueError(f"issuer must be an http:// or https:// URL on one line: {v!r}")
+        return v.rstrip("/") if v is not None else None
+
+    @model_validator(mode="after")
+    def _complete(self) -> "SsoConfig":
+        if (self.issuer is None) != (self.client_id is None):
+            raise ValueError("single sign-on needs both issuer and client_id (or neither: off)")
+        if self.client_secret_env is not None and not os.environ.get(self.client_secret_env):
+            raise ValueError(f"environment variable {self.client_secret_env} (client_secret_env) is not set")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.issuer and self.client_id)
+
+    def client_secret(self) -> str | None:
+        return os.environ.get(self.client_secret_env) if self.client_secret_env else None
+
+
 class ChatConfig(_Strict):
+    sso: SsoConfig = Field(default_factory=SsoConfig, description="single sign-on (OpenID Connect)")
     session_hours: float = Field(default=24 * 7, gt=0, description="hours a web sign-in lasts")
     session_cache_seconds: float = Field(default=5.0, ge=0, description="seconds a gateway process caches a "
                                          "session lookup (a sign-out or password change made elsewhere takes effect "

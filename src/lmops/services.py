@@ -15,12 +15,12 @@ from dataclasses import dataclass, fields
 from lmops.access.capability import AccessCapability
 from lmops.assistant.capability import AssistantCapability
 from lmops.batch.capability import BatchCapability
-from lmops.capability import Capability
+from lmops.capability import Capability, SecretSource
 from lmops.chat.capability import ChatCapability
 from lmops.chat.service import ModelFilter, TeamModels
 from lmops.config import Settings
 from lmops.core import Core
-from lmops.images.capability import ImagesCapability, SecretSource
+from lmops.images.capability import ImagesCapability
 from lmops.serving.context import Guard, OpenGuard
 from lmops.store.database import create_engine
 
@@ -40,10 +40,11 @@ class Services:
         db = create_engine(settings.database_url)
         access = AccessCapability(settings, db) if guard is None and settings.access.enabled else None
         core = Core.build(settings, db, guard or (access.guard if access else OpenGuard()))
-        chat = ChatCapability(core, team_models=_team_models(access) if access else None)
+        secret = server_secret(settings, access)
+        chat = ChatCapability(core, team_models=_team_models(access) if access else None, secret=secret)
         assistant = AssistantCapability(core) if settings.assistant.enabled else None
         return cls(core=core, access=access, batch=BatchCapability(core),
-                   images=ImagesCapability(core, server_secret(settings, access)), chat=chat, assistant=assistant)
+                   images=ImagesCapability(core, secret), chat=chat, assistant=assistant)
 
     @property
     def settings(self) -> Settings:
@@ -68,8 +69,9 @@ class Services:
 
 
 def server_secret(settings: Settings, access: AccessCapability | None) -> SecretSource:
-    """The server secret for capabilities that sign things (image URLs): access control's (loaded when it
-    started, before them), else ``$LMOPS_SECRET`` (``access.secret_env``) if set, else None."""
+    """The server secret for capabilities that sign things (image URLs, chat's single sign-on state): access
+    control's (loaded when it started, before them), else ``$LMOPS_SECRET`` (``access.secret_env``) if set, else
+    None."""
 
     async def secret() -> bytes | None:
         if access is not None:

@@ -95,9 +95,14 @@ class ChatAuth:
             user = member(account.user_id, account.name, account.team_id, account.role)
         else:
             user = local_user()
+        return await self.open_session(user)
+
+    async def open_session(self, user: ChatUser) -> SignedIn:
+        """A new session of ``user`` (signed in by password or single sign-on)."""
         token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         expires = datetime.now(timezone.utc) + timedelta(hours=self.session_hours)
         await self.accounts.open_session(token, user.owner, csrf, expires)
+        self.sessions.invalidate()  # a single sign-on may have moved the user to another team: no stale session
         return SignedIn(user, token, csrf, expires)
 
     async def set_password(self, user_id: str, password: str) -> None:

@@ -11,17 +11,20 @@ from collections.abc import AsyncIterator
 
 import orjson
 from fastapi import APIRouter, Query, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from lmops.api.bodies import parse_json, read_body
 from lmops.api.deps import json_response
 from lmops.api.openapi_bodies import request_body
-from lmops.chat.auth import COOKIE
+from lmops.chat.auth import COOKIE, SignedIn
 from lmops.chat.export import FORMATS, as_csv, as_json, as_markdown, as_xlsx, export_rows
 from lmops.chat.identity import ChatUser
 from lmops.chat.schemas import (ConversationCreate, ConversationPatch, MessageCreate, MessageEdit, PasswordSet,
                                 Regenerate, SignIn)
 from lmops.chat.service import ChatService
+from lmops.chat.sso import ERRORS, SingleSignOn, SsoFailure
+from lmops.chat.sso_state import COOKIE as SSO_COOKIE
+from lmops.chat.sso_state import COOKIE_PATH as SSO_PATH
 from lmops.protocol.errors import InvalidRequest, NotFound, PermissionDenied
 from lmops.serving.sse import EventStreamResponse
 
@@ -45,6 +48,11 @@ def _https(request: Request) -> bool:
     only ever adds the Secure flag, which a client that lies about it loses its own session to."""
     forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
     return request.url.scheme == "https" or forwarded == "https"
+
+
+def _session_cookie(response: Response, request: Request, signed: SignedIn, hours: float) -> None:
+    response.set_cookie(COOKIE, signed.token, max_age=int(hours * 3600), path="/", secure=_https(request),
+                        httponly=True, samesite="lax")
 
 
 def _fields(body: ConversationCreate) -> dict[str, object]:
@@ -73,8 +81,7 @@ def chat_router(chat: ChatService) -> APIRouter:
         response = json_response({"object": "chat.session", "user": signed.user.as_dict(),
                                   "csrf_token": signed.csrf_token,
                                   "expires_at": int(signed.expires_at.timestamp())}, 201)
-        response.set_cookie(COOKIE, signed.token, max_age=int(auth.session_hours * 3600), path="/",
-                            secure=_https(request), httponly=True, samesite="lax")
+        _session_cookie(response, request, signed, auth.session_hours)
         return response
 
     @router.get("/session")
@@ -90,6 +97,51 @@ def chat_router(chat: ChatService) -> APIRouter:
         await auth.sign_out(request)
         response = json_response({"object": "chat.session", "deleted": True})
         response.delete_cookie(COOKIE, path="/", secure=_https(request), httponly=True, samesite="lax")
+        return response
+
+    # -- single sign-on (OpenID Connect) -------------------------------------------------------
+    def sso_on() -> SingleSignOn:
+        if chat.sso is None:
+            raise NotFound("Single sign-on is not configured (chat.sso), or access control is off.")
+        return chat.sso
+
+    @router.get("/sso")
+    async def sso_info(error: str | None = None) -> Response:
+        """Whether the sign-in form offers single sign-on; ``error``: a failed sign-in's code, explained."""
+        sso = chat.sso
+        body: dict[str, object] = {"object": "chat.sso", "enabled": sso is not None,
+                                   "label": sso.label if sso else None,
+                                   "login_url": "/api/chat/sso/login" if sso else None}
+        if error is not None:
+            body["error"] = {"code": error if error in ERRORS else "unknown",
+                             "message": ERRORS.get(error, "Single sign-on failed. Try again.")}
+        return json_response(body)
+
+    @router.get("/sso/login")
+    async def sso_login(request: Request) -> Response:
+        sso = sso_on()
+        try:
+            redirect = await sso.login(chat.core.settings.server.public_url or str(request.base_url))
+        except SsoFailure as exc:
+            return RedirectResponse(exc.redirect, 302)
+        response = RedirectResponse(redirect.url, 302)
+        response.set_cookie(SSO_COOKIE, redirect.cookie, max_age=redirect.max_age, path=SSO_PATH,
+                            secure=_https(request), httponly=True, samesite="lax")
+        return response
+
+    @router.get("/sso/callback")
+    async def sso_callback(request: Request) -> Response:
+        sso = sso_on()
+        try:
+            signed = await sso.callback(dict(request.query_params), request.cookies.get(SSO_COOKIE))
+        except SsoFailure as exc:
+            response = RedirectResponse(exc.redirect, 302)
+            if not exc.ends_sign_in:
+                return response
+        else:
+            response = RedirectResponse("/", 302)
+            _session_cookie(response, request, signed, auth.session_hours)
+        response.delete_cookie(SSO_COOKIE, path=SSO_PATH, secure=_https(request), httponly=True, samesite="lax")
         return response
 
     @router.put("/users/{user}/password", openapi_extra=request_body(PasswordSet))

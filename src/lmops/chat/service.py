@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 
+from lmops.capability import SecretSource
 from lmops.chat.accounts import Accounts
 from lmops.chat.answer import Answerer, Events, Generation, Save
 from lmops.chat.auth import ChatAuth
+from lmops.chat.identities import Identities
 from lmops.chat.identity import ChatUser
 from lmops.chat.importer import parse_export
 from lmops.chat.markdown import Renderer
 from lmops.chat.memory import ConversationMemory, Window, marker
+from lmops.chat.sso import SingleSignOn
 from lmops.chat.store import ChatStore, NewMessage, Row
 from lmops.chat.throttle import SignInThrottle
 from lmops.config import Settings
@@ -25,6 +29,7 @@ if TYPE_CHECKING:
 
 ModelFilter = Callable[[str], bool]
 TeamModels = Callable[[str], Awaitable[ModelFilter]]  # team id -> which public model names its rules allow
+log = logging.getLogger("lmops.chat")
 DEFAULT_TITLE = "New chat"
 TITLE_LENGTH = 80
 
@@ -34,9 +39,10 @@ async def every_model(team_id: str) -> ModelFilter:
 
 
 class ChatService:
-    def __init__(self, core: "Core", *, team_models: TeamModels | None = None):
+    def __init__(self, core: "Core", *, team_models: TeamModels | None = None, secret: SecretSource | None = None):
         """``team_models``: access control's view of a team's model rules; None when access control is off
-        (laptop mode: one local user, who signs in without a password)."""
+        (laptop mode: one local user, who signs in without a password). ``secret``: the server secret, which
+        signs a single sign-on's state (SSO is offered only with access control on and a secret)."""
         settings: Settings = core.settings
         self.core = core
         self.config = settings.chat
@@ -50,11 +56,21 @@ class ChatService:
         self.history = ConversationMemory(core, self.store)  # each model's strategy: latest turns or a summary
         self.answers = Answerer(core)
         self.markdown = Renderer()  # messages as safe HTML for the web UI
+        self._secret = secret
+        self.sso: SingleSignOn | None = None  # set at start when configured
 
     async def start(self) -> None:
-        return None
+        if not self.config.sso.enabled:
+            return
+        secret = await self._secret() if self._secret is not None and self.auth.access_enabled else None
+        if secret is None:
+            log.warning("chat.sso is configured but not offered: single sign-on needs access control on")
+            return
+        self.sso = SingleSignOn(self.config.sso, self.auth, Identities(self.core.db, self.config.sso), secret)
 
     async def stop(self) -> None:
+        if self.sso is not None:
+            await self.sso.close()
         for conversation_id in list(self.answers.running):
             await self.answers.stop(conversation_id, wait=2.0)
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
 from fastapi import APIRouter
 
+from lmops.capability import SecretSource
 from lmops.core import Core
 from lmops.images.routes import images_router
 from lmops.images.service import ImagesService
@@ -19,7 +20,6 @@ from lmops.images.store import ImageStore
 
 log = logging.getLogger("lmops.images")
 
-SecretSource = Callable[[], Awaitable[bytes | None]]  # the server secret; None when there is none
 
 
 class ImagesCapability(ImagesService):

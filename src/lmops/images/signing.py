@@ -17,9 +17,10 @@ from lmops.protocol.errors import PermissionDenied
 _LABEL = b"lmops image URL signatures v1"
 
 
-def signing_key(server_secret: bytes) -> bytes:
-    """The key image URLs are signed with, derived from the server secret."""
-    return hmac.new(server_secret, _LABEL, hashlib.sha256).digest()
+def signing_key(server_secret: bytes, label: bytes = _LABEL) -> bytes:
+    """The key image URLs (or, with another ``label``, other signed things) are signed with, derived from the
+    server secret: each use gets its own key."""
+    return hmac.new(server_secret, label, hashlib.sha256).digest()
 
 
 class UrlSigner:

@@ -62,7 +62,23 @@ class ChatApp {
 
   error(err) { $("error").textContent = err ? String(err.message || err) : ""; }
 
-  showSignIn() { $("app").hidden = true; $("signin").hidden = false; $("username").focus(); }
+  showSignIn() {
+    $("app").hidden = true; $("signin").hidden = false; $("username").focus();
+    this.offerSso();
+  }
+
+  // The single sign-on button when the server offers it, and why the last SSO sign-in failed (?sso_error=code,
+  // explained by the server; the code leaves the address bar).
+  async offerSso() {
+    const failed = new URLSearchParams(location.search).get("sso_error");
+    if (failed) history.replaceState(null, "", "/");
+    try {
+      const sso = await this.api.json("GET", failed ? `/sso?error=${encodeURIComponent(failed)}` : "/sso");
+      $("sso").hidden = !sso.enabled;
+      if (sso.enabled) { $("sso").textContent = `Sign in with ${sso.label}`; $("sso").href = sso.login_url; }
+      if (sso.error) $("signin-error").textContent = sso.error.message;
+    } catch (err) { /* the password form still works */ }
+  }
 
   async signIn() {
     $("signin-error").textContent = "";
