@@ -336,10 +336,18 @@ class MathToolConfig(_Strict):
     max_memory_mb: int = Field(default=1024, ge=256, description="address space of the worker process (MiB)")
 
 
+class ImageToolConfig(_Strict):
+    """The assistant's image tool: lmops's own image generation (``/v1/images/generations``), in process."""
+
+    model: str | None = Field(default=None, description="the image model it asks (one of ``models`` of kind "
+                              "image); the tool is off while this is unset")
+
+
 class ToolsConfig(_Strict):
     weather: WeatherToolConfig = Field(default_factory=WeatherToolConfig)
     wikipedia: WikipediaToolConfig = Field(default_factory=WikipediaToolConfig)
     math: MathToolConfig = Field(default_factory=MathToolConfig)
+    image: ImageToolConfig = Field(default_factory=ImageToolConfig)
     entry_points: bool = Field(default=True, description="also load the tools of installed plugins (entry point "
                                "group lmops.tools)")
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict,

@@ -41,9 +41,10 @@ class Services:
         access = AccessCapability(settings, db) if guard is None and settings.access.enabled else None
         core = Core.build(settings, db, guard or (access.guard if access else OpenGuard()))
         chat = ChatCapability(core, team_models=_team_models(access) if access else None)
-        assistant = AssistantCapability(core) if settings.assistant.enabled else None
-        return cls(core=core, access=access, batch=BatchCapability(core),
-                   images=ImagesCapability(core, server_secret(settings, access)), chat=chat, assistant=assistant)
+        images = ImagesCapability(core, server_secret(settings, access))
+        assistant = AssistantCapability(core, images) if settings.assistant.enabled else None
+        return cls(core=core, access=access, batch=BatchCapability(core), images=images, chat=chat,
+                   assistant=assistant)
 
     @property
     def settings(self) -> Settings:

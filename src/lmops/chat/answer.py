@@ -36,6 +36,7 @@ from lmops.routing.router import Routed
 from lmops.serving.context import RequestContext
 from lmops.serving.inference import address, upstream_body
 from lmops.serving.usage_check import plausible_usage
+from lmops.serving.virtual import Admit
 
 if TYPE_CHECKING:
     from lmops.core import Core
@@ -66,12 +67,36 @@ class Generation:
     model: str  # the public name the user asked for
     chunks: AsyncIterator[Chunks]
     prompt_estimate: int
+    recorded: bool = True  # False for a virtual model: its inner calls left their own records
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def finish(self, core: "Core", error: APIError | None) -> None:
+        """Record and settle the call (a virtual model's answer has nothing of its own to record)."""
+        if self.recorded:
+            core.inference.finish(self.ctx, error)
 
 
 def _stream(engine: Engine, body: Body) -> AsyncIterator[Chunks]:
     return engine.stream_chat_completion(body)
+
+
+def _estimate(messages: list[dict[str, Any]]) -> int:
+    return sum(estimate_tokens(str(m.get("content") or "")) for m in messages)
+
+
+def _admission(core: "Core", user: ChatUser, http: Request) -> Admit:
+    """How the user's calls are admitted: by the guard as ``/v1`` requests for an API key, else as work for the
+    signed-in user's team (its model rules, limits and budgets)."""
+
+    async def admit(ctx: RequestContext) -> None:
+        if user.via_key:
+            await core.guard.admit(http, ctx)
+        else:
+            ctx.principal = user.principal
+            await core.guard.admit_work(ctx, ctx.body_bytes)
+
+    return admit
 
 
 def _event(payload: Any) -> bytes:
@@ -93,6 +118,13 @@ class Answerer:
         svc = self.core
         ctx = RequestContext(request_id=request_id_var.get() or new_id("chatreq_"), endpoint=ENDPOINT, stream=True,
                              principal=None if user.via_key else user.principal)
+        admit = _admission(svc, user, http)
+        handler = svc.inference.virtual.get(model)
+        if handler is not None:  # the assistant: its inner calls are admitted, recorded and billed by themselves
+            ctx.model = model
+            chunks = await handler.open_stream({"model": model, "messages": messages, **params}, ctx, admit)
+            generation = Generation(ctx, model, chunks, _estimate(messages), recorded=False)
+            return await self._register(conversation_id, generation)
         try:
             target = svc.router.resolve(model)
             address(ctx, model, target)
@@ -104,10 +136,7 @@ class Answerer:
             body = upstream_body(req, target)
             ctx.max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
             ctx.body_bytes = len(orjson.dumps(body))
-            if user.via_key:
-                await svc.guard.admit(http, ctx)
-            else:
-                await svc.guard.admit_work(ctx, ctx.body_bytes)
+            await admit(ctx)
             routed = Routed()
             try:
                 chunks = await svc.router.stream(model, _stream, body, routed)
@@ -116,8 +145,9 @@ class Answerer:
         except APIError as exc:
             svc.inference.finish(ctx, exc)
             raise
-        generation = Generation(ctx, model, chunks, sum(estimate_tokens(str(m.get("content") or ""))
-                                                        for m in messages))
+        return await self._register(conversation_id, Generation(ctx, model, chunks, _estimate(messages)))
+
+    async def _register(self, conversation_id: str, generation: Generation) -> Generation:
         if conversation_id in self.running:  # another request opened one meanwhile
             await self._close(generation, Conflict("An answer is being generated in this conversation."))
             raise Conflict("An answer is being generated in this conversation: stop it first.")
@@ -132,7 +162,7 @@ class Answerer:
     async def _close(self, generation: Generation, error: APIError) -> None:
         with suppress(Exception):
             await generation.chunks.aclose()  # type: ignore[attr-defined]
-        self.core.inference.finish(generation.ctx, error)
+        generation.finish(self.core, error)
         generation.finished.set()
 
     async def stop(self, conversation_id: str, wait: float = 10.0) -> bool:
@@ -215,7 +245,7 @@ class Answerer:
                 ctx.completion_tokens = max(ctx.completion_tokens, delivered)
                 ctx.prompt_tokens = ctx.prompt_tokens or g.prompt_estimate
             self.running.pop(conversation_id, None)
-            self.core.inference.finish(ctx, failure or (Stopped() if status == "stopped" else None))
+            g.finish(self.core, failure or (Stopped() if status == "stopped" else None))
             try:
                 final = await asyncio.shield(save("".join(parts), status, ctx.prompt_tokens, ctx.completion_tokens))
             except Exception:  # noqa: BLE001 - the answer was streamed; say it could not be kept
