@@ -18,7 +18,7 @@ from lmops.serving.context import RequestContext
 from lmops.serving.virtual import Admit
 
 IMAGE_ENDPOINT = "assistant.image"  # request records of the image tool's generations
-_NOT_IN_ALT = re.compile(r"[\[\]()!\\`<>*_]+|\s+")
+_NOT_IN_ALT = re.compile(r"[\[\]()!\\`<>*_]+")
 ALT_LENGTH = 100
 
 
@@ -64,5 +64,5 @@ class ImageTool(Tool):
 
 def image_alt(prompt: str) -> str:
     """The prompt as a markdown image's alt text: one line, without the characters markdown would read."""
-    alt = _NOT_IN_ALT.sub(" ", prompt).strip()
+    alt = " ".join(_NOT_IN_ALT.sub(" ", prompt).split())
     return alt if len(alt) <= ALT_LENGTH else alt[:ALT_LENGTH - 1].rstrip() + "\u2026"
