@@ -341,6 +341,8 @@ class ImageToolConfig(_Strict):
 
     model: str | None = Field(default=None, description="the image model it asks (one of ``models`` of kind "
                               "image); the tool is off while this is unset")
+    size: str | None = Field(default=None, pattern=r"^[1-9][0-9]{0,4}x[1-9][0-9]{0,4}$",
+                             description="the size it asks for, 'WIDTHxHEIGHT' (unset: the model's default)")
 
 
 class ToolsConfig(_Strict):

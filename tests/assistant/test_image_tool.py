@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pytest
+from pydantic import ValidationError
+
 from lmops.assistant.history import clean_history, with_source
 from lmops.assistant.tools.base import Caller
 from lmops.assistant.tools.image import IMAGE_ENDPOINT, image_alt
@@ -22,11 +25,11 @@ class Images:
     """``ImagesService.generate_for`` as the tool sees it: URLs signed by the real signer, or an error."""
 
     error: Exception | None = None
-    calls: list[tuple[str, str, RequestContext]] = field(default_factory=list)
+    calls: list[tuple[str, str, str | None, RequestContext]] = field(default_factory=list)
     signer: UrlSigner = field(default_factory=lambda: UrlSigner(b"k" * 32, 3600))
 
-    async def generate_for(self, model, prompt, ctx, admit):  # type: ignore[no-untyped-def]
-        self.calls.append((model, prompt, ctx))
+    async def generate_for(self, model, prompt, size, ctx, admit):  # type: ignore[no-untyped-def]
+        self.calls.append((model, prompt, size, ctx))
         await admit(ctx)
         if self.error is not None:
             raise self.error
@@ -37,19 +40,20 @@ async def _admit(ctx: RequestContext) -> None:
     ctx.extra["admitted"] = True
 
 
-def registry(images: Images | None, model: str = "painter") -> ToolRegistry:
+def registry(images: Images | None, model: str = "painter", size: str | None = None) -> ToolRegistry:
     config = ToolsConfig.model_validate({"entry_points": False, "weather": {"enabled": False},
                                          "wikipedia": {"enabled": False}, "math": {"enabled": False},
-                                         "image": {"model": model}})
+                                         "image": {"model": model, "size": size}})
     return ToolRegistry.from_config(config, images)
 
 
 async def test_the_answer_is_a_markdown_image_the_history_drops_and_the_chat_shows():
     images = Images()
     caller = Caller(RequestContext(request_id="turn-1", endpoint="chat.messages"), _admit)
-    result = await registry(images).call("image", '{"prompt": "a red [square]\\n(on white)"}', caller)
-    [(model, prompt, ctx)] = images.calls
-    assert (model, prompt) == ("painter", "a red [square] (on white)")
+    tools = registry(images, size="256x256")
+    result = await tools.call("image", '{"prompt": "a red [square]\\n(on white)"}', caller)
+    [(model, prompt, size, ctx)] = images.calls
+    assert (model, prompt, size) == ("painter", "a red [square] (on white)", "256x256")
     assert (ctx.request_id, ctx.endpoint, ctx.extra) == ("turn-1", IMAGE_ENDPOINT, {"admitted": True})
     url = result.images[0]
     assert result.text == f"![a red square on white]({url})" and result.source == "image model painter"
@@ -70,6 +74,8 @@ async def test_failures_are_clear_messages():
     assert failed.error and failed.text == "the image model painter failed: The backend failed"
     assert registry(None, model="painter").names() == ["image"]
     assert ToolRegistry.from_config(ToolsConfig(entry_points=False)).names() == ["weather", "wikipedia", "math"]
+    with pytest.raises(ValidationError, match="image.size"):
+        ToolsConfig.model_validate({"image": {"model": "painter", "size": "big"}})
 
 
 def test_the_alt_text_is_one_line_without_markdown():

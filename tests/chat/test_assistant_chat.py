@@ -181,7 +181,7 @@ def test_the_image_tool_answers_with_lmops_own_image(rig):
     image = httpx.get(r.gw.url + url, timeout=10)  # no key, no cookie: the signature is the permission
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
     assert image.content == r.images.images[0]
-    assert r.images.requests[0]["prompt"] == "a red square" and r.images.requests[0]["model"] == "painter"
+    assert r.images.requests[0] == {"model": "painter", "prompt": "a red square", "response_format": "b64_json"}
     assert r.writer.bodies == []  # no model writes an image link
     rows = r.records(_request_id(r), 2)
     assert sorted((x["endpoint"], x["model"]) for x in rows) == [("assistant.function", "fn"),

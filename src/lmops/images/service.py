@@ -56,11 +56,12 @@ class ImagesService:
             response.raw_headers += ctx.rate_headers
         return response
 
-    async def generate_for(self, model: str, prompt: str, ctx: RequestContext, admit: Admit) -> list[str]:
+    async def generate_for(self, model: str, prompt: str, size: str | None, ctx: RequestContext,
+                           admit: Admit) -> list[str]:
         """One image for a caller inside lmops (the assistant's image tool), admitted with ``admit``, recorded and
         billed like a ``/v1`` request: its signed URL, relative (``/v1/images/files/...``), as the chat shows it."""
         try:
-            req = ImageGenerationRequest.model_validate({"model": model, "prompt": prompt})
+            req = ImageGenerationRequest.model_validate({"model": model, "prompt": prompt, "size": size})
         except ValidationError as exc:
             raise from_validation_error(exc) from None
         _, stored = await self._generate(req, ctx, admit)

@@ -25,7 +25,8 @@ ALT_LENGTH = 100
 class ImageMaker(Protocol):
     """lmops's image generation, as the tool needs it (``ImagesService``)."""
 
-    async def generate_for(self, model: str, prompt: str, ctx: RequestContext, admit: Admit) -> list[str]:
+    async def generate_for(self, model: str, prompt: str, size: str | None, ctx: RequestContext,
+                           admit: Admit) -> list[str]:
         """Relative signed URLs of the images made for ``prompt``; an ``APIError`` when refused or failed."""
         ...
 
@@ -35,8 +36,9 @@ class ImageTool(Tool):
     description = ("Generate an image (a picture, drawing, photo, illustration) from a description of it. Call it "
                    "only when the user asks for an image to be made.")
 
-    def __init__(self, model: str, images: ImageMaker | None):
+    def __init__(self, model: str, images: ImageMaker | None, size: str | None = None):
         self.model = model
+        self.size = size
         self.images = images
         self.parameters: dict[str, Any] = one_string_parameter(
             "prompt", 1000, "what the image shows, in detail, in English")
@@ -51,7 +53,8 @@ class ImageTool(Tool):
         if self.images is None or caller is None:
             raise ToolError("the image tool is not configured (lmops's image generation is not available here)")
         try:
-            urls = await self.images.generate_for(self.model, prompt, caller.inner(IMAGE_ENDPOINT), caller.admit)
+            urls = await self.images.generate_for(self.model, prompt, self.size, caller.inner(IMAGE_ENDPOINT),
+                                                  caller.admit)
         except ModelNotFound:
             raise ToolError(f"the image tool is not configured: there is no image model named {self.model!r}") \
                 from None

@@ -54,7 +54,7 @@ class ToolRegistry:
         if config.math.enabled:
             registry.register(MathTool(config.math))
         if config.image.model is not None:
-            registry.register(ImageTool(config.image.model, images))
+            registry.register(ImageTool(config.image.model, images, config.image.size))
         if config.entry_points:
             registry.load_entry_points(config)
         return registry
