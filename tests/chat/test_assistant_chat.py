@@ -93,7 +93,9 @@ def text_of(chunks: list[dict[str, Any]]) -> str:
 def test_the_assistant_answers_in_the_chat_stored_and_each_inner_call_billed_once(rig):
     r = rig([Answer(call="math", arguments=[MATH[:9], MATH[9:]])])
     models = r.user.get("/api/chat/models").json()["data"]
-    assert [m["id"] for m in models] == ["fn", "writer", "painter", "assistant"]
+    assert [m["id"] for m in models] == ["fn", "writer", "assistant"]  # not the image model: it makes no text
+    refused = r.user.send("POST", "/api/chat/conversations", json={"model": "painter"})
+    assert refused.status_code == 404 and refused.json()["error"]["code"] == "model_not_found"
     conv = r.conversation()
     chunks, final = r.user.ask(conv, "what is 2**10?")
     assert {c["model"] for c in chunks} == {"assistant"}

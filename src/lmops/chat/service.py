@@ -59,9 +59,16 @@ class ChatService:
 
     # -- models --------------------------------------------------------------------------------
     async def allowed(self, user: ChatUser, http: Request) -> ModelFilter:
-        if user.via_key:
-            return await self.core.guard.allowed_models(http)
-        return await self.team_models(user.principal.team_id)
+        """The models the user may chat with: those the rules allow that write text (an image model makes none)."""
+        rules = await self.core.guard.allowed_models(http) if user.via_key else \
+            await self.team_models(user.principal.team_id)
+        router = self.core.router
+
+        def allowed(name: str) -> bool:
+            target = router.find(name)
+            return rules(name) and (target is None or target.config.kind == "text")
+
+        return allowed
 
     async def models(self, user: ChatUser, http: Request) -> list[dict[str, Any]]:
         return self.core.model_cards(await self.allowed(user, http), virtual=True)
