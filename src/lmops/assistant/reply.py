@@ -60,11 +60,15 @@ class Reply:
         yield [self.chunk({"role": "assistant", "content": text}, None), self.chunk({}, "stop"),
                self.usage_chunk(usage)]
 
-    async def forward(self, batches: AsyncIterator[Chunks], source: str | None, usage: Usage,
-                      settle: Settle) -> AsyncIterator[Chunks]:
+    def forward(self, batches: AsyncIterator[Chunks], source: str | None, usage: Usage,
+                settle: Settle) -> AsyncIterator[Chunks]:
         """The default model's stream as the assistant's; then the source line, the finish and the usage chunk.
         A failure of the stream is raised (an ``APIError``); however it ends, the call is settled once and its
-        stream closed (closing this iterator closes it at once)."""
+        stream closed (closing this iterator closes it at once, even before its first chunk)."""
+        return _Forward(self._forward(batches, source, usage, settle), batches, settle)
+
+    async def _forward(self, batches: AsyncIterator[Chunks], source: str | None, usage: Usage,
+                       settle: Settle) -> AsyncIterator[Chunks]:
         upstream_usage: Any = None
         delivered = 0
         finish: str | None = None
@@ -110,6 +114,31 @@ class Reply:
             await batches.aclose()  # type: ignore[attr-defined]  # stop the engine now
             if not settled:
                 settle(upstream_usage, delivered, failure or ClientClosed())
+
+
+class _Forward:
+    """``Reply._forward``'s chunks; closed before the first is asked for (a generator's ``finally`` would not
+    run then), it still closes the upstream stream and settles the call."""
+
+    def __init__(self, chunks: AsyncIterator[Chunks], batches: AsyncIterator[Chunks], settle: Settle):
+        self._chunks = chunks
+        self._batches = batches
+        self._settle = settle
+        self._started = False
+
+    def __aiter__(self) -> "_Forward":
+        return self
+
+    async def __anext__(self) -> Chunks:
+        self._started = True
+        return await anext(self._chunks)  # type: ignore[arg-type]
+
+    async def aclose(self) -> None:
+        if not self._started:
+            self._started = True
+            await self._batches.aclose()  # type: ignore[attr-defined]
+            self._settle(None, 0, ClientClosed())
+        await self._chunks.aclose()  # type: ignore[attr-defined]
 
 
 async def events(chunks: AsyncIterator[Chunks], include_usage: bool) -> AsyncIterator[bytes]:
