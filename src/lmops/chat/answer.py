@@ -10,6 +10,10 @@ upstream stream is closed at once, so the engine stops, and the partial answer i
 from the engine's final usage chunk; a stream cut short has none, so its completion tokens are the content
 chunks delivered (one token each from vLLM, llama.cpp and the embedded engine) and its prompt tokens are
 estimated from the text sent (``history.estimate_tokens``).
+
+A virtual model (the assistant) is opened through its handler (``ChatHandler.open_stream``) with the same
+admission; its inner calls are recorded and billed by themselves, so the chat's own context for the answer is
+never recorded (``Generation.recorded``). Its plan (function model, tool) runs while the answer opens.
 """
 
 from __future__ import annotations
