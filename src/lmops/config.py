@@ -405,10 +405,20 @@ class MathToolConfig(_Strict):
     max_memory_mb: int = Field(default=1024, ge=256, description="address space of the worker process (MiB)")
 
 
+class ImageToolConfig(_Strict):
+    """The assistant's image tool: lmops's own image generation (``/v1/images/generations``), in process."""
+
+    model: str | None = Field(default=None, description="the image model it asks (one of ``models`` of kind "
+                              "image); the tool is off while this is unset")
+    size: str | None = Field(default=None, pattern=r"^[1-9][0-9]{0,4}x[1-9][0-9]{0,4}$",
+                             description="the size it asks for, 'WIDTHxHEIGHT' (unset: the model's default)")
+
+
 class ToolsConfig(_Strict):
     weather: WeatherToolConfig = Field(default_factory=WeatherToolConfig)
     wikipedia: WikipediaToolConfig = Field(default_factory=WikipediaToolConfig)
     math: MathToolConfig = Field(default_factory=MathToolConfig)
+    image: ImageToolConfig = Field(default_factory=ImageToolConfig)
     entry_points: bool = Field(default=True, description="also load the tools of installed plugins (entry point "
                                "group lmops.tools)")
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict,

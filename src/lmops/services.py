@@ -42,9 +42,10 @@ class Services:
         core = Core.build(settings, db, guard or (access.guard if access else OpenGuard()))
         secret = server_secret(settings, access)
         chat = ChatCapability(core, team_models=_team_models(access) if access else None, secret=secret)
-        assistant = AssistantCapability(core) if settings.assistant.enabled else None
-        return cls(core=core, access=access, batch=BatchCapability(core),
-                   images=ImagesCapability(core, secret), chat=chat, assistant=assistant)
+        images = ImagesCapability(core, secret)
+        assistant = AssistantCapability(core, images) if settings.assistant.enabled else None
+        return cls(core=core, access=access, batch=BatchCapability(core), images=images, chat=chat,
+                   assistant=assistant)
 
     @property
     def settings(self) -> Settings:

@@ -41,3 +41,4 @@ def test_the_tool_context_joins_the_first_system_message():
         {"role": "system", "content": "Be brief.\n\nT"}, {"role": "user", "content": "q"}]
     assert with_system([{"role": "user", "content": "q"}], "T") == [
         {"role": "system", "content": "T"}, {"role": "user", "content": "q"}]
+

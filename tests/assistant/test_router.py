@@ -215,13 +215,17 @@ def test_a_broken_function_model_stream_leaves_the_answer_to_the_default_model(r
     assert len(r.fn.bodies) == 1 and len(r.writer.bodies) == 1
 
 
-def test_the_chat_api_does_not_offer_the_assistant_yet(rig):
-    r = rig([Answer(call="none")])
-    with httpx.Client(base_url=r.url, timeout=10) as http:
+def test_the_web_chat_offers_the_assistant_in_laptop_mode(rig):
+    r = rig([Answer(call="math", arguments=pieces(MATH))])
+    with httpx.Client(base_url=r.url, timeout=30) as http:
         csrf = http.post("/api/chat/session", json={"username": "", "password": ""}).json()["csrf_token"]
-        assert [m["id"] for m in http.get("/api/chat/models").json()["data"]] == ["fn", "writer"]
+        assert [m["id"] for m in http.get("/api/chat/models").json()["data"]] == ["fn", "writer", "assistant"]
         resp = http.post("/api/chat/conversations", json={"model": "assistant"}, headers={"x-csrf-token": csrf})
-        assert resp.status_code == 404 and resp.json()["error"]["code"] == "model_not_found"
+        assert resp.status_code == 201
+        answered = http.post(f"/api/chat/conversations/{resp.json()['id']}/messages",
+                             json={"content": "what is 2**10"}, headers={"x-csrf-token": csrf})
+    final = [line for line in answered.text.split("\n") if line.startswith("data: {")][-1]
+    assert '"content":"It is 1024.\\n\\n' + SOURCE + 'SymPy"' in final and '"model":"assistant"' in final
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -54,6 +54,20 @@ def test_markdown_tables_code_lists_and_links():
     assert "style" not in r.html("| a |\n|:-:|\n| 1 |")  # the UI's CSP refuses inline styles
 
 
+def test_only_lmops_own_generated_images_are_shown_others_are_links():
+    r = Renderer()
+    own = "/v1/images/files/img_01?expires=1767225600&signature=0f9a"
+    assert r.html(f"![a cat]({own})") == (
+        '<p><img src="/v1/images/files/img_01?expires=1767225600&amp;signature=0f9a" alt="a cat"></p>\n')
+    for other in ("https://img.example/cat.png", "//img.example/v1/images/files/x", "/v1/images/files/../../x",
+                  "/api/chat/me", "data:image/png;base64,iVBORw0KGgo="):
+        html = r.html(f"![a cat]({other})")
+        assert [tag for tag, _ in Elements(html).found] in (["p", "a"], ["p"]), html  # a link, or text
+        assert "<img" not in html
+    assert r.html("![](https://img.example/cat.png)") == (
+        '<p><a href="https://img.example/cat.png" rel="noopener noreferrer">https://img.example/cat.png</a></p>\n')
+
+
 def test_a_very_long_text_is_shown_as_escaped_plain_text():
     text = "**a** <script>x</script> " * (MAX_MARKDOWN // 20)
     html = Renderer().html(text)

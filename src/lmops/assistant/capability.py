@@ -9,6 +9,7 @@ from typing import ClassVar
 from fastapi import APIRouter
 
 from lmops.assistant.service import Assistant
+from lmops.assistant.tools.image import ImageMaker
 from lmops.assistant.tools.registry import ToolRegistry
 from lmops.core import Core
 
@@ -16,9 +17,10 @@ from lmops.core import Core
 class AssistantCapability:
     config_section: ClassVar[str] = "assistant"
 
-    def __init__(self, core: Core):
+    def __init__(self, core: Core, images: ImageMaker | None = None):
+        """``images``: lmops's image generation (the images capability), for the image tool."""
         config = core.settings.assistant
-        self.tools = ToolRegistry.from_config(config.tools)
+        self.tools = ToolRegistry.from_config(config.tools, images)
         self.assistant = Assistant(config, core.inference, self.tools)
         core.inference.virtual[config.name] = self.assistant
 

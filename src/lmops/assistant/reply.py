@@ -1,8 +1,10 @@
-"""The assistant's answer to the client: an ordinary chat completion (or chunk stream) under the assistant's name.
+"""The assistant's answer: an ordinary chat completion chunk stream under the assistant's name.
 
-The default model's stream is forwarded chunk by chunk (renamed, one id for the whole answer); the source line
-goes last, before the finish; the usage (when asked for) is the sum of every inner call. A fixed reply (a tool
-failed, or its arguments could not be put right) is sent the same way without calling a model.
+``forward`` turns the default model's stream into the assistant's chunks (renamed, one id for the whole answer),
+with the source line last, before the finish, and a usage chunk (the sum of every inner call) at the end; ``fixed``
+is a reply the assistant writes itself (a tool failed, an image was made) in the same shape. Those chunks are the
+answer for every caller: the web chat reads them as they are; ``/v1`` sends them as server-sent events
+(``events``) or reads them into one chat completion (``collect``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import orjson
 from starlette.responses import Response
 
 from lmops.assistant.calls import Usage
-from lmops.assistant.history import source_line, with_source
+from lmops.assistant.history import source_line
 from lmops.engines.base import Chunks
 from lmops.protocol import responses as R
 from lmops.protocol.errors import APIError, ClientClosed, UpstreamError
@@ -33,13 +35,12 @@ def _event(payload: Any) -> bytes:
 
 
 class Reply:
-    """One answer's identity: its id, time, model name, and whether the client wants the usage chunk."""
+    """One answer's identity: its id, time and model name."""
 
-    def __init__(self, model: str, include_usage: bool):
+    def __init__(self, model: str):
         self.id = R.response_id("chatcmpl")
         self.created = int(time.time())
         self.model = model
-        self.include_usage = include_usage
 
     def chunk(self, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
         return R.chat_chunk(self.id, self.created, self.model, delta, finish)
@@ -50,21 +51,24 @@ class Reply:
         body["created"] = self.created
         return body
 
-    def usage_event(self, usage: Usage) -> bytes:
-        return _event(R.usage_chunk(self.id, self.created, self.model, "chat.completion.chunk",
-                                    usage.prompt_tokens, usage.completion_tokens))
+    def usage_chunk(self, usage: Usage) -> dict[str, Any]:
+        return R.usage_chunk(self.id, self.created, self.model, "chat.completion.chunk", usage.prompt_tokens,
+                             usage.completion_tokens)
 
-    async def fixed_events(self, text: str, usage: Usage) -> AsyncIterator[bytes]:
-        """A reply the assistant writes itself, streamed."""
-        events = [_event(self.chunk({"role": "assistant", "content": text}, None)), _event(self.chunk({}, "stop"))]
-        if self.include_usage:
-            events.append(self.usage_event(usage))
-        events.append(_DONE)
-        yield b"".join(events)
+    async def fixed(self, text: str, usage: Usage) -> AsyncIterator[Chunks]:
+        """A reply the assistant writes itself."""
+        yield [self.chunk({"role": "assistant", "content": text}, None), self.chunk({}, "stop"),
+               self.usage_chunk(usage)]
 
-    async def relay(self, batches: AsyncIterator[Chunks], source: str | None, usage: Usage,
-                    settle: Settle) -> AsyncIterator[bytes]:
-        """Forward the default model's stream; end it with the source line, the finish, the usage and [DONE]."""
+    def forward(self, batches: AsyncIterator[Chunks], source: str | None, usage: Usage,
+                settle: Settle) -> AsyncIterator[Chunks]:
+        """The default model's stream as the assistant's; then the source line, the finish and the usage chunk.
+        A failure of the stream is raised (an ``APIError``); however it ends, the call is settled once and its
+        stream closed (closing this iterator closes it at once, even before its first chunk)."""
+        return _Forward(self._forward(batches, source, usage, settle), batches, settle)
+
+    async def _forward(self, batches: AsyncIterator[Chunks], source: str | None, usage: Usage,
+                       settle: Settle) -> AsyncIterator[Chunks]:
         upstream_usage: Any = None
         delivered = 0
         finish: str | None = None
@@ -72,7 +76,7 @@ class Reply:
         settled = False
         try:
             async for batch in batches:
-                events: list[bytes] = []
+                out: Chunks = []
                 for chunk in batch:
                     if chunk.get("usage"):
                         upstream_usage = chunk["usage"]
@@ -84,66 +88,89 @@ class Reply:
                     if delta.get("content"):
                         delivered += 1
                     finish = choice.get("finish_reason") or finish
-                    out = self.chunk(delta, None if source else choice.get("finish_reason"))
+                    mine = self.chunk(delta, None if source else choice.get("finish_reason"))
                     if choice.get("logprobs") is not None:
-                        out["choices"][0]["logprobs"] = choice["logprobs"]
-                    if delta or out["choices"][0]["finish_reason"]:
-                        events.append(_event(out))
-                if events:
-                    yield b"".join(events)
-            tail: list[bytes] = []
+                        mine["choices"][0]["logprobs"] = choice["logprobs"]
+                    if delta or mine["choices"][0]["finish_reason"]:
+                        out.append(mine)
+                if out:
+                    yield out
+            tail: Chunks = []
             if source:
-                tail.append(_event(self.chunk({"content": "\n\n" + source_line(source)}, None)))
-                tail.append(_event(self.chunk({}, finish or "stop")))
+                tail.append(self.chunk({"content": "\n\n" + source_line(source)}, None))
+                tail.append(self.chunk({}, finish or "stop"))
             settled = True
             settle(upstream_usage, delivered, None)
-            if self.include_usage:
-                tail.append(self.usage_event(usage))
-            tail.append(_DONE)
-            yield b"".join(tail)
-        except APIError as exc:
-            failure = exc
-            yield _event(exc.envelope())
-        except Exception as exc:  # noqa: BLE001 - a broken stream ends with an error event, never a crash
-            log.exception("the assistant's stream failed")
-            failure = UpstreamError(f"The stream failed: {type(exc).__name__}")
-            yield _event(failure.envelope())
-        finally:
-            await batches.aclose()  # type: ignore[attr-defined]  # stop the engine now
-            if not settled:
-                settle(upstream_usage, delivered, failure or ClientClosed())
-
-    async def collect(self, batches: AsyncIterator[Chunks], source: str | None, usage: Usage,
-                      settle: Settle) -> dict[str, Any]:
-        """Read the default model's whole stream into one chat completion."""
-        parts: list[str] = []
-        upstream_usage: Any = None
-        finish = "stop"
-        failure: APIError | None = None
-        try:
-            async for batch in batches:
-                for chunk in batch:
-                    if chunk.get("usage"):
-                        upstream_usage = chunk["usage"]
-                    for choice in chunk.get("choices") or ():
-                        content = (choice.get("delta") or {}).get("content")
-                        if content:
-                            parts.append(content)
-                        finish = choice.get("finish_reason") or finish
+            tail.append(self.usage_chunk(usage))
+            yield tail
         except APIError as exc:
             failure = exc
             raise
         except Exception as exc:
             log.exception("the assistant's answer failed")
-            failure = UpstreamError(f"The answer failed: {type(exc).__name__}")
+            failure = UpstreamError(f"The stream failed: {type(exc).__name__}")
             raise failure from exc
-        except BaseException:  # cancelled: the client went away
-            failure = ClientClosed()
-            raise
         finally:
-            await batches.aclose()  # type: ignore[attr-defined]
-            settle(upstream_usage, len(parts), failure)
-        return self.completion(with_source("".join(parts), source), finish, usage)
+            await batches.aclose()  # type: ignore[attr-defined]  # stop the engine now
+            if not settled:
+                settle(upstream_usage, delivered, failure or ClientClosed())
+
+
+class _Forward:
+    """``Reply._forward``'s chunks; closed before the first is asked for (a generator's ``finally`` would not
+    run then), it still closes the upstream stream and settles the call."""
+
+    def __init__(self, chunks: AsyncIterator[Chunks], batches: AsyncIterator[Chunks], settle: Settle):
+        self._chunks = chunks
+        self._batches = batches
+        self._settle = settle
+        self._started = False
+
+    def __aiter__(self) -> "_Forward":
+        return self
+
+    async def __anext__(self) -> Chunks:
+        self._started = True
+        return await anext(self._chunks)  # type: ignore[arg-type]
+
+    async def aclose(self) -> None:
+        if not self._started:
+            self._started = True
+            await self._batches.aclose()  # type: ignore[attr-defined]
+            self._settle(None, 0, ClientClosed())
+        await self._chunks.aclose()  # type: ignore[attr-defined]
+
+
+async def events(chunks: AsyncIterator[Chunks], include_usage: bool) -> AsyncIterator[bytes]:
+    """The answer as server-sent events (``/v1`` streaming): its chunks (the usage chunk when asked for), then
+    [DONE]; a failure ends it with an error event instead."""
+    try:
+        async for batch in chunks:
+            sent = b"".join(_event(c) for c in batch if include_usage or c.get("choices"))
+            if sent:
+                yield sent
+        yield _DONE
+    except APIError as exc:
+        yield _event(exc.envelope())
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+
+
+async def collect(reply: Reply, chunks: AsyncIterator[Chunks], usage: Usage) -> dict[str, Any]:
+    """The answer read whole into one chat completion (``/v1`` without streaming); a failure is raised."""
+    parts: list[str] = []
+    finish = "stop"
+    try:
+        async for batch in chunks:
+            for chunk in batch:
+                for choice in chunk.get("choices") or ():
+                    content = (choice.get("delta") or {}).get("content")
+                    if content:
+                        parts.append(content)
+                    finish = choice.get("finish_reason") or finish
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+    return reply.completion("".join(parts), finish, usage)
 
 
 def json_response(body: dict[str, Any], headers: RawHeaders | None) -> Response:

@@ -1,43 +1,48 @@
-"""The assistant: a virtual model (``assistant.name``) answered on ``/v1/chat/completions``.
+"""The assistant: a virtual model (``assistant.name``) answered on ``/v1/chat/completions`` and in the web chat.
 
 For each request: the user's latest message alone goes to the function model with the tools (``tool_choice``
 "required"), streamed, and its stream is read just far enough (``router.decide``). Text, or a call of ``none``:
 the default model answers at once. A tool call: the arguments are checked and the tool run
 (``ToolRegistry.call``); arguments that do not fit are sent back to the function model with the error, at most
 ``reasks`` times, after which the user is told the question could not be handled. A tool's failure (not
-configured, unreachable...) is told to the user as it is. A result goes to the default model as context, and its
-answer ends with the source line (``history.with_source``). The conversation reaches the default model without
-earlier source lines and image links (``history.clean_history``).
+configured, unreachable...) is told to the user as it is, and so is an image (the image tool's answer is its
+markdown image link and source line: no model writes image links). Any other result goes to the default model
+as context, and its answer ends with the source line (``history.with_source``). The conversation reaches the
+default model without earlier source lines and image links (``history.clean_history``).
 
-Every inner call is admitted for the caller by the guard (its key must allow both models), routed, recorded and
-billed like a ``/v1`` call; the client's usage is their sum.
+Every inner call is admitted for the caller by the guard (its key must allow both models; for a user signed in
+to the web chat, the team's rules), routed, recorded and billed like a ``/v1`` call; the client's usage is their
+sum. ``open`` is the one path of a turn: ``chat`` answers ``/v1`` with it, ``open_stream`` the web chat.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from lmops.assistant.calls import ANSWER_ENDPOINT, FUNCTION_ENDPOINT, Usage, settle
-from lmops.assistant.history import clean_history, latest_user_message, tool_context, with_system
-from lmops.assistant.reply import Reply, json_response
+from lmops.assistant.history import clean_history, latest_user_message, tool_context, with_source, with_system
+from lmops.assistant.reply import Reply, collect, events, json_response
 from lmops.assistant.router import Decision, decide
-from lmops.assistant.tools.base import ToolArgumentsError
+from lmops.assistant.tools.base import Caller, ToolArgumentsError
 from lmops.assistant.tools.registry import ToolRegistry
 from lmops.config import AssistantConfig
-from lmops.engines.base import Body
+from lmops.engines.base import Body, Chunks
 from lmops.observability.logging import request_fields_var
 from lmops.protocol.chat import ChatCompletionRequest
-from lmops.protocol.errors import APIError, ClientClosed, InvalidRequest, UpstreamError
-from lmops.serving.context import RequestContext
+from lmops.protocol.errors import APIError, ClientClosed, InvalidRequest, UpstreamError, from_validation_error
+from lmops.serving.context import RawHeaders, RequestContext
 from lmops.serving.disconnect import ClientGone, unless_disconnected
-from lmops.serving.inference import Admit, InferenceService
+from lmops.serving.inference import InferenceService
 from lmops.serving.sse import EventStreamResponse
+from lmops.serving.virtual import Admit
 
 log = logging.getLogger("lmops.assistant")
 
@@ -45,6 +50,17 @@ FUNCTION_PROMPT = ("Call the function that answers the user's message. If no fun
                    "call the function none.")
 _NOT_FORWARDED = {"model", "messages", "stream", "stream_options", "n"}  # the rest goes to the default model
 _CLIENT_TOOLS = ("tools", "tool_choice", "functions", "function_call")
+
+
+@dataclass
+class Answer:
+    """An opened answer: its chunks (``Reply.forward`` or ``Reply.fixed``), the turn's usage (complete once the
+    chunks are read), and the default model's rate-limit headers."""
+
+    reply: Reply
+    chunks: AsyncIterator[Chunks]
+    usage: Usage
+    rate_headers: RawHeaders = field(default_factory=list)
 
 
 @dataclass
@@ -76,60 +92,72 @@ class Assistant:
         return (self.function_model, self.default_model)
 
     async def chat(self, req: ChatCompletionRequest, http: Request, ctx: RequestContext) -> Response:
-        _check(req)
         guard = self.inference.guard
 
         async def admit(inner: RequestContext) -> None:
             await guard.admit(http, inner)
 
-        usage = Usage()
-        messages = [m.model_dump(exclude_none=True) for m in req.messages]
         try:  # a client that leaves stops the function model and the tool (the answer's stream stops by itself)
-            plan = await unless_disconnected(http, self.plan(messages, ctx, admit, usage))
+            answer = await unless_disconnected(http, self.open(req, ctx, admit))
         except ClientGone:
             return Response(status_code=499)
-        reply = Reply(self.name, req.wants_usage_chunk())
-        headers = [(b"x-request-id", ctx.request_id.encode("latin-1"))]
+        headers = [(b"x-request-id", ctx.request_id.encode("latin-1")), *answer.rate_headers]
+        if req.stream:
+            return EventStreamResponse(events(answer.chunks, req.wants_usage_chunk()), headers)
+        try:
+            completion = await unless_disconnected(http, collect(answer.reply, answer.chunks, answer.usage))
+        except ClientGone:
+            return Response(status_code=499)
+        return json_response(completion, answer.rate_headers)
+
+    async def open_stream(self, body: Body, ctx: RequestContext, admit: Admit) -> AsyncIterator[Chunks]:
+        """The answer's chunks for a caller inside lmops (``ChatHandler.open_stream``)."""
+        try:
+            req = ChatCompletionRequest.model_validate({**body, "model": self.name, "stream": True})
+        except ValidationError as exc:
+            raise from_validation_error(exc) from None
+        return (await self.open(req, ctx, admit)).chunks
+
+    async def open(self, req: ChatCompletionRequest, ctx: RequestContext, admit: Admit) -> Answer:
+        """Plan the turn (function model, tool), then open the answer: the default model's stream, or a fixed
+        reply. Every caller's path (``chat`` on ``/v1``, ``open_stream`` for the web chat) goes through here."""
+        _check(req)
+        usage = Usage()
+        reply = Reply(self.name)
+        messages = [m.model_dump(exclude_none=True) for m in req.messages]
+        plan = await self.plan(messages, ctx, admit, usage)
         if plan.reply is not None:
             _log_fields(self.name, usage)
-            if req.stream:
-                return EventStreamResponse(reply.fixed_events(plan.reply, usage), headers)
-            return json_response(reply.completion(plan.reply, "stop", usage), None)
+            return Answer(reply, reply.fixed(plan.reply, usage), usage)
         history = clean_history(messages)
         if plan.context is not None:
             history = with_system(history, plan.context)
         body: Body = {k: v for k, v in req.to_wire().items() if k not in _NOT_FORWARDED}
         body.update(model=self.default_model, messages=history)
-        answer = self._inner(ctx, ANSWER_ENDPOINT)
-        batches = await self.inference.open_chat_stream(body, answer, admit)
+        inner = Caller(ctx, admit).inner(ANSWER_ENDPOINT)
+        batches = await self.inference.open_chat_stream(body, inner, admit)
 
         def done(chunk_usage: Any, delivered: int, failure: APIError | None) -> None:
-            settle(self.inference, answer, chunk_usage, delivered, history, failure, usage)
+            settle(self.inference, inner, chunk_usage, delivered, history, failure, usage)
             _log_fields(self.name, usage)
 
-        if req.stream:
-            return EventStreamResponse(reply.relay(batches, plan.source, usage, done),
-                                       [*headers, *(answer.rate_headers or ())])
-        try:
-            completion = await unless_disconnected(http, reply.collect(batches, plan.source, usage, done))
-        except ClientGone:
-            return Response(status_code=499)
-        return json_response(completion, answer.rate_headers)
+        return Answer(reply, reply.forward(batches, plan.source, usage, done), usage, inner.rate_headers or [])
 
     async def plan(self, messages: list[dict[str, Any]], ctx: RequestContext, admit: Admit, usage: Usage) -> Plan:
         """Ask the function model (again after bad arguments) and run the tool it calls."""
         latest = latest_user_message(messages)
         if latest is None or not len(self.tools):
             return Plan()
+        caller = Caller(ctx, admit)
         asked: list[dict[str, Any]] = [{"role": "system", "content": FUNCTION_PROMPT}, latest]
         problem = ""
         for _ in range(self.reasks + 1):
-            decision = await self._ask(asked, ctx, admit, usage)
+            decision = await self._ask(asked, caller, usage)
             call = decision.call
             if call is None:
                 return Plan()
             try:
-                result = await self.tools.call(call.name, call.arguments)
+                result = await self.tools.call(call.name, call.arguments, caller)
             except ToolArgumentsError as exc:
                 problem = exc.message
                 asked = [*asked, call.message(), {"role": "tool", "tool_call_id": call.id,
@@ -139,15 +167,17 @@ class Assistant:
             if result.error:
                 return Plan(reply=f"Sorry, I could not get an answer from the {call.name} tool: "
                                   f"{result.text.rstrip('.')}.")
+            if result.images:  # the image is the answer: no model writes image links
+                return Plan(reply=with_source(result.text, result.source))
             return Plan(context=tool_context(call.name, result.text), source=result.source)
         return Plan(reply=f"Sorry, I could not work out how to answer that with my tools ({problem.rstrip('.')}).")
 
-    async def _ask(self, asked: list[dict[str, Any]], ctx: RequestContext, admit: Admit, usage: Usage) -> Decision:
+    async def _ask(self, asked: list[dict[str, Any]], caller: Caller, usage: Usage) -> Decision:
         """One streamed call of the function model, read until it is clear what it wants (then closed)."""
-        inner = self._inner(ctx, FUNCTION_ENDPOINT)
+        inner = caller.inner(FUNCTION_ENDPOINT)
         body: Body = {"model": self.function_model, "messages": asked, "tools": self.tools.openai_tools(),
                       "tool_choice": "required"}
-        batches = await self.inference.open_chat_stream(body, inner, admit)
+        batches = await self.inference.open_chat_stream(body, inner, caller.admit)
         decision: Decision | None = None
         failure: APIError | None = None
         try:
@@ -168,9 +198,6 @@ class Assistant:
             log.warning("the function model failed (%s): answering with the default model", failure)
             return Decision(None, "failed")
         return decision
-
-    def _inner(self, ctx: RequestContext, endpoint: str) -> RequestContext:
-        return RequestContext(request_id=ctx.request_id, endpoint=endpoint)
 
 
 def _check(req: ChatCompletionRequest) -> None:

@@ -10,6 +10,10 @@ upstream stream is closed at once, so the engine stops, and the partial answer i
 from the engine's final usage chunk; a stream cut short has none, so its completion tokens are the content
 chunks delivered (one token each from vLLM, llama.cpp and the embedded engine) and its prompt tokens are
 estimated from the text sent (``history.estimate_tokens``).
+
+A virtual model (the assistant) is opened through its handler (``ChatHandler.open_stream``) with the same
+admission; its inner calls are recorded and billed by themselves, so the chat's own context for the answer is
+never recorded (``Generation.recorded``). Its plan (function model, tool) runs while the answer opens.
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ from lmops.protocol.chat import ChatCompletionRequest
 from lmops.protocol.errors import APIError, UpstreamError, from_validation_error
 from lmops.routing.router import Routed
 from lmops.serving.context import RequestContext
-from lmops.serving.inference import Admit, address, upstream_body
+from lmops.serving.inference import address, upstream_body
 from lmops.serving.usage_check import plausible_usage
+from lmops.serving.virtual import Admit
 
 if TYPE_CHECKING:
     from lmops.core import Core
@@ -66,8 +71,14 @@ class Generation:
     model: str  # the public name the user asked for
     chunks: AsyncIterator[Chunks]
     prompt_estimate: int
+    recorded: bool = True  # False for a virtual model: its inner calls left their own records
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def finish(self, core: "Core", error: APIError | None) -> None:
+        """Record and settle the call (a virtual model's answer has nothing of its own to record)."""
+        if self.recorded:
+            core.inference.finish(self.ctx, error)
 
 
 def call_context(user: ChatUser, endpoint: str) -> RequestContext:
@@ -77,11 +88,14 @@ def call_context(user: ChatUser, endpoint: str) -> RequestContext:
 
 
 def admission(core: "Core", user: ChatUser, http: Request) -> Admit:
-    """How the user's calls are admitted: a key as on ``/v1``, a signed-in user under the team's rules."""
+    """How the user's calls are admitted: by the guard as ``/v1`` requests for an API key, else as work for the
+    signed-in user's team (its model rules, limits and budgets); inner calls of a virtual model included."""
+
     async def admit(ctx: RequestContext) -> None:
         if user.via_key:
             await core.guard.admit(http, ctx)
         else:
+            ctx.principal = user.principal
             await core.guard.admit_work(ctx, ctx.body_bytes)
 
     return admit
@@ -89,6 +103,10 @@ def admission(core: "Core", user: ChatUser, http: Request) -> Admit:
 
 def _stream(engine: Engine, body: Body) -> AsyncIterator[Chunks]:
     return engine.stream_chat_completion(body)
+
+
+def _estimate(messages: list[dict[str, Any]]) -> int:
+    return sum(estimate_tokens(str(m.get("content") or "")) for m in messages)
 
 
 def _event(payload: Any) -> bytes:
@@ -108,6 +126,13 @@ class Answerer:
         self.check_free(conversation_id)
         svc = self.core
         ctx = call_context(user, ENDPOINT)
+        admit = admission(svc, user, http)
+        handler = svc.inference.virtual.get(model)
+        if handler is not None:  # the assistant: its inner calls are admitted, recorded and billed by themselves
+            ctx.model = model
+            chunks = await handler.open_stream({"model": model, "messages": messages, **params}, ctx, admit)
+            generation = Generation(ctx, model, chunks, _estimate(messages), recorded=False)
+            return await self._register(conversation_id, generation)
         try:
             target = svc.router.resolve(model)
             address(ctx, model, target)
@@ -119,7 +144,7 @@ class Answerer:
             body = upstream_body(req, target)
             ctx.max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
             ctx.body_bytes = len(orjson.dumps(body))
-            await admission(svc, user, http)(ctx)
+            await admit(ctx)
             routed = Routed()
             try:
                 chunks = await svc.router.stream(model, _stream, body, routed)
@@ -128,8 +153,9 @@ class Answerer:
         except APIError as exc:
             svc.inference.finish(ctx, exc)
             raise
-        generation = Generation(ctx, model, chunks, sum(estimate_tokens(str(m.get("content") or ""))
-                                                        for m in messages))
+        return await self._register(conversation_id, Generation(ctx, model, chunks, _estimate(messages)))
+
+    async def _register(self, conversation_id: str, generation: Generation) -> Generation:
         if conversation_id in self.running:  # another request opened one meanwhile
             await self._close(generation, Conflict("An answer is being generated in this conversation."))
             raise Conflict("An answer is being generated in this conversation: stop it first.")
@@ -149,7 +175,7 @@ class Answerer:
     async def _close(self, generation: Generation, error: APIError) -> None:
         with suppress(Exception):
             await generation.chunks.aclose()  # type: ignore[attr-defined]
-        self.core.inference.finish(generation.ctx, error)
+        generation.finish(self.core, error)
         generation.finished.set()
 
     async def stop(self, conversation_id: str, wait: float = 10.0) -> bool:
@@ -232,7 +258,7 @@ class Answerer:
                 ctx.completion_tokens = max(ctx.completion_tokens, delivered)
                 ctx.prompt_tokens = ctx.prompt_tokens or g.prompt_estimate
             self.running.pop(conversation_id, None)
-            self.core.inference.finish(ctx, failure or (Stopped() if status == "stopped" else None))
+            g.finish(self.core, failure or (Stopped() if status == "stopped" else None))
             try:
                 final = await asyncio.shield(save("".join(parts), status, ctx.prompt_tokens, ctx.completion_tokens))
             except Exception:  # noqa: BLE001 - the answer was streamed; say it could not be kept

@@ -76,17 +76,24 @@ class ChatService:
 
     # -- models --------------------------------------------------------------------------------
     async def allowed(self, user: ChatUser, http: Request) -> ModelFilter:
-        if user.via_key:
-            return await self.core.guard.allowed_models(http)
-        return await self.team_models(user.principal.team_id)
+        """The models the user may chat with: those the rules allow that write text (an image model makes none)."""
+        rules = await self.core.guard.allowed_models(http) if user.via_key else \
+            await self.team_models(user.principal.team_id)
+        router = self.core.router
+
+        def allowed(name: str) -> bool:
+            target = router.find(name)
+            return rules(name) and (target is None or target.config.kind == "text")
+
+        return allowed
 
     async def models(self, user: ChatUser, http: Request) -> list[dict[str, Any]]:
-        return self.core.model_cards(await self.allowed(user, http))
+        return self.core.model_cards(await self.allowed(user, http), virtual=True)
 
     async def check_model(self, user: ChatUser, http: Request, model: str | None) -> None:
         """A model the user may use (an unknown or forbidden one is a 404 alike)."""
         if model is not None:
-            self.core.model_card(model, await self.allowed(user, http))
+            self.core.model_card(model, await self.allowed(user, http), virtual=True)
 
     async def _model(self, user: ChatUser, http: Request, asked: str | None, conversation: Row) -> str:
         model = asked or conversation["model"]
@@ -100,8 +107,10 @@ class ChatService:
         return model
 
     def _budget(self, model: str, params: dict[str, Any]) -> int:
-        """Tokens the history may fill: the context less what the answer may take."""
-        config = self.core.router.resolve(model).config
+        """Tokens the history may fill: the context less what the answer may take (for a virtual model, that of
+        the model writing its answers)."""
+        handler = self.core.inference.virtual.get(model)
+        config = self.core.router.resolve(handler.models[-1] if handler else model).config
         answer = params.get("max_tokens") or config.defaults.max_tokens
         if answer is None:
             answer = int(config.context_length * (1 - self.config.history_share))

@@ -3,7 +3,8 @@
 A request is admitted by the guard like a chat request (key, model rules, limits, a budget reservation of ``n``
 images at the model's price), sent to one of the image model's replicas (failover as for any model), and its
 images are stored by lmops; the answer carries them as ``b64_json`` or as signed lmops URLs. The request leaves
-one record (endpoint ``images.generations``), billed per image when priced.
+one record (endpoint ``images.generations``), billed per image when priced. The assistant's image tool asks
+through ``generate_for``, the same path, admitted for its caller.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -22,11 +24,12 @@ from lmops.core import Core
 from lmops.engines.base import Body, Engine
 from lmops.images.signing import UrlSigner
 from lmops.images.store import ImageStore, StoredImage, image_format
-from lmops.protocol.errors import APIError, InvalidRequest, NotFound, UpstreamError
+from lmops.protocol.errors import APIError, InvalidRequest, NotFound, UpstreamError, from_validation_error
 from lmops.protocol.images import ImageGenerationRequest
 from lmops.routing.router import Routed
 from lmops.serving.context import RequestContext
 from lmops.serving.inference import address
+from lmops.serving.virtual import Admit
 
 log = logging.getLogger("lmops.images")
 
@@ -40,11 +43,38 @@ class ImagesService:
         self.signer: UrlSigner | None = None  # set at start, once the server secret is known
 
     async def generate(self, req: ImageGenerationRequest, http: Request, ctx: RequestContext) -> Response:
+        guard = self.core.guard
+
+        async def admit(call: RequestContext) -> None:
+            await guard.admit(http, call)
+
+        answer, stored = await self._generate(req, ctx, admit)
+        result = self._answer(answer, stored, req.response_format or "url", self.public_url
+                              or str(http.base_url).rstrip("/"))
+        response = Response(orjson.dumps(result), media_type="application/json")
+        if ctx.rate_headers:
+            response.raw_headers += ctx.rate_headers
+        return response
+
+    async def generate_for(self, model: str, prompt: str, size: str | None, ctx: RequestContext,
+                           admit: Admit) -> list[str]:
+        """One image for a caller inside lmops (the assistant's image tool), admitted with ``admit``, recorded and
+        billed like a ``/v1`` request: its signed URL, relative (``/v1/images/files/...``), as the chat shows it."""
+        try:
+            req = ImageGenerationRequest.model_validate({"model": model, "prompt": prompt, "size": size})
+        except ValidationError as exc:
+            raise from_validation_error(exc) from None
+        _, stored = await self._generate(req, ctx, admit)
+        return [self.url("", image.id) for image in stored]
+
+    async def _generate(self, req: ImageGenerationRequest, ctx: RequestContext,
+                        admit: Admit) -> tuple[Body, list[StoredImage]]:
+        """Admit, route and store a generation; the request is finished (recorded, billed) however it ends."""
         core = self.core
         ctx.choices = req.count()
         try:
             address(ctx, req.model, core.router.find(req.model))
-            await core.guard.admit(http, ctx)  # first: who may ask which models exist
+            await admit(ctx)  # first: who may ask which models exist
             target = core.router.resolve(req.model)
             if target.config.kind != "image":
                 raise InvalidRequest(f"The model '{req.model}' does not generate images; ask an image model.",
@@ -60,7 +90,6 @@ class ImagesService:
             stored = await self.store.save(images, {"model": ctx.public_model, "request_id": ctx.request_id,
                                                     "team_id": ctx.principal.team_id if ctx.principal else None})
             ctx.images = min(len(stored), ctx.choices)  # an upstream answering more than n bills n
-            result = self._answer(answer, stored, req.response_format or "url", http)
         except APIError as exc:
             core.inference.finish(ctx, exc)
             for name, value in ctx.rate_headers or ():
@@ -72,10 +101,7 @@ class ImagesService:
             core.inference.finish(ctx, failure)
             raise failure from exc
         core.inference.finish(ctx)
-        response = Response(orjson.dumps(result), media_type="application/json")
-        if ctx.rate_headers:
-            response.raw_headers += ctx.rate_headers
-        return response
+        return answer, stored
 
     def _decode(self, answer: Body) -> list[tuple[bytes, str]]:
         """Each image's bytes and format; a 502 for an answer without images or with anything else in them."""
@@ -97,12 +123,11 @@ class ImagesService:
             images.append((data, fmt))
         return images
 
-    def _answer(self, answer: Body, stored: list[StoredImage], response_format: str, http: Request) -> Body:
+    def _answer(self, answer: Body, stored: list[StoredImage], response_format: str, base: str) -> Body:
         """The OpenAI images response: the upstream's fields (usage, size, quality...), lmops's images."""
         result: Body = {k: v for k, v in answer.items() if k != "data"}
         if not isinstance(result.get("created"), int):
             result["created"] = int(time.time())
-        base = self.public_url or str(http.base_url).rstrip("/")
         data = []
         for item, image in zip(answer["data"], stored, strict=True):
             out: dict[str, Any] = ({"b64_json": item["b64_json"]} if response_format == "b64_json"
@@ -114,6 +139,7 @@ class ImagesService:
         return result
 
     def url(self, base: str, image_id: str) -> str:
+        """The signed URL of an image below ``base`` (the server's address; "" for a relative one)."""
         assert self.signer is not None, "the images capability was not started"
         return f"{base}/v1/images/files/{image_id}?{self.signer.query(image_id)}"
 

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -35,15 +35,13 @@ from lmops.serving.context import Guard, RequestContext
 from lmops.serving.disconnect import ClientGone, unless_disconnected
 from lmops.serving.sse import EventStreamResponse
 from lmops.serving.usage_check import plausible_usage
-from lmops.serving.virtual import ChatHandler
+from lmops.serving.virtual import Admit, ChatHandler
 from lmops.usage.batch_writer import BatchWriter
 
 log = logging.getLogger("lmops.serving")
 
 JSON = "application/json"
 _DONE = b"data: [DONE]\n\n"
-
-Admit = Callable[[RequestContext], Awaitable[None]]  # admits a call for the caller (the guard), or raises
 
 
 class InferenceService:

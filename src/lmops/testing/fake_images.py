@@ -1,7 +1,8 @@
 """A fake OpenAI-compatible image backend (follows the OpenAI images API, ``POST /v1/images/generations``, as of
 openai-python 1.x: ``{"created", "data": [{"b64_json"} | {"url"}, "revised_prompt"?]}``).
 
-It answers with real PNG images made here (``png()``: a solid colour, a different one per image of a request),
+It answers with real PNG images made here (``png()``: a solid colour, a different one per image of a request, of
+the ``size`` asked for, else 8x8),
 in base64, or as URLs it serves itself (``GET /files/<name>.png``) when asked for ``url`` or when ``answer_urls``
 is set. ``/v1/models`` lists ``fake-image``. Switches for faults: ``fail`` (500), ``hang``, ``delay``,
 ``malformed`` (a body that is not JSON), ``answer`` (this JSON, whatever its shape), ``not_image`` (base64 of
@@ -99,7 +100,8 @@ class FakeImages:
             return
         n = req.get("n") or 1
         start = len(self.images)
-        made = [b"this is not an image" if b.not_image else png(rgb=COLOURS[(start + i) % len(COLOURS)])
+        width, height = _size(req.get("size"))
+        made = [b"this is not an image" if b.not_image else png(width, height, COLOURS[(start + i) % len(COLOURS)])
                 for i in range(n)]
         self.images.extend(made)
         data = []
@@ -115,6 +117,15 @@ class FakeImages:
                 item["revised_prompt"] = b.revised_prompt
             data.append(item)
         await _send(send, 200, orjson.dumps({"created": int(time.time()), "data": data}))
+
+
+def _size(size: Any) -> tuple[int, int]:
+    """The ``size`` asked for ("256x256"; at most 1024 a side), else 8x8."""
+    if isinstance(size, str):
+        width, _, height = size.partition("x")
+        if width.isdigit() and height.isdigit() and 0 < int(width) <= 1024 and 0 < int(height) <= 1024:
+            return int(width), int(height)
+    return 8, 8
 
 
 def _error(message: str, kind: str) -> dict[str, Any]:

@@ -19,10 +19,26 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
+from lmops.serving.context import RequestContext
+from lmops.serving.virtual import Admit
+
 NONE_TOOL = "none"  # the function a model calls when it needs no tool: the router answers directly
 NONE_DESCRIPTION = "If no other function is needed, call this one."
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what OpenAI accepts as a function name
 MAX_ARGUMENT_CHARS = 20_000  # a model's arguments longer than this are refused unread
+
+
+@dataclass
+class Caller:
+    """Whom a tool works for, for a tool that calls lmops itself (the image tool): the turn's request context and
+    how the caller's calls are admitted (the guard, for its key or its team)."""
+
+    ctx: RequestContext
+    admit: Admit
+
+    def inner(self, endpoint: str) -> RequestContext:
+        """A call's own context: recorded and billed by itself, under the turn's request id."""
+        return RequestContext(request_id=self.ctx.request_id, endpoint=endpoint)
 
 
 @dataclass
@@ -59,6 +75,11 @@ class Tool(ABC):
     @abstractmethod
     async def run(self, args: dict[str, Any]) -> ToolResult:
         """Do the work for ``args`` (already validated against ``parameters``); raise ``ToolError`` on failure."""
+
+    async def run_for(self, args: dict[str, Any], caller: Caller | None) -> ToolResult:
+        """``run`` for ``caller``; a tool that calls lmops itself (admitted and billed for the caller) overrides
+        this instead."""
+        return await self.run(args)
 
     async def close(self) -> None:  # noqa: B027 - most tools hold nothing
         """Free what the tool holds; it may be used again afterwards (it reopens what it needs)."""

@@ -19,6 +19,7 @@ from typing import Any
 
 from lmops.assistant.tools.base import (
     NONE_TOOL,
+    Caller,
     Tool,
     ToolArgumentsError,
     ToolError,
@@ -27,6 +28,7 @@ from lmops.assistant.tools.base import (
     openai_tools,
     validate_arguments,
 )
+from lmops.assistant.tools.image import ImageMaker, ImageTool
 from lmops.assistant.tools.sympy_tool import MathTool
 from lmops.assistant.tools.weather import WeatherTool
 from lmops.assistant.tools.wikipedia import WikipediaTool
@@ -41,8 +43,9 @@ class ToolRegistry:
         self._tools: dict[str, Tool] = {}
 
     @classmethod
-    def from_config(cls, config: ToolsConfig) -> "ToolRegistry":
-        """The built-in tools that ``config`` enables, then those of installed plugins (if ``entry_points``)."""
+    def from_config(cls, config: ToolsConfig, images: ImageMaker | None = None) -> "ToolRegistry":
+        """The built-in tools that ``config`` enables, then those of installed plugins (if ``entry_points``);
+        ``images``: lmops's image generation, for the image tool."""
         registry = cls()
         if config.weather.enabled:
             registry.register(WeatherTool(config.weather))
@@ -50,6 +53,8 @@ class ToolRegistry:
             registry.register(WikipediaTool(config.wikipedia))
         if config.math.enabled:
             registry.register(MathTool(config.math))
+        if config.image.model is not None:
+            registry.register(ImageTool(config.image.model, images, config.image.size))
         if config.entry_points:
             registry.load_entry_points(config)
         return registry
@@ -95,8 +100,8 @@ class ToolRegistry:
         """The ``tools`` of a chat request offering every registered tool, and ``none``."""
         return openai_tools(self._tools.values())
 
-    async def call(self, name: str, raw_arguments: str | None) -> ToolResult:
-        """Run the model's call of ``name`` with ``raw_arguments`` (a JSON string).
+    async def call(self, name: str, raw_arguments: str | None, caller: Caller | None = None) -> ToolResult:
+        """Run the model's call of ``name`` with ``raw_arguments`` (a JSON string), for ``caller``.
 
         ``ToolArgumentsError`` (for the model to try again) for an unknown name, arguments that do not match the
         tool's schema, or that the tool refuses. Any other failure is a ``ToolResult`` with ``error`` set whose
@@ -109,7 +114,7 @@ class ToolRegistry:
             raise ToolArgumentsError(f"there is no function named {name!r}; call one of: {offered}")
         args = validate_arguments(tool, raw_arguments)
         try:
-            return await tool.run(args)
+            return await tool.run_for(args, caller)
         except ToolArgumentsError:
             raise
         except ToolError as exc:
