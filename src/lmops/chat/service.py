@@ -106,11 +106,14 @@ class ChatService:
         await self.check_model(user, http, model)
         return model
 
-    def _budget(self, model: str, params: dict[str, Any]) -> int:
-        """Tokens the history may fill: the context less what the answer may take (for a virtual model, that of
-        the model writing its answers)."""
+    def _writer(self, model: str) -> str:
+        """The configured model that writes ``model``'s answers: itself, or a virtual model's last inner model."""
         handler = self.core.inference.virtual.get(model)
-        config = self.core.router.resolve(handler.models[-1] if handler else model).config
+        return handler.models[-1] if handler else model
+
+    def _budget(self, model: str, params: dict[str, Any]) -> int:
+        """Tokens the history may fill: the context less what the answer may take (those of ``_writer``)."""
+        config = self.core.router.resolve(self._writer(model)).config
         answer = params.get("max_tokens") or config.defaults.max_tokens
         if answer is None:
             answer = int(config.context_length * (1 - self.config.history_share))
@@ -202,7 +205,7 @@ class ChatService:
         """What the model is sent for ``question`` (a summary call first, when one is due and no answer runs)."""
         self.answers.check_free(conv["id"])
         return await self.history.window(user, http, conv["id"], conv["system_prompt"],
-                                         [{"role": "user", "content": question}], model,
+                                         [{"role": "user", "content": question}], self._writer(model),
                                          self._budget(model, conv["params"]), before)
 
     async def summary(self, conversation_id: str) -> Row | None:
