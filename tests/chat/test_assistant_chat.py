@@ -170,6 +170,41 @@ def test_stop_mid_answer_closes_the_default_models_stream(rig):
     assert 0 < billed["completion_tokens"] < 60 and billed["cost_usd"] > 0  # what was streamed
 
 
+def test_stop_while_the_function_model_decides_cancels_it_and_keeps_the_question(rig):
+    """Stop before the answer opens (the function model is still streaming its choice): the function model's
+    stream is closed and billed as cut short, no default model is called, and the turn is stored as stopped."""
+    r = rig([Answer(text=["more "] * 60, delay=1.0)])  # 8 s before its text decides
+    conv = r.conversation()
+    result: dict[str, Any] = {}
+
+    def ask() -> None:
+        resp = r.user.send("POST", f"/api/chat/conversations/{conv}/messages", json={"content": "talk"}, timeout=60)
+        result["status"] = resp.status_code
+        result["chunks"], result["final"] = sse(resp.text)
+
+    thread = threading.Thread(target=ask)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not r.fn.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert r.user.ok("POST", f"/api/chat/conversations/{conv}/stop")["stopped"] is True
+    thread.join(20)
+    assert not thread.is_alive() and result["status"] == 200
+    assert result["final"]["status"] == "stopped" and text_of(result["chunks"]) == ""
+    assert [(m["role"], m["status"]) for m in result["final"]["messages"]] == [("user", "complete"),
+                                                                              ("assistant", "stopped")]
+    deadline = time.monotonic() + 10
+    while r.fn.cancelled == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert r.fn.cancelled == 1 and r.fn.ended[0] - r.fn.started[0] < 15 and not r.writer.started
+    stored = r.user.ok("GET", f"/api/chat/conversations/{conv}/messages")["data"]
+    assert [(m["role"], m["content"], m["status"]) for m in stored] == [("user", "talk", "complete"),
+                                                                       ("assistant", "", "stopped")]
+    [row] = ledger_rows(r.db, wait_for=1)
+    assert (row["endpoint"], row["status"]) == ("assistant.function", 499)
+
+
 def test_the_image_tool_answers_with_lmops_own_image(rig):
     r = rig([Answer(call="image", arguments=['{"prompt": "a red', ' square"}']), Answer(call="none")])
     conv = r.conversation()

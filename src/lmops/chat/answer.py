@@ -105,6 +105,12 @@ def _stream(engine: Engine, body: Body) -> AsyncIterator[Chunks]:
     return engine.stream_chat_completion(body)
 
 
+async def _nothing() -> AsyncIterator[Chunks]:
+    """The chunks of an answer stopped before it opened."""
+    return
+    yield
+
+
 def _estimate(messages: list[dict[str, Any]]) -> int:
     return sum(estimate_tokens(str(m.get("content") or "")) for m in messages)
 
@@ -130,9 +136,10 @@ class Answerer:
         handler = svc.inference.virtual.get(model)
         if handler is not None:  # the assistant: its inner calls are admitted, recorded and billed by themselves
             ctx.model = model
-            chunks = await handler.open_stream({"model": model, "messages": messages, **params}, ctx, admit)
-            generation = Generation(ctx, model, chunks, _estimate(messages), recorded=False)
-            return await self._register(conversation_id, generation)
+            return await self._open_virtual(conversation_id, Generation(ctx, model, _nothing(), _estimate(messages),
+                                                                        recorded=False),
+                                            handler.open_stream({"model": model, "messages": messages, **params},
+                                                                ctx, admit))
         try:
             target = svc.router.resolve(model)
             address(ctx, model, target)
@@ -154,6 +161,28 @@ class Answerer:
             svc.inference.finish(ctx, exc)
             raise
         return await self._register(conversation_id, Generation(ctx, model, chunks, _estimate(messages)))
+
+    async def _open_virtual(self, conversation_id: str, generation: Generation,
+                            opening: Awaitable[AsyncIterator[Chunks]]) -> Generation:
+        """Open a virtual model's answer, registered at once: its plan (the function model, a tool) may take a
+        while, and Stop meanwhile cancels it (the generation then streams nothing and is stored as stopped)."""
+        self.running[conversation_id] = generation
+        task = asyncio.ensure_future(opening)
+        stopper = asyncio.ensure_future(generation.stop.wait())
+        try:
+            await asyncio.wait((task, stopper), return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                task.cancel()
+            with suppress(asyncio.CancelledError):
+                generation.chunks = await task
+        except BaseException:
+            task.cancel()
+            self.running.pop(conversation_id, None)
+            generation.finished.set()
+            raise
+        finally:
+            stopper.cancel()
+        return generation
 
     async def _register(self, conversation_id: str, generation: Generation) -> Generation:
         if conversation_id in self.running:  # another request opened one meanwhile
@@ -208,6 +237,9 @@ class Answerer:
         pending: asyncio.Future[Chunks] | None = None
         try:
             while True:
+                if g.stop.is_set():  # before the first chunk too: stopped while a virtual model planned
+                    status = "stopped"
+                    break
                 pending = asyncio.ensure_future(anext(g.chunks))  # type: ignore[arg-type]
                 await asyncio.wait((pending, stopper), return_when=asyncio.FIRST_COMPLETED)
                 if not pending.done():
