@@ -8,7 +8,9 @@ really runs SymPy, the image tool asks lmops's own image generation in front of 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
+from urllib.parse import parse_qs, urlparse
 from typing import Any
 
 import httpx
@@ -24,6 +26,7 @@ from .test_web_ui import Page, chromium  # noqa: F401 - the browser and the tab 
 
 SOLVE = '{"operation": "solve", "expression": "x**2 - 5*x + 6 = 0"}'
 DRAW = '{"prompt": "a red square"}'
+TTL = 8  # seconds an image link lives here (an hour by default): long enough to load, short enough to wait out
 
 
 def choose(body: dict[str, Any]) -> Answer:
@@ -50,7 +53,7 @@ def lmops(tmp_path_factory) -> Iterator[ServerThread]:
               {"name": "writer", "engine": "openai", "replicas": [f"{writer}/v1"], "context_length": 100_000},
               {"name": "painter", "engine": "openai", "kind": "image", "replicas": [f"{images}/v1"]}]
     tmp = tmp_path_factory.mktemp("webassistant")
-    settings = make_settings(tmp, models, images={"data_dir": str(tmp / "data")},
+    settings = make_settings(tmp, models, images={"data_dir": str(tmp / "data"), "url_ttl_seconds": TTL},
                              assistant={"function_model": "fn", "default_model": "writer",
                                         "tools": {"entry_points": False, "weather": {"enabled": False},
                                                   "wikipedia": {"enabled": False},
@@ -106,3 +109,12 @@ def test_an_image_is_drawn_by_lmops_own_image_generation(ui):
                               " return i && i.complete && i.naturalWidth > 0; }")  # loaded: the CSP allows it
     assert (answer.locator(".body").text_content() or "").strip().endswith("\u2014 Source: image model painter")
     ui.shot("assistant-image.png")
+    src = image.get_attribute("src") or ""
+    expires = int(parse_qs(urlparse(src).query)["expires"][0])
+    assert 0 < expires - time.time() <= TTL + 1
+    time.sleep(max(0.0, expires - time.time() + 1.0))
+    gone = ui.page.evaluate("async (u) => { const r = await fetch(u); "
+                            "return [r.status, (await r.json()).error.code]; }", src)
+    assert gone == [403, "url_expired"]  # the link expired: the browser can no longer load it
+    assert ui.problems == ["console: Failed to load resource: the server responded with a status of 403 (Forbidden)"]
+    ui.problems.clear()  # that refusal was the point
