@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 
 import httpx
 
 from lmops.app import create_app
+from lmops.testing.server import free_port
 
 from .conftest import PASSWORD, make_user, sign_in
 
@@ -155,3 +157,26 @@ def test_a_session_ended_elsewhere_ends_here_within_the_session_cache_time(start
     while browser.get("/api/chat/conversations").status_code != 401:
         assert time.monotonic() < ended, "the session outlived the cache time"
         time.sleep(0.1)
+
+
+def test_failed_sign_ins_are_counted_by_every_gateway_process_through_redis(start_gateway, redis_url, tmp_path):
+    """With ``redis_url`` set, two gateway processes share the count of failed sign-ins (else each would allow
+    ``sign_in_failures``); a gateway whose Redis is down still signs users in and counts failures itself."""
+    shared = {"database_url": f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}", "redis_url": redis_url,
+              "access": {"redis_prefix": f"t{secrets.token_hex(4)}"},
+              "chat": {"sign_in_failures": 3, "sign_in_window": 60}}
+    one, two = start_gateway(**shared), start_gateway(**shared)
+    user = make_user(one, one.team()["id"])
+    wrong = {"username": user["name"], "password": "wrong password"}
+    for gw in (one, two, one):
+        _error(httpx.post(f"{gw.url}/api/chat/session", json=wrong, timeout=30), 401)
+    refused = httpx.post(f"{two.url}/api/chat/session", json={"username": user["name"], "password": PASSWORD})
+    assert _error(refused, 429)["code"] == "too_many_sign_ins"
+
+    down = start_gateway(**{**shared, "redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    other = make_user(one, one.team()["id"])
+    assert sign_in(down.url, other["name"]).user["id"] == other["id"]
+    for _ in range(3):
+        _error(httpx.post(f"{down.url}/api/chat/session", json={**wrong, "username": other["name"]}), 401)
+    late = httpx.post(f"{down.url}/api/chat/session", json={"username": other["name"], "password": PASSWORD})
+    assert _error(late, 429)["code"] == "too_many_sign_ins"

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from lmops.chat.accounts import Accounts, token_hash
 from lmops.chat.identity import ChatUser, local_user, member
 from lmops.chat.passwords import Passwords
-from lmops.chat.throttle import SignInThrottle
+from lmops.chat.throttle import Throttle
 from lmops.protocol.errors import AuthenticationError, PermissionDenied
 from lmops.serving.context import Guard
 from lmops.ttl_cache import TtlCache
@@ -38,7 +38,7 @@ class SignedIn:
 
 class ChatAuth:
     def __init__(self, guard: Guard, accounts: Accounts, *, access_enabled: bool, session_hours: float,
-                 throttle: SignInThrottle, session_cache_seconds: float):
+                 throttle: Throttle, session_cache_seconds: float):
         self.guard = guard
         self.accounts = accounts
         self.access_enabled = access_enabled
@@ -86,11 +86,11 @@ class ChatAuth:
         a proxy every client has the proxy's address, and one client's failures must not lock out every user."""
         if self.access_enabled:
             attempt = f"{address}|{username.lower()}"
-            self.throttle.check(attempt)
+            await self.throttle.check(attempt)
             account = await self.accounts.user(username)
             stored = await self.accounts.password_hash(account.user_id) if account else None
             if not await self.passwords.verify(stored, password) or account is None:
-                self.throttle.failed(attempt)
+                await self.throttle.failed(attempt)
                 raise AuthenticationError(BAD_CREDENTIALS, code="invalid_credentials")
             user = member(account.user_id, account.name, account.team_id, account.role)
         else:

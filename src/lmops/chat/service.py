@@ -20,7 +20,7 @@ from lmops.chat.markdown import Renderer
 from lmops.chat.memory import ConversationMemory, Window, marker
 from lmops.chat.sso import SingleSignOn
 from lmops.chat.store import ChatStore, NewMessage, Row
-from lmops.chat.throttle import SignInThrottle
+from lmops.chat.throttle import RedisSignInThrottle, SignInThrottle, Throttle
 from lmops.config import Settings
 from lmops.protocol.errors import APIError, InvalidRequest, ModelNotFound
 
@@ -50,7 +50,7 @@ class ChatService:
         self.accounts = Accounts(core.db)
         self.auth = ChatAuth(core.guard, self.accounts, access_enabled=team_models is not None,
                              session_hours=self.config.session_hours,
-                             throttle=SignInThrottle(self.config.sign_in_failures, self.config.sign_in_window),
+                             throttle=self._throttle(settings),
                              session_cache_seconds=self.config.session_cache_seconds)
         self.team_models = team_models or every_model
         self.history = ConversationMemory(core, self.store)  # each model's strategy: latest turns or a summary
@@ -58,6 +58,13 @@ class ChatService:
         self.markdown = Renderer()  # messages as safe HTML for the web UI
         self._secret = secret
         self.sso: SingleSignOn | None = None  # set at start when configured
+
+    def _throttle(self, settings: Settings) -> Throttle:
+        """Failed sign-ins counted in Redis when there is one (shared by gateway processes), else here."""
+        if settings.redis_url:
+            return RedisSignInThrottle(settings.redis_url, settings.access.redis_prefix, self.config.sign_in_failures,
+                                       self.config.sign_in_window)
+        return SignInThrottle(self.config.sign_in_failures, self.config.sign_in_window)
 
     async def start(self) -> None:
         if not self.config.sso.enabled:
@@ -69,6 +76,8 @@ class ChatService:
         self.sso = SingleSignOn(self.config.sso, self.auth, Identities(self.core.db, self.config.sso), secret)
 
     async def stop(self) -> None:
+        if isinstance(self.auth.throttle, RedisSignInThrottle):
+            await self.auth.throttle.close()
         if self.sso is not None:
             await self.sso.close()
         for conversation_id in list(self.answers.running):
