@@ -139,20 +139,28 @@ def test_a_team_that_may_not_use_an_inner_model_does_not_see_the_assistant(rig):
     assert r.fn.bodies == [] and r.writer.bodies == []
 
 
-def test_stop_mid_answer_closes_the_default_models_stream(rig):
-    r = rig([Answer(call="none")], writer=[Answer(text=["word "] * 60, delay=0.2)])
-    conv = r.conversation()
+def ask_meanwhile(r: Rig, conv: str, model: ScriptedChat) -> tuple[threading.Thread, dict[str, Any]]:
+    """Ask "talk" in a thread, returned once ``model`` has been called; the result (status, chunks, final event)
+    fills in when the answer ends."""
     result: dict[str, Any] = {}
 
     def ask() -> None:
         resp = r.user.send("POST", f"/api/chat/conversations/{conv}/messages", json={"content": "talk"}, timeout=60)
+        result["status"] = resp.status_code
         result["chunks"], result["final"] = sse(resp.text)
 
     thread = threading.Thread(target=ask)
     thread.start()
     deadline = time.monotonic() + 20
-    while not r.writer.started and time.monotonic() < deadline:
+    while not model.started and time.monotonic() < deadline:
         time.sleep(0.05)
+    return thread, result
+
+
+def test_stop_mid_answer_closes_the_default_models_stream(rig):
+    r = rig([Answer(call="none")], writer=[Answer(text=["word "] * 60, delay=0.2)])
+    conv = r.conversation()
+    thread, result = ask_meanwhile(r, conv, r.writer)
     time.sleep(1.0)  # a few words streamed
     assert r.user.ok("POST", f"/api/chat/conversations/{conv}/stop")["stopped"] is True
     thread.join(20)
@@ -175,18 +183,7 @@ def test_stop_while_the_function_model_decides_cancels_it_and_keeps_the_question
     stream is closed and billed as cut short, no default model is called, and the turn is stored as stopped."""
     r = rig([Answer(text=["more "] * 60, delay=1.0)])  # 8 s before its text decides
     conv = r.conversation()
-    result: dict[str, Any] = {}
-
-    def ask() -> None:
-        resp = r.user.send("POST", f"/api/chat/conversations/{conv}/messages", json={"content": "talk"}, timeout=60)
-        result["status"] = resp.status_code
-        result["chunks"], result["final"] = sse(resp.text)
-
-    thread = threading.Thread(target=ask)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not r.fn.started and time.monotonic() < deadline:
-        time.sleep(0.05)
+    thread, result = ask_meanwhile(r, conv, r.fn)
     time.sleep(0.5)
     assert r.user.ok("POST", f"/api/chat/conversations/{conv}/stop")["stopped"] is True
     thread.join(20)

@@ -20,7 +20,7 @@ from urllib.parse import quote, urlencode
 import httpx
 import jwt
 
-from lmops.chat.sso_state import Pending
+from lmops.chat.sso_state import Pending, SignOnError
 from lmops.config import SsoConfig
 
 ALGORITHMS = ("RS256", "ES256")
@@ -28,12 +28,8 @@ BASE_SCOPES = ("openid", "profile", "email")
 LEEWAY = 60  # seconds of clock difference allowed on exp and iat
 
 
-class OidcError(Exception):
-    """A sign-in that cannot go on; ``code`` names the reason for the user, the message is for the log."""
-
-    def __init__(self, code: str, detail: str):
-        super().__init__(detail)
-        self.code = code
+class OidcError(SignOnError):
+    """The provider (or its answer) stops the sign-in."""
 
 
 @dataclass(frozen=True)

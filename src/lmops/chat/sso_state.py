@@ -23,12 +23,16 @@ LABEL = b"lmops chat sso state v1"
 MAX_COOKIE = 4096
 
 
-class StateError(Exception):
-    """The cookie is missing, forged, expired, or the callback's state is not its state."""
+class SignOnError(Exception):
+    """A sign-in that cannot go on; ``code`` names the reason for the user, the message is for the log."""
 
     def __init__(self, code: str, detail: str):
         super().__init__(detail)
         self.code = code
+
+
+class StateError(SignOnError):
+    """The cookie is missing, forged, expired, or the callback's state is not its state."""
 
 
 @dataclass(frozen=True)
