@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from lmops.assistant.calls import Usage
 from lmops.assistant.reply import Reply
 from lmops.protocol.errors import ClientClosed
+from lmops.serving.inner_calls import Usage
 
 
 class Upstream:

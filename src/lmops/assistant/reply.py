@@ -17,12 +17,12 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
-from lmops.assistant.calls import Usage
 from lmops.assistant.history import source_line
 from lmops.engines.base import Chunks
 from lmops.protocol import responses as R
 from lmops.protocol.errors import APIError, ClientClosed, UpstreamError
 from lmops.serving.context import RawHeaders
+from lmops.serving.inner_calls import Usage
 
 log = logging.getLogger("lmops.assistant")
 

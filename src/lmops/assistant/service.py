@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from lmops.assistant.calls import ANSWER_ENDPOINT, FUNCTION_ENDPOINT, Usage, settle
+from lmops.assistant.calls import ANSWER_ENDPOINT, FUNCTION_ENDPOINT
 from lmops.assistant.history import clean_history, latest_user_message, tool_context, with_source, with_system
 from lmops.assistant.reply import Reply, collect, events, json_response
 from lmops.assistant.router import Decision, decide
@@ -41,6 +41,7 @@ from lmops.protocol.errors import APIError, ClientClosed, InvalidRequest, Upstre
 from lmops.serving.context import RawHeaders, RequestContext
 from lmops.serving.disconnect import ClientGone, unless_disconnected
 from lmops.serving.inference import InferenceService
+from lmops.serving.inner_calls import Usage, settle
 from lmops.serving.sse import EventStreamResponse
 from lmops.serving.virtual import Admit
 

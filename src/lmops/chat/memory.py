@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 
-from lmops.assistant.calls import Usage, settle
 from lmops.chat.answer import admission, call_context
 from lmops.chat.history import PAGE, Fit, LatestTurns, as_message, estimate_tokens, usable
 from lmops.chat.identity import ChatUser
 from lmops.chat.store import ChatStore, Row
 from lmops.config import MemoryConfig
 from lmops.protocol.errors import APIError, ClientClosed, UpstreamError
+from lmops.serving.inner_calls import Usage, settle
 
 if TYPE_CHECKING:
     from lmops.core import Core
