@@ -109,11 +109,12 @@ def test_an_engine_that_dies_at_start_is_a_clear_error_with_its_last_log_lines(t
     spec = tmp_path / "spec.yaml"
     spec.write_text(f"engine: llama-cpp-python\nmodel: {tmp_path / 'missing.gguf'}\ncontext_length: 512\n"
                     f"max_sequences: 1\nport: {free_port()}\n")
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     result = CliRunner().invoke(cli, ["engine", "launch", str(spec), "--ready-timeout", str(READY_TIMEOUT)])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert "the engine exited with status 1 before it was ready; its last log lines:" in result.stderr
     assert f"Model path does not exist: {tmp_path / 'missing.gguf'}" in result.stderr
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the CLI gave the handlers back
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # given back
 
 
 def test_an_engine_not_ready_in_time_is_reported_and_killed_when_it_ignores_sigterm():
