@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from lmops.cli_support import ConfigOpt, print_config_error
-from lmops.config import ConfigError, load_settings, resolve_config_path
+from lmops.cli_support import ConfigOpt, load_settings_or_exit, print_config_error
+from lmops.config import ConfigError, resolve_config_path
 from lmops.launch.command import EngineCommand, Unsupported
 from lmops.launch.process import EngineFailed, EngineProcess
 from lmops.launch.register import replica_entry, replica_yaml
@@ -29,13 +29,7 @@ def _fail(err: Console, message: str, code: int) -> typer.Exit:
 
 
 def _registration(err: Console, spec: EngineSpec, cmd: EngineCommand, model: str, config: Optional[str]) -> str:
-    settings = None
-    if resolve_config_path(config) is not None:
-        try:
-            settings = load_settings(config)
-        except ConfigError as exc:
-            print_config_error(exc)
-            raise typer.Exit(2) from None
+    settings = load_settings_or_exit(config) if resolve_config_path(config) is not None else None
     try:
         return replica_yaml(replica_entry(spec, cmd, model, settings))
     except Unsupported as exc:
@@ -46,8 +40,8 @@ def _registration(err: Console, spec: EngineSpec, cmd: EngineCommand, model: str
 def launch(
     spec_file: str = typer.Argument(..., metavar="SPEC", help="engine spec, YAML or JSON"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the command and the warnings; start nothing"),
-    ready_timeout: float = typer.Option(600.0, help="seconds the engine may take to load its model"),
-    grace: float = typer.Option(10.0, help="seconds between SIGTERM and SIGKILL when stopping"),
+    ready_timeout: float = typer.Option(600.0, min=0, help="seconds the engine may take to load its model"),
+    grace: float = typer.Option(10.0, min=0, help="seconds between SIGTERM and SIGKILL when stopping"),
     register_as: Optional[str] = typer.Option(None, "--register-as", metavar="MODEL",
                                                help="print the lmops.yaml entry that makes the engine a replica "
                                                     "of this gateway model"),

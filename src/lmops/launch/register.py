@@ -16,8 +16,8 @@ from lmops.launch.command import EngineCommand, Unsupported
 from lmops.launch.spec import EngineSpec
 
 
-def replica_entry(spec: EngineSpec, command: EngineCommand, model: str, settings: Settings | None = None) -> dict[
-        str, Any]:
+def replica_entry(spec: EngineSpec, command: EngineCommand, model: str,
+                  settings: Settings | None = None) -> dict[str, Any]:
     """The ``models:`` entry that serves ``model`` through this engine (and the replicas it already has)."""
     replica = f"{spec.base_url}/v1"
     existing = next((m for m in settings.models if m.name == model), None) if settings else None
