@@ -15,6 +15,7 @@ from lmops.access import cli as access_cli
 from lmops.batch import cli as batch_cli
 from lmops.chat import cli as chat_cli
 from lmops.cli_support import ConfigOpt
+from lmops.launch import cli as launch_cli
 from lmops.cli_support import load_settings_or_exit as _settings
 
 app = typer.Typer(help="lmops: run large language models in production.", no_args_is_help=True,
@@ -23,7 +24,7 @@ config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True
 db_app = typer.Typer(help="Manage the database schema.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
-for name, commands in (*access_cli.COMMANDS, *batch_cli.COMMANDS):  # each capability's command groups
+for name, commands in (*access_cli.COMMANDS, *batch_cli.COMMANDS, *launch_cli.COMMANDS):  # each group of commands
     app.add_typer(commands, name=name)
 for name, command in chat_cli.USER_COMMANDS:  # chat's web passwords belong with the users
     access_cli.users_app.command(name)(command)

@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from lmops.config import ConfigError, Settings, load_settings
 
@@ -17,8 +18,13 @@ def load_settings_or_exit(config: Optional[str], **overrides: object) -> Setting
     try:
         return load_settings(config, **overrides)
     except ConfigError as exc:
-        err = Console(stderr=True)
-        err.print(f"[bold red]Invalid configuration[/] in {exc.source}:")
-        for problem in exc.problems:
-            err.print(f"  - {problem}")
+        print_config_error(exc)
         raise typer.Exit(2) from None
+
+
+def print_config_error(exc: ConfigError, what: str = "Invalid configuration") -> None:
+    """Every problem of ``exc``, with its place, on stderr."""
+    err = Console(stderr=True)
+    err.print(f"[bold red]{what}[/] in {escape(exc.source)}:")
+    for problem in exc.problems:
+        err.print(f"  - {escape(str(problem))}", soft_wrap=True)
