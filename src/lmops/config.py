@@ -644,7 +644,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
     try:
         settings = Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(source, [_problem(err, node) for err in exc.errors()]) from exc
+        raise ConfigError(source, [config_problem(err, node) for err in exc.errors()]) from exc
     unknown = [ConfigProblem(".".join(str(p) for p in loc), message, *_find_mark(node, loc))
                for loc, message in settings.unknown_models()]
     if unknown:
@@ -652,7 +652,8 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
     return settings
 
 
-def _problem(err: Any, node: yaml.Node | None) -> ConfigProblem:
+def config_problem(err: Any, node: yaml.Node | None) -> ConfigProblem:
+    """A pydantic validation error as a config problem: its dotted location, message and (when known) line."""
     loc = tuple(err.get("loc", ()))
     location = ".".join(str(p) for p in loc) or "top level"
     message = err.get("msg", "invalid")

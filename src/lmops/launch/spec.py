@@ -13,7 +13,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lmops.config import ConfigError, ConfigProblem, _problem
+from lmops.config import ConfigError, ConfigProblem, config_problem
 
 EngineName = Literal["vllm", "lmdeploy", "tgi", "llamacpp-server", "llama-cpp-python"]
 
@@ -100,4 +100,4 @@ def load_spec(path: str | Path) -> EngineSpec:
     try:
         return EngineSpec(**data)
     except ValidationError as exc:
-        raise SpecError(source, [_problem(err, node) for err in exc.errors()]) from None
+        raise SpecError(source, [config_problem(err, node) for err in exc.errors()]) from None
