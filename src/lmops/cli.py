@@ -13,6 +13,7 @@ from rich.table import Table
 
 from lmops.access import cli as access_cli
 from lmops.batch import cli as batch_cli
+from lmops.bench import cli as bench_cli
 from lmops.chat import cli as chat_cli
 from lmops.cli_support import ConfigOpt
 from lmops.cli_support import load_settings_or_exit as _settings
@@ -23,7 +24,7 @@ config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True
 db_app = typer.Typer(help="Manage the database schema.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
-for name, commands in (*access_cli.COMMANDS, *batch_cli.COMMANDS):  # each capability's command groups
+for name, commands in (*access_cli.COMMANDS, *batch_cli.COMMANDS, *bench_cli.COMMANDS):  # capabilities' groups
     app.add_typer(commands, name=name)
 for name, command in chat_cli.USER_COMMANDS:  # chat's web passwords belong with the users
     access_cli.users_app.command(name)(command)
