@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 
 
 from datetime import datetime, timezone
@@ -116,11 +117,16 @@ def run_and_report(plan: Plan, folder: Path, slo: dict[str, float], settings: di
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=err, transient=True) as progress:
         task = progress.add_task("bench", total=total)
+        flushed = time.monotonic()
 
         def sink(rec: Record) -> None:
+            nonlocal flushed
             records.append(rec)
             lines.write(rec.dumps() + b"\n")
             progress.update(task, advance=1, description=f"{rec.target} {rec.level}")
+            if time.monotonic() - flushed > 1.0:  # a killed run still leaves what it measured on disk
+                lines.flush()
+                flushed = time.monotonic()
 
         runner = Runner(plan, sink, on_round=lines.flush)
         slices = _run(runner)

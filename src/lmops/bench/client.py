@@ -118,11 +118,11 @@ async def stream_chat(session: aiohttp.ClientSession, url: str, body: bytes, rec
     if not stamps:
         rec.error = "empty"
         return ""
-    _fill(rec, stamps, end_time, usage)
+    fill_timings(rec, stamps, end_time, usage)
     return "".join(pieces)
 
 
-def _fill(rec: Record, stamps: list[float], end: float, usage: dict[str, Any] | None) -> None:
+def fill_timings(rec: Record, stamps: list[float], end: float, usage: dict[str, Any] | None) -> None:
     """Derive a successful request's latencies from its token times (run clock) and end."""
     tokens = usage.get("completion_tokens") if usage else None
     if isinstance(tokens, int) and tokens > 0:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lmops.bench.metrics import BANDS, QUANTILES, BandStats, LevelStats
@@ -96,11 +97,12 @@ def detail_rows(s: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-def _rich(title: str, head: list[str], rows: list[list[str]]) -> Table:
-    table = Table(*head, title=title, title_justify="left")
+def _print(console: Console, title: str, head: list[str], rows: list[list[str]]) -> None:
+    table = Table(*head)
     for row in rows:
         table.add_row(*row)
-    return table
+    console.print(f"[bold]{escape(title)}[/]", soft_wrap=True)  # above the table: a title in it wraps to its width
+    console.print(table)
 
 
 def tables(s: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -114,7 +116,7 @@ def tables(s: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
 
 def print_summary(s: dict[str, Any], console: Console) -> None:
     for title, head, rows in tables(s):
-        console.print(_rich(title, head, rows))
+        _print(console, title, head, rows)
     tokens_from = {f for x in s["levels"] for f in x["tokens_from"]}
     if "chunks" in tokens_from:
         console.print("[yellow]some targets sent no usage: their output tokens are counted as streamed chunks[/]")
@@ -260,5 +262,5 @@ def compare_rows(a: dict[str, Any], b: dict[str, Any]) -> tuple[list[str], list[
 def print_compare(a: dict[str, Any], b: dict[str, Any], console: Console) -> int:
     """Print the ratio table; returns how many rows it has (0: the runs share no level)."""
     head, rows = compare_rows(a, b)
-    console.print(_rich("B ÷ A (above 1: B is higher; for latencies lower is better)", head, rows))
+    _print(console, "B ÷ A (above 1: B is higher; for latencies lower is better)", head, rows)
     return len(rows)
