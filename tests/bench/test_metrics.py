@@ -73,7 +73,7 @@ def test_goodput_counts_requests_within_every_slo_and_errors_are_counted_by_kind
     assert meets(fast, slo) and not meets(slow_start, slo) and not meets(slow_tokens, slo)
     records = [fast, slow_start, slow_tokens, stream(error="timeout"), stream(error="http_503"),
                stream(error="http_503")]
-    [row] = level_stats(records, [Slice("a", "c=1", 1.0, seconds=2.0)], slo)
+    [row] = level_stats(records, [Slice("a", "c=1", 1.0, seconds=2.0, cpu_seconds=1.5)], slo)
     assert (row.requests, row.completed) == (6, 3)
     assert row.errors == {"timeout": 1, "http_503": 2}
     assert row.req_per_s == pytest.approx(1.5)
@@ -84,6 +84,7 @@ def test_goodput_counts_requests_within_every_slo_and_errors_are_counted_by_kind
     assert row.latency["ttft"]["p99"] == pytest.approx(percentile([0.1, 0.6, 0.1], 99))
     assert row.latency["itl"]["p50"] == pytest.approx(0.01)  # 9 gaps of 0.01 twice, 9 of 0.08 once
     assert row.tokens_from == ["usage"]
+    assert row.client_cpu == pytest.approx(0.75)  # the client's CPU use over the level: 3/4 of a core
 
 
 def test_an_itl_slo_bounds_the_largest_gap():

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
+from lmops.bench import report
 from lmops.bench.prompts import BUILTIN, SHARED_PREFIX
 from lmops.cli import app
 from lmops.testing.fake_openai import Behaviour, FakeOpenAI
@@ -69,6 +72,7 @@ def test_the_summary_holds_both_tables(study: Path):
     bands = {(b["target"], b["band"]): b["requests"] for b in s["bands"]}
     assert bands == {("a", "1-30"): 6, ("a", "31-300"): 6, ("a", ">300"): 4,
                      ("b", "1-30"): 6, ("b", "31-300"): 6, (("b", ">300")): 4}
+    assert all(0 < x["client_cpu"] < 2 for x in s["levels"])
     printed = (study / "stdout.txt").read_text()
     assert "Output tokens/s per request, by output length" in printed
     assert "Total output tokens/s by batch size" in printed
@@ -88,6 +92,16 @@ def test_csv_charts_and_a_self_contained_html_report(study: Path):
     page = (study / "report.html").read_text()
     assert page.count("src='data:image/png;base64,") == 3 and "http://" not in page.split("<h2>", 1)[1]
     assert "31-300 tokens" in page and "<td>c=4</td>" in page
+
+
+def test_a_busy_client_is_pointed_out(study: Path):
+    s = json.loads((study / "summary.json").read_text())
+    console = Console(file=io.StringIO(), width=300)
+    report.print_summary(s, console)
+    assert "the bench client used most of a core" not in console.file.getvalue()
+    s["levels"][2]["client_cpu"] = 0.97
+    report.print_summary(s, console)
+    assert "the bench client used most of a core at c=4" in console.file.getvalue()
 
 
 def test_compare_prints_b_over_a(study: Path, tmp_path: Path):
@@ -146,3 +160,16 @@ def test_the_builtin_prompts_ask_for_short_medium_and_long_answers():
     limits = {p.kind: p.max_tokens for p in BUILTIN}
     assert limits == {"short": 32, "medium": 256, "long": 1024}
     assert len({p.messages[0]["content"] for p in BUILTIN}) == len(BUILTIN) == 24
+
+
+def test_a_short_run_against_the_embedded_model_through_lmops(embedded: ServerThread, tmp_path: Path):
+    code, output = bench("-t", f"lmops={embedded.url}", "--concurrency", "1,2", "--requests", "2", "--rounds", "1",
+                         "--max-tokens", "16", "--temperature", "0", "--out", str(tmp_path))
+    assert code == 0, output
+    recs = lines(tmp_path / "requests.jsonl")
+    assert len(recs) == 4 and all(r["error"] is None for r in recs), recs
+    assert all(r["tokens_from"] == "usage" and 1 <= r["output_tokens"] <= 16 and r["prompt_tokens"] > 0 for r in recs)
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["targets"][0]["model"] == "smollm2" and [x["completed"] for x in s["levels"]] == [2, 2]
+    assert {p.name for p in tmp_path.iterdir()} == {"requests.jsonl", "summary.json", "levels.csv", "bands.csv",
+                                                    "throughput.png", "bands.png", "latency.png", "report.html"}

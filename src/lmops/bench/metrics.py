@@ -68,6 +68,7 @@ class LevelStats:
     goodput_fraction: float | None
     mean_output_tokens: float | None
     tokens_from: list[str]
+    client_cpu: float  # the bench client's CPU use meanwhile, in cores (near 1: the client may be the limit)
     latency: dict[str, dict[str, float | None]] = field(default_factory=dict)  # ttft/... -> p50/p90/p99/mean
 
 
@@ -98,7 +99,8 @@ def level_stats(records: Iterable[Record], slices: Iterable[Slice], slo: dict[st
             s.target, s.level, s.value, s.seconds, len(recs), len(ok),
             dict(Counter(r.error for r in recs if r.error is not None)),
             _rate(len(ok), secs), _rate(tokens, secs), _rate(good, secs), good / len(ok) if ok else None,
-            tokens / len(ok) if ok else None, sorted({r.tokens_from for r in ok}), latency))
+            tokens / len(ok) if ok else None, sorted({r.tokens_from for r in ok}),
+            s.cpu_seconds / s.seconds if s.seconds else 0.0, latency))
     return rows
 
 

@@ -22,6 +22,7 @@ from rich.table import Table
 from lmops.bench.metrics import BANDS, QUANTILES, BandStats, LevelStats
 
 CHARTS = ("throughput.png", "bands.png", "latency.png")
+CLIENT_BUSY = 0.9  # the client's CPU use (cores) above which a level's figures may be its own limit
 MATPLOTLIB_MISSING = "charts need matplotlib, which is not installed: pip install 'lmops[reports]'"
 
 
@@ -120,6 +121,10 @@ def print_summary(s: dict[str, Any], console: Console) -> None:
     tokens_from = {f for x in s["levels"] for f in x["tokens_from"]}
     if "chunks" in tokens_from:
         console.print("[yellow]some targets sent no usage: their output tokens are counted as streamed chunks[/]")
+    busy = sorted({x["level"] for x in s["levels"] if x.get("client_cpu", 0) >= CLIENT_BUSY})
+    if busy:
+        console.print(f"[yellow]the bench client used most of a core at {', '.join(busy)}: there, the figures may "
+                      "be the client's limit, not the target's[/]")
 
 
 def write_json(s: dict[str, Any], path: Path) -> None:
@@ -132,12 +137,12 @@ def write_csv(s: dict[str, Any], out: Path) -> None:
         w = csv.writer(f)
         lat_cols = [(k, q) for k in ("ttft", "ttst", "tpot", "itl", "e2e") for q in ("p50", "p90", "p99", "mean")]
         w.writerow(["target", "level", "value", "seconds", "requests", "completed", "req_per_s", "output_tok_per_s",
-                    "goodput_req_per_s", "goodput_fraction", "mean_output_tokens", "tokens_from", "errors",
-                    *(f"{k}_{q}_s" for k, q in lat_cols)])
+                    "goodput_req_per_s", "goodput_fraction", "mean_output_tokens", "tokens_from", "client_cpu",
+                    "errors", *(f"{k}_{q}_s" for k, q in lat_cols)])
         for x in s["levels"]:
             w.writerow([x["target"], x["level"], x["value"], x["seconds"], x["requests"], x["completed"],
                         x["req_per_s"], x["output_tok_per_s"], x["goodput_req_per_s"], x["goodput_fraction"],
-                        x["mean_output_tokens"], "+".join(x["tokens_from"]),
+                        x["mean_output_tokens"], "+".join(x["tokens_from"]), x["client_cpu"],
                         ";".join(f"{k}={v}" for k, v in sorted(x["errors"].items())),
                         *(x["latency"][k][q] for k, q in lat_cols)])
     with (out / "bands.csv").open("w", newline="") as f:

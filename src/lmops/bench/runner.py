@@ -66,6 +66,7 @@ class Slice:
     value: float
     seconds: float = 0.0
     requests: int = 0
+    cpu_seconds: float = 0.0  # this process's CPU time meanwhile: near ``seconds``, the client was the limit
 
 
 class Runner:
@@ -109,7 +110,7 @@ class Runner:
             return
         s = self.slices.setdefault((target.name, level), Slice(target.name, level, value))
         budget = None if p.duration is None else p.duration / p.rounds
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         deadline = None if budget is None else start + budget
         done = 0
 
@@ -134,6 +135,7 @@ class Runner:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             s.seconds += time.perf_counter() - start
+            s.cpu_seconds += time.process_time() - cpu
             s.requests += done
 
     async def _at_concurrency(self, job: Callable[[int, float], Any], first: int, last: int, c: int,
