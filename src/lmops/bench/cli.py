@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from dataclasses import replace
 
 
 from datetime import datetime, timezone
@@ -83,7 +84,7 @@ def bench(
     if duration <= 0 or burstiness <= 0 or timeout <= 0 or any(r <= 0 for r in request_rate):
         raise typer.BadParameter("--duration, --burstiness, --timeout and --request-rate must be positive")
     if max_tokens:
-        prompts = [type(p)(p.messages, max_tokens, p.kind, p.extra) for p in prompts]
+        prompts = [replace(p, max_tokens=max_tokens) for p in prompts]
     plan = Plan(targets, prompts, levels=levels, rates=tuple(request_rate), requests=requests, duration=duration,
                 rounds=rounds, turns=turns, burstiness=burstiness, seed=seed, max_concurrency=max_concurrency,
                 timeout=timeout, api_key=api_key,
