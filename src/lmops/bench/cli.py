@@ -52,6 +52,7 @@ def bench(
     slo: str = typer.Option("ttft=500ms,tpot=50ms", help="Goodput SLOs: ttft, ttst, tpot, itl, e2e"),
     seed: int = typer.Option(0, help="Seed of the arrival times"),
     timeout: float = typer.Option(300.0, help="Seconds a request may take"),
+    warmup: int = typer.Option(1, help="Unrecorded requests per target before the first level"),
     api_key: Optional[str] = typer.Option(None, envvar="LMOPS_API_KEY", help="Bearer token for every target"),
     out: Optional[Path] = typer.Option(None, help="Output folder (default bench-results/DATE-TIME)"),
 ) -> None:
@@ -81,13 +82,15 @@ def bench(
                         ("--max-tokens", max_tokens), ("--max-concurrency", max_concurrency)):
         if value is not None and value < 1:
             raise typer.BadParameter("must be at least 1", param_hint=name)
+    if warmup < 0:
+        raise typer.BadParameter("must be 0 or more", param_hint="--warmup")
     if duration <= 0 or burstiness <= 0 or timeout <= 0 or any(r <= 0 for r in request_rate):
         raise typer.BadParameter("--duration, --burstiness, --timeout and --request-rate must be positive")
     if max_tokens:
         prompts = [replace(p, max_tokens=max_tokens) for p in prompts]
     plan = Plan(targets, prompts, levels=levels, rates=tuple(request_rate), requests=requests, duration=duration,
                 rounds=rounds, turns=turns, burstiness=burstiness, seed=seed, max_concurrency=max_concurrency,
-                timeout=timeout, api_key=api_key,
+                timeout=timeout, warmup=warmup, api_key=api_key,
                 extra={"temperature": temperature} if temperature is not None else {})
     folder = out or Path("bench-results") / datetime.now().strftime("%Y%m%d-%H%M%S")
     try:
@@ -98,7 +101,7 @@ def bench(
     settings = {"levels": list(levels) if not request_rate else [], "rates": list(request_rate),
                 "requests": requests, "duration": duration, "rounds": rounds, "turns": turns,
                 "burstiness": burstiness, "seed": seed, "max_concurrency": max_concurrency,
-                "max_tokens": max_tokens, "temperature": temperature,
+                "max_tokens": max_tokens, "temperature": temperature, "warmup": warmup,
                 "dataset": str(dataset) if dataset else "built-in"}
     try:
         code = run_and_report(plan, folder, slos, settings, console, err)

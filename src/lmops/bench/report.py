@@ -194,11 +194,11 @@ def write_charts(s: dict[str, Any], out: Path) -> list[Path]:
     save(fig, "bands.png")
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for t in targets:
+    for k, t in enumerate(targets):
         for q, style in (("p50", "-"), ("p99", "--")):
             ys = [(cells[(t, lv)]["latency"]["ttft"][q] or float("nan")) * 1000 if (t, lv) in cells else float("nan")
                   for lv in levels]
-            ax.plot(xs, ys, style, marker="o", label=f"{t} TTFT {q}")
+            ax.plot(xs, ys, style, color=f"C{k}", marker="o", label=f"{t} TTFT {q}")
     ax.set(xticks=xs, xticklabels=levels, xlabel="level", ylabel="ms", title="Time to first token")
     ax.legend()
     save(fig, "latency.png")

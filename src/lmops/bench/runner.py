@@ -40,6 +40,7 @@ class Plan:
     seed: int = 0
     max_concurrency: int | None = None  # at a request rate: at most this many in flight (the rest queue)
     timeout: float = 300.0
+    warmup: int = 1  # unrecorded requests per target first (a fresh connection's first stream is slower)
     api_key: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # more body fields for every request (temperature)
 
@@ -88,6 +89,13 @@ class Runner:
         try:
             for t in p.targets:
                 self.models[t.name] = t.model or await first_model(sessions[t.name], t)
+            for t in p.targets:
+                for _ in range(p.warmup):
+                    prompt = p.prompts[0]
+                    await stream_chat(sessions[t.name], t.url, request_body(
+                        self.models[t.name], list(prompt.messages), min(prompt.max_tokens or p.max_tokens, 16),
+                        {**p.extra, **prompt.extra}), Record(t.name, "warmup", 0, 0, 0, prompt.kind, 0.0),
+                        time.perf_counter())
             t0 = time.perf_counter()
             for level, value in p.level_labels():
                 for r in range(p.rounds):
