@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,16 @@ def test_a_short_run_against_the_embedded_model_through_lmops(embedded: ServerTh
     assert s["targets"][0]["model"] == "smollm2" and [x["completed"] for x in s["levels"]] == [2, 2]
     assert {p.name for p in tmp_path.iterdir()} == {"requests.jsonl", "summary.json", "levels.csv", "bands.csv",
                                                     "throughput.png", "bands.png", "latency.png", "report.html"}
+
+
+def test_without_matplotlib_everything_but_the_charts_is_written(study: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch):
+    from lmops.bench.cli import write_files
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    console = Console(file=io.StringIO(), width=300)
+    write_files(json.loads((study / "summary.json").read_text()), tmp_path, console)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bands.csv", "levels.csv", "report.html", "summary.json"]
+    assert "charts need matplotlib, which is not installed: pip install 'lmops[reports]'" in console.file.getvalue()
+    page = (tmp_path / "report.html").read_text()
+    assert "No charts: charts need matplotlib" in page and "data:image/png" not in page
