@@ -13,10 +13,11 @@ from rich.table import Table
 
 from lmops.access import cli as access_cli
 from lmops.batch import cli as batch_cli
+from lmops.bench import cli as bench_cli
 from lmops.chat import cli as chat_cli
 from lmops.cli_support import ConfigOpt
-from lmops.launch import cli as launch_cli
 from lmops.cli_support import load_settings_or_exit as _settings
+from lmops.launch import cli as launch_cli
 
 app = typer.Typer(help="lmops: run large language models in production.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -24,7 +25,8 @@ config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True
 db_app = typer.Typer(help="Manage the database schema.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
-for name, commands in (*access_cli.COMMANDS, *batch_cli.COMMANDS, *launch_cli.COMMANDS):  # each group of commands
+for name, commands in (*access_cli.COMMANDS, *batch_cli.COMMANDS, *bench_cli.COMMANDS,
+                       *launch_cli.COMMANDS):  # each capability's groups of commands
     app.add_typer(commands, name=name)
 for name, command in chat_cli.USER_COMMANDS:  # chat's web passwords belong with the users
     access_cli.users_app.command(name)(command)
