@@ -27,6 +27,7 @@ class EngineKind(str, Enum):
     embedded = "embedded"  # llama.cpp in-process (any GGUF)
     openai = "openai"  # any OpenAI-compatible HTTP server
     sentence_transformers = "sentence-transformers"  # in-process embeddings
+    hf = "hf-transformers"  # in-process HF transformers from a GGUF, static batching (the baseline; lmops[hf])
 
 
 class _Strict(BaseModel):
@@ -80,6 +81,15 @@ class MemoryConfig(_Strict):
                               "summary's)")
 
 
+class HFConfig(_Strict):
+    """The hf-transformers engine's static batching (docs/engines.md)."""
+
+    batch_size: int = Field(default=8, ge=1, description="requests generated together in one batch")
+    max_wait_ms: float = Field(default=20.0, ge=0, description="how long the first waiting request waits for "
+                               "others to fill its batch")
+    threads: int | None = Field(default=None, ge=1, description="torch threads (process-wide; default: torch's)")
+
+
 def _breaks_header(value: str) -> bool:
     """True when ``value`` cannot go into an HTTP header line as it is (CR, LF or NUL in it)."""
     return "\r" in value or "\n" in value or "\0" in value
@@ -116,6 +126,7 @@ class ModelConfig(_Strict):
                                            "engines only)")
     memory: MemoryConfig = Field(default_factory=MemoryConfig, description="chat: conversations longer than the "
                                  "context")
+    hf: HFConfig = Field(default_factory=HFConfig, description="hf-transformers: static batching")
 
     @field_validator("replicas")
     @classmethod

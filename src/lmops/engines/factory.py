@@ -25,4 +25,8 @@ def build_engines(model: ModelConfig, settings: Settings) -> list[Engine]:
         from lmops.engines.sentence_embeddings import SentenceEmbeddingsEngine
 
         return [SentenceEmbeddingsEngine(model)]
+    if model.engine is EngineKind.hf:
+        from lmops.engines.hf_transformers import HFTransformersEngine
+
+        return [HFTransformersEngine(model)]
     raise ValueError(f"unknown engine kind {model.engine}")
