@@ -87,7 +87,8 @@ class HFConfig(_Strict):
     batch_size: int = Field(default=8, ge=1, description="requests generated together in one batch")
     max_wait_ms: float = Field(default=20.0, ge=0, description="how long the first waiting request waits for "
                                "others to fill its batch")
-    threads: int | None = Field(default=None, ge=1, description="torch threads (process-wide; default: torch's)")
+    threads: int | None = Field(default=None, ge=1, description="torch threads (torch's setting is process-wide; "
+                                "default: half the cores)")
 
 
 def _breaks_header(value: str) -> bool:

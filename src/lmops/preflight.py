@@ -20,4 +20,8 @@ def startup_problems(settings: Settings) -> list[str]:
             ensure_engine_build_works(fallback_model=embedded[0].model_path)
         except EngineBuildBroken as exc:
             problems.append(str(exc))
+    if any(m.engine is EngineKind.hf for m in settings.models):
+        from lmops.engines.hf_transformers import hf_packages_problem
+
+        problems += [p for p in (hf_packages_problem(),) if p]
     return problems

@@ -48,11 +48,19 @@ def missing_hf_packages() -> list[str]:
     return missing
 
 
-def require_hf_packages() -> None:
+def hf_packages_problem() -> str | None:
+    """What to install for the hf-transformers engine, or None when everything is there."""
     missing = missing_hf_packages()
-    if missing:
-        raise EngineError(f"the hf-transformers engine needs {', '.join(missing)}, not installed here: "
-                          f"install the extra ({HF_EXTRA})")
+    if not missing:
+        return None
+    return (f"the hf-transformers engine needs {', '.join(missing)}, not installed here: install the extra "
+            f"({HF_EXTRA})")
+
+
+def require_hf_packages() -> None:
+    problem = hf_packages_problem()
+    if problem:
+        raise EngineError(problem)
 
 
 # Request fields this engine cannot honour: refused (400) rather than ignored.
@@ -114,8 +122,9 @@ class HFTransformersEngine(Engine):
 
         if not os.path.exists(self.model_path):
             raise EngineError(f"model file not found: {self.model_path}")
-        if self.config.hf.threads:
-            torch.set_num_threads(self.config.hf.threads)
+        # Half the cores by default, as the embedded engine: torch's own default (every core) spin-waits against
+        # the event loop and other processes; on a busy 2-core machine 2 threads were 30x slower than 1.
+        torch.set_num_threads(self.config.hf.threads or max(1, (os.cpu_count() or 2) // 2))
         hf_logging.disable_progress_bar()  # no "de-quantizing GGUF tensors" bar in lmops serve's output
         folder, name = os.path.split(os.path.abspath(self.model_path))
         self._tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)

@@ -136,7 +136,7 @@ class InferenceService:
             try:
                 if req.stream:
                     chunks = await self.router.stream(req.model, stream, body, routed)
-                elif target.config.engine is EngineKind.embedded:
+                elif target.config.engine in (EngineKind.embedded, EngineKind.hf):  # in-process: stop it
                     result = await unless_disconnected(http, self.router.call(req.model, call, body, routed))
                 else:
                     result = await self.router.call(req.model, call, body, routed)
