@@ -120,3 +120,22 @@ def test_without_the_hf_extra_startup_names_it(tmp_path, monkeypatch):
     with pytest.raises(EngineError, match=r"lmops\[hf\]"):
         create_app(settings)
 
+
+
+def test_a_client_that_leaves_is_dropped_and_its_batch_goes_on(client, hf_server):
+    engine = engine_of(hf_server)
+    before = len(engine.batch_sizes)
+
+    def leave_early() -> str:
+        with ask(client, QUESTIONS[2], max_tokens=60, stream=True) as stream:
+            return "".join(c.choices[0].delta.content or "" for _, c in zip(range(3), stream, strict=False))
+
+    with ThreadPoolExecutor(2) as pool:
+        stays = pool.submit(ask, client, "Write a long story about a dragon.", max_tokens=60)
+        left = pool.submit(leave_early)
+        assert left.result()  # it had its first words before it left
+        answer = stays.result()
+    assert list(engine.batch_sizes)[before:] == [2]
+    assert answer.usage.completion_tokens == 60 and answer.choices[0].finish_reason == "length"
+    (cancelled, tokens), (finished, _) = sorted(engine.last_batch)  # its row stopped at the client's leaving
+    assert (cancelled, finished) == ("cancelled", "length") and tokens < 60

@@ -104,6 +104,7 @@ class HFTransformersEngine(Engine):
         self._waiting: asyncio.Queue[Row] | None = None
         self._batcher: asyncio.Task[None] | None = None
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # rows of each batch run, latest last (tests, tuning)
+        self.last_batch: list[tuple[str, int]] = []  # finish reason and tokens of each row of the latest batch
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -292,7 +293,8 @@ class HFTransformersEngine(Engine):
             batch = [row for row in batch if not row.cancelled]
             if batch:
                 self.batch_sizes.append(len(batch))
-                await loop.run_in_executor(self._executor, generate_batch, self._model, self._tokenizer, batch)
+                self.last_batch = await loop.run_in_executor(self._executor, generate_batch, self._model,
+                                                             self._tokenizer, batch)
 
 
 def _plain_message(message: dict[str, Any]) -> dict[str, str]:

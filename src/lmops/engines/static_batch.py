@@ -68,14 +68,16 @@ class _RowState:
         if len(self.tokens) >= self.row.max_tokens:
             self.finish = "length"
 
-    def end(self) -> None:
+    def end(self) -> tuple[str, int]:
         """Hand on what the stop matcher still holds and say how the row ended (a character cut by max_tokens
-        is left out, not sent as U+FFFD)."""
+        is left out, not sent as U+FFFD): its finish reason and tokens."""
         if not self.matcher.stopped:
             rest = self.matcher.flush()
             if rest:
                 self.row.emit("text", rest)
-        self.row.emit("end", (self.finish or ("cancelled" if self.row.cancelled else "length"), len(self.tokens)))
+        outcome = (self.finish or ("cancelled" if self.row.cancelled else "length"), len(self.tokens))
+        self.row.emit("end", outcome)
+        return outcome
 
 
 class _Tracker(BaseStreamer, StoppingCriteria):  # type: ignore[misc]
@@ -121,8 +123,9 @@ class _RowSampling(LogitsProcessor):  # type: ignore[misc]
         return torch.where(self.greedy, only_best, scores)
 
 
-def generate_batch(model: Any, tokenizer: Any, rows: list[Row]) -> None:
-    """Generate ``rows`` together; every row gets its events (an error reaches every row)."""
+def generate_batch(model: Any, tokenizer: Any, rows: list[Row]) -> list[tuple[str, int]]:
+    """Generate ``rows`` together; every row gets its events (an error reaches every row). Returns each row's
+    finish reason ("cancelled": its client left) and tokens."""
     configured = model.generation_config.eos_token_id
     eos = {tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])} - {None}
     tracker = _Tracker(rows, tokenizer, eos)  # type: ignore[arg-type]
@@ -142,6 +145,5 @@ def generate_batch(model: Any, tokenizer: Any, rows: list[Row]) -> None:
     except Exception as exc:  # noqa: BLE001 - the rows' requests report it
         for state in tracker.states:
             state.row.emit("error", exc)
-        return
-    for state in tracker.states:
-        state.end()
+        return [("error", len(state.tokens)) for state in tracker.states]
+    return [state.end() for state in tracker.states]
