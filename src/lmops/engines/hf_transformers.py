@@ -64,16 +64,16 @@ def require_hf_packages() -> None:
 
 
 # Request fields this engine cannot honour: refused (400) rather than ignored.
-_UNSUPPORTED = {
-    "tools": "tools", "functions": "function calling", "logprobs": "logprobs", "top_logprobs": "logprobs",
-    "logit_bias": "logit_bias", "suffix": "suffix", "echo": "echo", "audio": "audio output",
-    "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
-    "repetition_penalty": "repetition_penalty",
-}
+_UNSUPPORTED = (
+    ("tools", "tools"), ("functions", "function calling"), ("logprobs", "logprobs"), ("top_logprobs", "logprobs"),
+    ("logit_bias", "logit_bias"), ("suffix", "suffix"), ("echo", "echo"), ("audio", "audio output"),
+    ("presence_penalty", "presence_penalty"), ("frequency_penalty", "frequency_penalty"),
+    ("repetition_penalty", "repetition_penalty"),
+)
 
 
 def _refuse_unsupported(body: Body) -> None:
-    for key, what in _UNSUPPORTED.items():
+    for key, what in _UNSUPPORTED:
         if body.get(key):
             raise InvalidRequest(f"The hf-transformers engine does not support {what}; send the request without "
                                  f"{key!r} (or use the embedded engine).", param=key,
