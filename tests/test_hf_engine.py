@@ -20,7 +20,7 @@ from lmops.testing.settings import make_settings
 
 MODEL = "smollm2-hf"
 HF_MODEL = {"name": MODEL, "engine": "hf-transformers", "context_length": 512,
-            "hf": {"batch_size": 4, "max_wait_ms": 1000}}
+            "hf": {"batch_size": 4, "max_wait_ms": 2000}}
 QUESTIONS = ["What is the capital of France?", "What is 2+2?", "Name a colour.", "Say hello."]
 
 
@@ -84,7 +84,7 @@ def test_concurrent_requests_are_batched_and_greedy_answers_match_alone(client, 
     engine = engine_of(hf_server)
     alone = [ask(client, q, max_tokens=8).choices[0].message.content for q in QUESTIONS]
     before = len(engine.batch_sizes)
-    with ThreadPoolExecutor(len(QUESTIONS)) as pool:  # within max_wait_ms (1 s) of each other: one batch
+    with ThreadPoolExecutor(len(QUESTIONS)) as pool:  # within max_wait_ms (2 s) of each other: one batch
         together = list(pool.map(lambda q: ask(client, q, max_tokens=8), QUESTIONS))
     assert list(engine.batch_sizes)[before:] == [len(QUESTIONS)]
     assert [r.choices[0].message.content for r in together] == alone
