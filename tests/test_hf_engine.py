@@ -78,6 +78,10 @@ def test_text_completion(client):
     resp = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=2, temperature=0)
     assert resp.choices[0].text == " Paris."
     assert resp.usage.completion_tokens == 2 and resp.usage.prompt_tokens == 5
+    chunks = list(client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=2,
+                                            temperature=0, stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == " Paris."
+    assert chunks[-1].usage.completion_tokens == 2
 
 
 def test_concurrent_requests_are_batched_and_greedy_answers_match_alone(client, hf_server):
@@ -90,12 +94,16 @@ def test_concurrent_requests_are_batched_and_greedy_answers_match_alone(client, 
     assert [r.choices[0].message.content for r in together] == alone
 
 
-def test_sampled_requests_answer_beside_greedy_ones(client):
+def test_sampled_requests_answer_beside_greedy_ones(client, hf_server):
+    """Each row samples with its own settings: the greedy one in a sampled batch keeps its greedy answer."""
+    engine = engine_of(hf_server)
+    before = len(engine.batch_sizes)
     with ThreadPoolExecutor(2) as pool:
         greedy = pool.submit(ask, client, QUESTIONS[0])
         sampled = pool.submit(ask, client, QUESTIONS[1], temperature=1.0, top_p=0.9)
         assert greedy.result().choices[0].message.content == "The capital of France is Paris."
         assert sampled.result().usage.completion_tokens > 0
+    assert list(engine.batch_sizes)[before:] == [2]
 
 
 @pytest.mark.parametrize("extra, param", [
