@@ -6,7 +6,10 @@ is generating, and the next chunk of every prompt still being read (prefill shar
 long prompt takes several steps while the others keep generating). After the decode each sequence samples from
 its own row of logits with its own sampler chain (temperature, top-k/p, penalties, seed, logit_bias, grammar).
 Waiting generations take a free slot between steps; a cancelled one leaves before the next step and its KV cells
-are freed.
+are freed. A slot whose generation ended keeps its cells: the next prompt given that slot (the free one sharing the
+longest prefix with it: the chat template's system prompt, a conversation's earlier turns) decodes only the rest,
+as llama-cpp-python's ``Llama.generate`` reuses its context. A seeded request always starts afresh, so that the
+same seed gives the same answer.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ class _Sequence:
     output: Output
     started: float
     todo: list[int]  # prompt tokens not decoded yet
-    pos: int = 0  # the position of the next token decoded
+    decoded: list[int]  # the tokens its cells hold (the position of the next one is their count)
     row: int | None = None  # its row of logits in the batch just decoded (None: it has none to sample from)
     next_token: int | None = None  # sampled, to be decoded in the next step
     entries: list[TokenLogprob] = field(default_factory=list)  # the prompt's scored tokens (echo with logprobs)
@@ -75,6 +78,7 @@ class BatchRunner:
         self._waiting: collections.deque[tuple[Job, concurrent.futures.Future[None]]] = collections.deque()
         self._futures: dict[int, concurrent.futures.Future[None]] = {}
         self._slots: list[_Sequence | None] = [None] * parallel
+        self._cached: list[list[int]] = [[] for _ in range(parallel)]  # what each free slot's cells still hold
         self._wake = threading.Condition()
         self._closing = False
         self.recent_seconds = 1.0  # the latest generation's duration, for Retry-After
@@ -130,7 +134,7 @@ class BatchRunner:
                     job.finish(Output(job, self._llm).close("cancelled"))
                     done.set_result(None)
                     continue
-                seq_id = self._slots.index(None)
+                seq_id = self._slot_for(job)
                 self._futures[seq_id] = done
                 try:
                     self._slots[seq_id] = self._sequence(job, seq_id)
@@ -138,9 +142,30 @@ class BatchRunner:
                     self._fail(job, seq_id, exc)
         return True
 
+    def _reusable(self, job: Job, seq_id: int) -> int:
+        """How many of the job's prompt tokens slot ``seq_id`` holds already (at least one is decoded again, for
+        its logits); 0 for a seeded job or one that scores its prompt."""
+        if job.seed is not None or job.score_from is not None:
+            return 0
+        common = 0
+        for a, b in zip(self._cached[seq_id], job.prompt, strict=False):
+            if a != b:
+                break
+            common += 1
+        return min(common, len(job.prompt) - 1)
+
+    def _slot_for(self, job: Job) -> int:
+        free = [i for i, s in enumerate(self._slots) if s is None]
+        return max(free, key=lambda i: self._reusable(job, i))
+
     def _sequence(self, job: Job, seq_id: int) -> _Sequence:
+        kept = self._reusable(job, seq_id)
+        if not (kept and self._llama_cpp.llama_memory_seq_rm(self._ctx.memory, seq_id, kept, -1)):
+            kept = 0
+            self._llama_cpp.llama_memory_seq_rm(self._ctx.memory, seq_id, -1, -1)
+        self._cached[seq_id] = []
         seq = _Sequence(job=job, seq_id=seq_id, sampler=self._sampler(job), output=Output(job, self._llm),
-                        started=time.monotonic(), todo=list(job.prompt))
+                        started=time.monotonic(), todo=job.prompt[kept:], decoded=job.prompt[:kept])
         if job.score_from == 0:
             seq.entries.append(TokenLogprob(seq.output.piece(job.prompt[0]), None))
         return seq
@@ -195,7 +220,7 @@ class BatchRunner:
                 last = i == take - 1 and take == len(seq.todo)
                 row = self._add(seq, token, last or scoring)
                 if scoring:
-                    seq.rows.append((row, seq.pos - 1))
+                    seq.rows.append((row, len(seq.decoded) - 1))
                 if last:
                     seq.row = row
             del seq.todo[:take]
@@ -216,12 +241,12 @@ class BatchRunner:
         batch = self._batch
         row = batch.n_tokens
         batch.token[row] = token
-        batch.pos[row] = seq.pos
+        batch.pos[row] = len(seq.decoded)
         batch.n_seq_id[row] = 1
         batch.seq_id[row][0] = seq.seq_id
         batch.logits[row] = logits
         batch.n_tokens = row + 1
-        seq.pos += 1
+        seq.decoded.append(token)
         return row
 
     def _logits(self, row: int) -> np.ndarray:
@@ -259,18 +284,24 @@ class BatchRunner:
         self.last_generation = (generated.finish, generated.tokens)
         self.recent_seconds = max(0.1, time.monotonic() - seq.started)
         seq.job.finish(generated)
-        self._free(seq.seq_id)
+        self._free(seq.seq_id, keep=finish is None)
 
     def _fail(self, job: Job, seq_id: int, exc: BaseException) -> None:
         job.fail(EngineFault(f"generation failed: {type(exc).__name__} {exc}".rstrip(), status=500))
         self._free(seq_id)
 
-    def _free(self, seq_id: int) -> None:
+    def _free(self, seq_id: int, keep: bool = False) -> None:
+        """Frees the slot; ``keep``: its cells stay, for a next prompt that starts the same (a cancelled or failed
+        generation's are removed at once)."""
         seq = self._slots[seq_id]
         if seq is not None:
             seq.sampler.close()
         self._slots[seq_id] = None
-        self._llama_cpp.llama_memory_seq_rm(self._ctx.memory, seq_id, -1, -1)
+        if keep and seq is not None:
+            self._cached[seq_id] = seq.decoded
+        else:
+            self._cached[seq_id] = []
+            self._llama_cpp.llama_memory_seq_rm(self._ctx.memory, seq_id, -1, -1)
         done = self._futures.pop(seq_id, None)
         if done is not None:
             done.set_result(None)
