@@ -11,19 +11,22 @@ load of other processes on a shared machine hits every configuration alike:
   (llama-cpp-python's low-level API): the same prompt tokens prefilled in one batch, then one ``llama_decode``
   per step over all sequences, greedy sampling; no Python per token beyond the batch and the sampler call.
 
-Each request: the same chat prompt, ``max_tokens`` M, temperature 0, the end-of-turn token banned (logit_bias
--100) so that every request produces exactly M tokens. tokens/s = output tokens / wall time of the whole wave
-(prefill included). Printed: each configuration's median and range over the rounds, and the ratios, computed
-per round (paired) then summarised as median [min-max], which is what the targets are judged on.
+Each request: a chat prompt of its own (the same but for a number, the same length in tokens; both engines
+reuse only the chat template's system prompt from their KV cache, and so does the bare loop), ``max_tokens`` M,
+temperature 0, the end-of-turn token banned (logit_bias -100) so that every request produces exactly M tokens.
+tokens/s = output tokens / wall time of the whole wave (prefill included). Printed: each configuration's median
+and range over the rounds, and the ratios, computed per round (paired) then summarised as median [min-max],
+which is what the targets are judged on.
 
     /work/main/.venv/bin/python bench/bench_embedded_batching.py --rounds 3 --concurrency 16 --max-tokens 64 \
-        --threads 1 --threads-batch 1
+        --threads 1 --threads-batch 2
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import statistics
 import time
@@ -35,19 +38,21 @@ from harness import machine_line
 from lmops.config import ModelConfig
 from lmops.engines.embedded_llamacpp import EmbeddedLlamaEngine
 
-PROMPT = "Write a long story about a lighthouse keeper and the ships she guides home."
+PROMPT = "Story {:06d}: write a long story about a lighthouse keeper and the ships she guides home."
 EOT = 2  # SmolLM2's end of turn
+WAVES = itertools.count()  # each request's prompt is new: no side decodes less of it than the others
 
 
-def body(max_tokens: int) -> dict[str, Any]:
-    return {"model": "bench", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": max_tokens,
-            "temperature": 0, "logit_bias": {str(EOT): -100}}
+def body(max_tokens: int, number: int) -> dict[str, Any]:
+    return {"model": "bench", "messages": [{"role": "user", "content": PROMPT.format(number)}],
+            "max_tokens": max_tokens, "temperature": 0, "logit_bias": {str(EOT): -100}}
 
 
 async def engine_wave(engine: EmbeddedLlamaEngine, n: int, max_tokens: int) -> float:
     """Output tokens/s of n concurrent requests."""
+    wave = next(WAVES) * 1000
     started = time.perf_counter()
-    answers = await asyncio.gather(*(engine.chat_completion(body(max_tokens)) for _ in range(n)))
+    answers = await asyncio.gather(*(engine.chat_completion(body(max_tokens, wave + i)) for i in range(n)))
     seconds = time.perf_counter() - started
     return sum(a["usage"]["completion_tokens"] for a in answers) / seconds
 
@@ -60,9 +65,8 @@ class BareLoop:
         from llama_cpp import _internals
 
         self.lib = llama_cpp
+        self.engine = engine
         llm = engine._llm
-        self.prompt = llm.tokenize(engine._formatter(messages=body(1)["messages"]).prompt.encode(), add_bos=True,
-                                   special=True)
         params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
         params.n_ctx, params.n_seq_max, params.kv_unified = parallel * context, parallel, False
         params.n_batch = params.n_ubatch = 512
@@ -70,25 +74,44 @@ class BareLoop:
         self.ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
         self.batch = llama_cpp.llama_batch_init(512, 0, 1)
         self.samplers = [llama_cpp.llama_sampler_init_greedy() for _ in range(parallel)]
+        # The prompts' common prefix (the chat template's system prompt) is decoded once into every sequence and
+        # kept, as the engine keeps it.
+        first, second = self.prompt(0), self.prompt(1)
+        self.shared = next(i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b)
+        for seq in range(parallel):
+            for pos in range(self.shared):
+                self.add(pos, first[pos], pos, seq, False)
+            self.batch.n_tokens = self.shared
+            if llama_cpp.llama_decode(self.ctx.ctx, self.batch) != 0:
+                raise RuntimeError("llama_decode failed")
 
     def add(self, row: int, token: int, pos: int, seq: int, logits: bool) -> None:
         b = self.batch
         b.token[row], b.pos[row], b.n_seq_id[row], b.logits[row] = token, pos, 1, logits
         b.seq_id[row][0] = seq
 
+    def prompt(self, number: int) -> list[int]:
+        text = self.engine._formatter(messages=body(1, number)["messages"]).prompt
+        return list(self.engine._llm.tokenize(text.encode(), add_bos=True, special=True))
+
     def wave(self, n: int, max_tokens: int) -> float:
-        lib, ctx, batch, prompt = self.lib, self.ctx.ctx, self.batch, self.prompt
-        lib.llama_memory_clear(self.ctx.memory, True)
+        lib, ctx, batch = self.lib, self.ctx.ctx, self.batch
+        wave = next(WAVES) * 1000
+        prompts = [self.prompt(wave + seq) for seq in range(n)]
+        assert len({len(p) for p in prompts}) == 1, "the prompts differ in length"
+        prompt = prompts[0]
+        for seq in range(n):
+            lib.llama_memory_seq_rm(self.ctx.memory, seq, self.shared, -1)
         started = time.perf_counter()
-        cells = [(seq, pos) for seq in range(n) for pos in range(len(prompt) - 1)]
+        cells = [(seq, pos) for seq in range(n) for pos in range(self.shared, len(prompt) - 1)]
         for start in range(0, len(cells), 512):  # the prompts but their last tokens, 512 a batch
             for row, (seq, pos) in enumerate(cells[start:start + 512]):
-                self.add(row, prompt[pos], pos, seq, False)
+                self.add(row, prompts[seq][pos], pos, seq, False)
             batch.n_tokens = len(cells[start:start + 512])
             if lib.llama_decode(ctx, batch) != 0:
                 raise RuntimeError("llama_decode failed")
         for seq in range(n):  # then their last tokens, with logits, in the first step
-            self.add(seq, prompt[-1], len(prompt) - 1, seq, True)
+            self.add(seq, prompts[seq][-1], len(prompt) - 1, seq, True)
         batch.n_tokens = n
         last = list(range(n))
         produced = 0
@@ -117,7 +140,7 @@ async def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--context", type=int, default=512, help="context per slot")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--threads-batch", type=int, default=None, help="default: --threads")
+    ap.add_argument("--threads-batch", type=int, default=None, help="default: --threads, as the engine")
     ap.add_argument("--json", help="write the per-round figures here")
     args = ap.parse_args()
     n, m = args.concurrency, args.max_tokens

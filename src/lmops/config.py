@@ -110,7 +110,8 @@ class ModelConfig(_Strict):
                                                           "(a request for n choices counts n)")
     threads: int | None = Field(default=None, ge=1, description="embedded: llama.cpp threads (default: half the cores)")
     threads_batch: int | None = Field(default=None, ge=1, description="embedded: llama.cpp threads for batches of "
-                                      "more than one token: prompts, several sequences (default: threads)")
+                                      "more than one token: prompts, several sequences' steps (default: threads; "
+                                      "more spin-wait when other processes load the cores: docs/benchmarks.md)")
     parallel: int = Field(default=4, ge=1, le=256, description="embedded: generations decoded together (slots); the "
                           "context holds parallel x context_length tokens")
     batching: bool = Field(default=True, description="embedded: decode concurrent generations together (parallel "

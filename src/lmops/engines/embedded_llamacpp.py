@@ -58,7 +58,7 @@ class EmbeddedLlamaEngine(Engine):
         self._formatter: Any = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         self._batcher: BatchRunner | None = None  # the model thread when batching (None: the executor's)
-        self._slots = config.parallel if config.batching else 1  # generations that run at once
+        self._concurrent = config.parallel if config.batching else 1  # generations that run at once
         self._pending = 0  # waiting + running
         self._recent_seconds = 1.0  # last generation's duration, for Retry-After
         self._last_generation: tuple[str, int] = ("", 0)
@@ -109,7 +109,7 @@ class EmbeddedLlamaEngine(Engine):
         return self._llm is not None
 
     def queue_depth(self) -> int:
-        return max(0, self._pending - self._slots)
+        return max(0, self._pending - self._concurrent)
 
     # -- Engine interface -------------------------------------------------------------------------
     # A request for n choices (for each prompt of a completion) runs its generations together (batching: as
@@ -290,10 +290,10 @@ class EmbeddedLlamaEngine(Engine):
         left, or a choice failed) when the request ends.
         """
         pending = self._pending  # waiting, and those running
-        if pending and pending + len(jobs) > self.config.queue_size + self._slots:
-            waiting = max(0, pending - self._slots)
+        if pending and pending + len(jobs) > self.config.queue_size + self._concurrent:
+            waiting = max(0, pending - self._concurrent)
             raise EngineBusy(f"The embedded model is busy ({waiting} generations waiting); retry later.",
-                             retry_after=self._recent() * max(1.0, pending / self._slots))
+                             retry_after=self._recent() * max(1.0, pending / self._concurrent))
         self._pending += len(jobs)
         try:
             yield

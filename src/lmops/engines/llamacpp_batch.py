@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import secrets
 import threading
 import time
@@ -110,14 +111,20 @@ class BatchRunner:
     def _run(self) -> None:
         try:
             while self._admit():
-                self._step()
+                try:
+                    self._step()
+                except Exception as exc:  # noqa: BLE001 - the batch fails, the thread goes on with the next
+                    for seq in self._slots:
+                        if seq is not None:
+                            self._fail(seq.job, seq.seq_id, exc)
         finally:
-            for seq in self._slots:
-                if seq is not None:
-                    self._end(seq, "cancelled")
-            for job, done in self._waiting:
-                job.fail(EngineFault("the embedded model is shutting down", status=503))
-                done.set_result(None)
+            with contextlib.suppress(RuntimeError):  # an event loop already closed
+                for seq in self._slots:
+                    if seq is not None:
+                        self._end(seq, "cancelled")
+                for job, done in self._waiting:
+                    job.fail(EngineFault("the embedded model is shutting down", status=503))
+                    done.set_result(None)
             self._llama_cpp.llama_batch_free(self._batch)
             self._ctx.close()
 
@@ -128,18 +135,19 @@ class BatchRunner:
                 self._wake.wait()
             if self._closing:
                 return False
-            while self._waiting and None in self._slots:
-                job, done = self._waiting.popleft()
-                if job.cancelled.is_set():
-                    job.finish(Output(job, self._llm).close("cancelled"))
-                    done.set_result(None)
-                    continue
-                seq_id = self._slot_for(job)
-                self._futures[seq_id] = done
-                try:
-                    self._slots[seq_id] = self._sequence(job, seq_id)
-                except Exception as exc:  # noqa: BLE001 - a job that cannot start fails alone
-                    self._fail(job, seq_id, exc)
+            taken = [self._waiting.popleft() for _ in range(min(len(self._waiting), self._slots.count(None)))]
+        # Outside the lock: a grammar's sampler takes a while to build, and submit() runs on the event loop.
+        for job, done in taken:
+            if job.cancelled.is_set():
+                job.finish(Output(job, self._llm).close("cancelled"))
+                done.set_result(None)
+                continue
+            seq_id = self._slot_for(job)
+            self._futures[seq_id] = done
+            try:
+                self._slots[seq_id] = self._sequence(job, seq_id)
+            except Exception as exc:  # noqa: BLE001 - a job that cannot start fails alone
+                self._fail(job, seq_id, exc)
         return True
 
     def _reusable(self, job: Job, seq_id: int) -> int:
