@@ -175,3 +175,20 @@ def test_a_full_queue_answers_429_beyond_the_slots_and_the_queue(batched):
     for r in refused:
         assert int(r.headers["retry-after"]) >= 1
         assert r.json()["error"]["type"] == "rate_limit_error"
+
+
+def test_a_long_prompt_is_read_in_chunks_while_another_stream_generates(batched):
+    """A prompt longer than a step's 512 tokens is read over several steps, beside a stream that keeps going."""
+    long = chat("Summarise: " + " ".join(f"item {i} is blue;" for i in range(100)), 16)
+    alone = post(batched, long)
+    assert alone["usage"]["prompt_tokens"] > 700
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        running = pool.submit(stream, batched, chat(PROMPTS[0], 250))
+        time.sleep(0.5)
+        beside = pool.submit(post, batched, long)
+        answer = beside.result()
+        answered = time.monotonic()
+        other = running.result()
+    assert answer["choices"][0]["message"]["content"] == alone["choices"][0]["message"]["content"]
+    assert answer["usage"] == alone["usage"]
+    assert other["first"] < answered < other["last"] and other["finish"] == "length"
