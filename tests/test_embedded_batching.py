@@ -192,3 +192,23 @@ def test_a_long_prompt_is_read_in_chunks_while_another_stream_generates(batched)
     assert answer["choices"][0]["message"]["content"] == alone["choices"][0]["message"]["content"]
     assert answer["usage"] == alone["usage"]
     assert other["first"] < answered < other["last"] and other["finish"] == "length"
+
+
+async def test_the_one_at_a_time_path_answers_as_the_batched_one():
+    """``batching: false`` keeps the former path (llama-cpp-python's Llama.generate), the benchmark's reference."""
+    from lmops.config import ModelConfig
+    from lmops.engines.embedded_llamacpp import EmbeddedLlamaEngine
+
+    answers = []
+    for batching in (False, True):
+        engine = EmbeddedLlamaEngine(ModelConfig(name="smollm2", engine="embedded", context_length=512,
+                                                 batching=batching, parallel=2))
+        await engine.start()
+        try:
+            assert (engine._batcher is not None) == batching
+            answers.append(await engine.chat_completion(chat(PROMPTS[3], 20, n=2)))
+        finally:
+            await engine.close()
+    old, new = ([c["message"]["content"] for c in a["choices"]] for a in answers)
+    assert old == new and len(old) == 2 and old[0]
+    assert answers[0]["usage"] == answers[1]["usage"]

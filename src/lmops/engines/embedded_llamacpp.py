@@ -314,12 +314,14 @@ class EmbeddedLlamaEngine(Engine):
         ``done``), with its index and job. Batching, all the jobs run at once (later choices' events wait in their
         queues); otherwise each starts when the one before has ended."""
         with self._places(jobs):
-            works: list[asyncio.Future[None]] = []
+            started = 0
             try:
                 for index, job in enumerate(jobs):
-                    for waiting in (jobs[len(works):] if self._batcher is not None else [job]):
+                    for waiting in (jobs[started:] if self._batcher is not None else [job]):
                         waiting.stream = asyncio.Queue()
-                        works.append(self._submit(waiting))
+                        # Its place is freed when the model thread is done with it, whatever becomes of the rest.
+                        self._submit(waiting).add_done_callback(self._release)
+                        started += 1
                     assert job.stream is not None
                     yield index, job, "start", None
                     while True:
@@ -330,9 +332,8 @@ class EmbeddedLlamaEngine(Engine):
                         if kind == "done":
                             break
             finally:
-                for job, work in zip(jobs, works, strict=False):
+                for job in jobs[:started]:
                     job.cancelled.set()  # no-op when finished; stops the model when the client left
-                    work.add_done_callback(self._release)
 
     async def _run_all(self, jobs: list[Job]) -> list[Generated]:
         """The jobs' results: all submitted at once when batching (one failing cancels the rest)."""
