@@ -25,9 +25,13 @@ REDIS_URL = os.environ.get("LMOPS_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
-    """A gateway serving the embedded SmolLM2 as ``smollm2`` (one per test module: the model loads in ~0.2 s)."""
+    """A gateway serving the embedded SmolLM2 as ``smollm2`` (one per test module: the model loads in ~0.2 s).
+
+    One slot (``parallel: 1``): the batched engine, one generation at a time, so that queue tests can count
+    (tests/test_embedded_batching.py runs several slots)."""
     settings = make_settings(tmp_path_factory.mktemp("embedded"),
-                             [{"name": "smollm2", "engine": "embedded", "context_length": 1024, "queue_size": 2}])
+                             [{"name": "smollm2", "engine": "embedded", "context_length": 1024, "queue_size": 2,
+                               "parallel": 1}])
     srv = ServerThread(create_app(settings)).start()
     yield srv
     srv.stop()

@@ -313,14 +313,14 @@ def test_an_empty_prompt_is_a_400_and_the_model_stays_in_service(client, embedde
 def test_a_failed_generation_is_a_502_for_that_request_only(client, embedded, monkeypatch):
     """An in-process engine that fails on one request is still loaded: the replica is not ejected (with the
     default failure threshold of 1 that would refuse every other request with 503 until a health check)."""
-    llm = engine_of(embedded)._llm
-    real = llm.generate
+    runner = engine_of(embedded)._batcher
+    real = runner._sampler
 
     def broken(*args, **kwargs):
-        monkeypatch.setattr(llm, "generate", real)  # the next request generates normally
+        monkeypatch.setattr(runner, "_sampler", real)  # the next request generates normally
         raise RuntimeError("injected failure")
 
-    monkeypatch.setattr(llm, "generate", broken)
+    monkeypatch.setattr(runner, "_sampler", broken)
     with pytest.raises(openai.APIStatusError) as err:
         client.completions.create(model="smollm2", prompt="Once", max_tokens=2)
     assert err.value.status_code == 502 and "injected failure" in err.value.message

@@ -120,6 +120,13 @@ class ModelConfig(_Strict):
     queue_size: int = Field(default=16, ge=1, description="embedded: generations that may wait for the model "
                                                           "(a request for n choices counts n)")
     threads: int | None = Field(default=None, ge=1, description="embedded: llama.cpp threads (default: half the cores)")
+    threads_batch: int | None = Field(default=None, ge=1, description="embedded: llama.cpp threads for batches of "
+                                      "more than one token: prompts, several sequences' steps (default: threads; "
+                                      "more spin-wait when other processes load the cores: docs/benchmarks.md)")
+    parallel: int = Field(default=4, ge=1, le=256, description="embedded: generations decoded together (slots); the "
+                          "context holds parallel x context_length tokens")
+    batching: bool = Field(default=True, description="embedded: decode concurrent generations together (parallel "
+                           "slots); false runs them one at a time through llama-cpp-python's Llama.generate")
     adapters: list[AdapterConfig] = Field(default_factory=list,
                                           description="openai: LoRA adapters the replicas serve, as '<model>:<name>'")
     kind: Literal["text", "image"] = Field(default="text", description="what the model makes: text (chat, "

