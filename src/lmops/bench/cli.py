@@ -30,6 +30,13 @@ bench_app = typer.Typer(help="Load OpenAI-compatible endpoints and measure what 
 COMMANDS = (("bench", bench_app),)  # the command groups the CLI root mounts
 
 
+def _console() -> Console:
+    """The tables' console: a terminal's width, or 200 columns when written to a file or a pipe (rich's 80 would cut
+    the per-level table's columns down to single letters)."""
+    console = Console()
+    return console if console.is_terminal else Console(width=200)
+
+
 @bench_app.callback()
 def bench(
     ctx: typer.Context,
@@ -97,7 +104,7 @@ def bench(
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise typer.BadParameter(f"cannot create {folder}: {exc.strerror}", param_hint="--out") from None
-    console, err = Console(), Console(stderr=True)
+    console, err = _console(), Console(stderr=True)
     settings = {"levels": list(levels) if not request_rate else [], "rates": list(request_rate),
                 "requests": requests, "duration": duration, "rounds": rounds, "turns": turns,
                 "burstiness": burstiness, "seed": seed, "max_concurrency": max_concurrency,
@@ -194,7 +201,7 @@ def compare(a: Path = typer.Argument(..., help="summary.json of run A"),
         sa, sb = report.load_summary(a), report.load_summary(b)
     except report.ReportError as exc:
         raise typer.BadParameter(str(exc)) from None
-    if not report.print_compare(sa, sb, Console()):
+    if not report.print_compare(sa, sb, _console()):
         Console(stderr=True).print("[yellow]the two runs share no target and level[/]")
         raise typer.Exit(1)
 
