@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from lmops.testing.fake_openai import receive_body, send_json, watch_disconnect
+from lmops.testing.fake_openai import receive_body, send_json, serve_lifespan, watch_disconnect
 
 
 @dataclass
@@ -53,13 +53,8 @@ class ScriptedChat:
 
     async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                if msg["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif msg["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await serve_lifespan(receive, send)
+            return
         raw = await receive_body(receive)
         if not scope["path"].endswith("/chat/completions"):
             await send_json(send, 200, {"object": "list", "data": [
