@@ -181,7 +181,7 @@ class HFTransformersEngine(Engine):
         async with contextlib.aclosing(self._events(row)) as events:
             async for kind, value in events:
                 if kind == "text":
-                        yield [R.text_chunk(rid, created, model, value, None)]
+                    yield [R.text_chunk(rid, created, model, value, None)]
                 else:
                     finish, tokens = value
                     yield [R.text_chunk(rid, created, model, "", finish),
